@@ -1,0 +1,23 @@
+"""The whole chain for a fleet with pyinfra: pyinfra inventories/<fleet>/inventory.py deploy.py
+
+Run some stages only with --data edge_stages=host_prep[,...]. The fleet was validated when
+pyinfra loaded its inventory, before connecting to any host.
+"""
+
+from pyinfra import host
+
+from edge_provision.deploys.host_prep import host_prep
+
+STAGES = {
+    "host_prep": host_prep,
+}
+
+requested = host.data.get("edge_stages") or ",".join(STAGES)
+selected = [s.strip() for s in str(requested).split(",") if s.strip()]
+unknown = sorted(set(selected) - set(STAGES))
+if unknown:
+    raise SystemExit(f"unknown edge_stages {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+
+for stage, run in STAGES.items():
+    if stage in selected:
+        run()

@@ -1,0 +1,3 @@
+from edge_provision.cli import main
+
+raise SystemExit(main())

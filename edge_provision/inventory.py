@@ -1,0 +1,424 @@
+"""One fleet inventory for both engines.
+
+A fleet lives in ``inventories/<name>/hosts.yml`` (an Ansible YAML inventory) with its
+``group_vars/`` and ``host_vars/``. Ansible reads it natively; pyinfra reads it through
+:func:`pyinfra_groups`, which asks Ansible's own inventory library for the merged
+variables of every host, so both engines see the same hosts with the same data and
+the same precedence rules.
+
+Every fleet is validated (:func:`validate`) before any host is touched: ``edge-provision
+check``, the first play of ``playbooks/site.yml`` and the pyinfra inventory all call it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import re
+import shlex
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+INVENTORY_FILE = "hosts.yml"
+CONTROL_PLANE_GROUP = "control_plane"
+EDGE_GROUP = "edge"
+NODE_GROUPS = (CONTROL_PLANE_GROUP, EDGE_GROUP)
+
+DISTRIBUTIONS = ("kubeadm", "k3s", "kubeedge", "openyurt")
+WASM_ENGINES = ("wasmedge", "wasmtime")
+ARCHITECTURES = ("amd64", "arm64")
+
+# Fleet variables every host ends up with; a fleet may override any of them at any level.
+FLEET_DEFAULTS: dict[str, Any] = {
+    "ansible_port": 22,
+    "ansible_user": "root",
+    "edge_arch": "amd64",
+    "edge_cluster_distribution": "kubeadm",
+    "edge_wasm_engine": "wasmedge",
+    "edge_node_labels": {},
+}
+
+# Kubernetes label syntax (k8s.io/apimachinery validation): an optional DNS-subdomain
+# prefix and a name of at most 63 characters; values are empty or name-shaped.
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_HOST_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_HOST_LABEL}(\.{_HOST_LABEL})*$")
+
+
+class InventoryError(Exception):
+    """A fleet inventory that must not be used; ``problems`` holds one line per finding."""
+
+    def __init__(self, source: Path, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s) found, no host was touched:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FleetHost:
+    name: str
+    groups: tuple[str, ...]
+    vars: dict[str, Any] = field(repr=False)
+
+    @property
+    def address(self) -> str:
+        """Address the controller connects to."""
+        return str(self.vars["ansible_host"])
+
+    @property
+    def node_ip(self) -> str:
+        """Address cluster members use for this node (defaults to the SSH address)."""
+        return str(self.vars.get("edge_node_ip") or self.vars["ansible_host"])
+
+
+@dataclass(frozen=True)
+class Fleet:
+    source: Path
+    hosts: tuple[FleetHost, ...]
+
+    def group(self, name: str) -> list[FleetHost]:
+        return [h for h in self.hosts if name in h.groups]
+
+
+def inventory_file(path: str | Path) -> Path:
+    """Accept a fleet directory or its hosts.yml."""
+    p = Path(path)
+    return p / INVENTORY_FILE if p.is_dir() else p
+
+
+def load(path: str | Path) -> Fleet:
+    """Load and validate a fleet; raise :class:`InventoryError` listing every problem."""
+    source = inventory_file(path)
+    if not source.is_file():
+        raise InventoryError(source, [f"no inventory file ({INVENTORY_FILE} in the fleet directory)"])
+    problems = _check_structure(source)
+    if problems:
+        raise InventoryError(source, problems)
+    fleet = Fleet(source=source, hosts=tuple(_ansible_hosts(source)))
+    problems = validate(fleet)
+    if problems:
+        raise InventoryError(source, problems)
+    return fleet
+
+
+# --- structure of the YAML file itself -------------------------------------------------
+
+
+def _check_structure(source: Path) -> list[str]:
+    try:
+        data = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]
+    if not isinstance(data, dict) or "all" not in data or not isinstance(data["all"], dict):
+        return ["the file must be a mapping with a top-level 'all' group"]
+    problems: list[str] = []
+    _check_group("all", data["all"], problems, seen_hosts=set())
+    return problems
+
+
+def _check_group(name: str, group: Any, problems: list[str], seen_hosts: set[str]) -> None:
+    if group is None:
+        return
+    if not isinstance(group, dict):
+        problems.append(f"group '{name}': must be a mapping, found {_type(group)}")
+        return
+    for key in group:
+        if key not in ("hosts", "vars", "children"):
+            problems.append(f"group '{name}': unknown key '{key}' (expected hosts, vars or children)")
+    for key in ("hosts", "vars", "children"):
+        value = group.get(key)
+        if value is not None and not isinstance(value, dict):
+            problems.append(f"group '{name}': field '{key}' must be a mapping, found {_type(value)}")
+    for host, host_vars in (group.get("hosts") or {}).items() if isinstance(group.get("hosts"), dict) else ():
+        if host_vars is not None and not isinstance(host_vars, dict):
+            problems.append(f"host '{host}': its variables must be a mapping, found {_type(host_vars)}")
+    children = group.get("children")
+    if isinstance(children, dict):
+        for child, body in children.items():
+            _check_group(str(child), body, problems, seen_hosts)
+
+
+# --- merged variables, as Ansible computes them ---------------------------------------
+
+
+@contextmanager
+def _quiet_gevent_hub() -> Iterator[None]:
+    """Silence gevent's report of an error Ansible expects and handles.
+
+    Inside pyinfra (which runs on gevent) Ansible's import-time probe of getaddrinfo fails
+    in gevent's resolver thread; Ansible copes, but gevent prints a traceback for it.
+    """
+    gevent = sys.modules.get("gevent")
+    if gevent is None:
+        yield
+        return
+    hub = gevent.get_hub()
+    saved, hub.exception_stream = hub.exception_stream, None
+    try:
+        yield
+    finally:
+        hub.exception_stream = saved
+
+
+def _ansible_hosts(source: Path) -> Iterable[FleetHost]:
+    with _quiet_gevent_hub():
+        import ansible.module_utils._internal._datatag  # noqa: F401  (runs the probe)
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    try:
+        manager = InventoryManager(loader=loader, sources=[str(source)], parse=False)
+        manager.parse_sources(cache=False)
+    except AnsibleError as exc:  # pragma: no cover - structure checks catch what we know
+        raise InventoryError(source, [str(exc).splitlines()[0]]) from None
+    variables = VariableManager(loader=loader, inventory=manager)
+    for host in sorted(manager.get_hosts(), key=lambda h: h.name):
+        merged = _plain(variables.get_vars(host=host, include_hostvars=False))
+        host_vars = {k: v for k, v in merged.items() if not _is_magic(k)}
+        values = {**FLEET_DEFAULTS, **host_vars}
+        groups = tuple(sorted(g.name for g in host.get_groups() if g.name != "all"))
+        yield FleetHost(name=host.name, groups=groups, vars=values)
+
+
+_MAGIC = {
+    "ansible_config_file",
+    "ansible_facts",
+    "ansible_playbook_python",
+    "ansible_version",
+    "group_names",
+    "groups",
+    "inventory_dir",
+    "inventory_file",
+    "inventory_hostname",
+    "inventory_hostname_short",
+    "playbook_dir",
+    "omit",
+}
+
+
+def _is_magic(key: str) -> bool:
+    return key in _MAGIC
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's tagged containers and strings as plain Python values."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- validation ------------------------------------------------------------------------
+
+
+def validate(fleet: Fleet) -> list[str]:
+    """Every problem in a loaded fleet, one human-readable line each."""
+    problems: list[str] = []
+    for host in fleet.hosts:
+        problems += [f"host '{host.name}': {p}" for p in _host_problems(host)]
+
+    # The same SSH endpoint (or node address) twice is always a copy-paste error.
+    for label, key in (
+        ("address", _endpoint),
+        ("edge_node_ip", lambda h: h.vars.get("edge_node_ip")),
+    ):
+        owners: dict[Any, list[str]] = {}
+        for host in fleet.hosts:
+            value = key(host)
+            if value:
+                owners.setdefault(value, []).append(host.name)
+        for value, names in owners.items():
+            if len(names) > 1:
+                shown = value if label != "address" else f"{value[0]}:{value[1]}"
+                field_name = "ansible_host" if label == "address" else label
+                problems.append(
+                    f"hosts {', '.join(repr(n) for n in names)}: field '{field_name}': "
+                    f"duplicate address {shown}"
+                )
+
+    control, edge = fleet.group(CONTROL_PLANE_GROUP), fleet.group(EDGE_GROUP)
+    if edge and not control:
+        problems.append(
+            f"group '{EDGE_GROUP}' has hosts ({', '.join(h.name for h in edge)}) but group "
+            f"'{CONTROL_PLANE_GROUP}' has none: add the host that runs the control plane"
+        )
+    for host in control:
+        if EDGE_GROUP in host.groups:
+            problems.append(
+                f"host '{host.name}': is in both '{CONTROL_PLANE_GROUP}' and '{EDGE_GROUP}'; "
+                "list it in one group"
+            )
+    if not fleet.hosts:
+        problems.append("the inventory has no hosts")
+    return problems
+
+
+def _endpoint(host: FleetHost) -> tuple[str, int] | None:
+    address = host.vars.get("ansible_host")
+    port = host.vars.get("ansible_port")
+    if isinstance(address, str) and isinstance(port, int):
+        return (address, port)
+    return None
+
+
+def _host_problems(host: FleetHost) -> list[str]:
+    v = host.vars
+    problems: list[str] = []
+
+    def field_problem(name: str, message: str) -> None:
+        problems.append(f"field '{name}': {message}")
+
+    address = v.get("ansible_host")
+    if address is None or address == "":
+        field_problem("ansible_host", "missing address (set the IP or DNS name to reach the host)")
+    elif not isinstance(address, str):
+        field_problem("ansible_host", f"must be a string, found {_type(address)}")
+    elif not (_is_ip(address) or _HOSTNAME.match(address)):
+        field_problem("ansible_host", f"'{address}' is neither an IP address nor a host name")
+
+    port = v.get("ansible_port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        field_problem("ansible_port", f"must be an integer from 1 to 65535, found {port!r}")
+
+    if not isinstance(v.get("ansible_user"), str) or not v["ansible_user"]:
+        field_problem("ansible_user", f"must be a user name, found {v.get('ansible_user')!r}")
+
+    for name, choices in (
+        ("edge_arch", ARCHITECTURES),
+        ("edge_cluster_distribution", DISTRIBUTIONS),
+        ("edge_wasm_engine", WASM_ENGINES),
+    ):
+        value = v.get(name)
+        if value not in choices:
+            field_problem(name, f"unknown value {value!r} (choose one of: {', '.join(choices)})")
+
+    node_ip = v.get("edge_node_ip")
+    if node_ip is not None and not (isinstance(node_ip, str) and _is_ip(node_ip)):
+        field_problem("edge_node_ip", f"must be an IP address, found {node_ip!r}")
+
+    labels = v.get("edge_node_labels")
+    if not isinstance(labels, dict):
+        field_problem("edge_node_labels", f"must be a mapping of label key to value, found {_type(labels)}")
+    else:
+        for key, value in labels.items():
+            problem = label_problem(key, value)
+            if problem:
+                field_problem("edge_node_labels", problem)
+    return problems
+
+
+def label_problem(key: Any, value: Any) -> str | None:
+    """Why ``key: value`` is not a valid Kubernetes label, or None."""
+    if not isinstance(key, str):
+        return f"label key {key!r} must be a string"
+    prefix, _, name = key.rpartition("/")
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            f"label key '{key}': the name part must be 1-63 characters of [A-Za-z0-9-_.], "
+            "starting and ending alphanumeric"
+        )
+    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"label key '{key}': the prefix must be a lowercase DNS subdomain (e.g. example.com)"
+    if not isinstance(value, str):
+        return (
+            f"label '{key}': value {value!r} is a {_type(value)}; label values are strings "
+            "(quote it in YAML)"
+        )
+    if len(value) > 63 or not _LABEL_NAME.match(value):
+        return (
+            f"label '{key}': value '{value}' must be at most 63 characters of [A-Za-z0-9-_.], "
+            "starting and ending alphanumeric"
+        )
+    return None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _type(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+# --- what the engines consume ---------------------------------------------------------
+
+
+def cluster_members(hosts: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """/etc/hosts entries for the whole fleet: ``{"name", "address"}`` per host.
+
+    Takes each host's variables (Ansible ``hostvars`` values or fleet host vars) so the
+    Ansible filter and the pyinfra deploy share this one definition.
+    """
+    members = [
+        {"name": str(v["inventory_hostname"]), "address": str(v.get("edge_node_ip") or v["ansible_host"])}
+        for v in hosts
+    ]
+    return sorted(members, key=lambda m: m["name"])
+
+
+def pyinfra_data(host: FleetHost) -> dict[str, Any]:
+    """pyinfra host data: every fleet variable plus pyinfra's SSH connection keys."""
+    v = host.vars
+    data: dict[str, Any] = dict(v)
+    data.update(
+        inventory_hostname=host.name,
+        edge_groups=list(host.groups),
+        ssh_hostname=v["ansible_host"],
+        ssh_port=v["ansible_port"],
+        ssh_user=v["ansible_user"],
+    )
+    if v.get("ansible_ssh_private_key_file"):
+        data["ssh_key"] = v["ansible_ssh_private_key_file"]
+    # Honour the SSH options Ansible would use, so both engines trust the same host keys.
+    options = _ssh_options(str(v.get("ansible_ssh_common_args", "")))
+    if "userknownhostsfile" in options:
+        data["ssh_known_hosts_file"] = options["userknownhostsfile"]
+    if "stricthostkeychecking" in options:
+        data["ssh_strict_host_key_checking"] = options["stricthostkeychecking"]
+    return data
+
+
+def _ssh_options(args: str) -> dict[str, str]:
+    words = shlex.split(args)
+    options: dict[str, str] = {}
+    for flag, value in itertools.pairwise(words):
+        if flag == "-o" and "=" in value:
+            key, _, val = value.partition("=")
+            options[key.strip().lower()] = val.strip()
+    return options
+
+
+def pyinfra_groups(inventory_py: str | Path) -> tuple[list[tuple[str, dict[str, Any]]], ...]:
+    """(control_plane, edge) host lists for a pyinfra ``inventory.py`` beside hosts.yml.
+
+    On an invalid fleet, print every problem and exit non-zero before pyinfra connects.
+    """
+    try:
+        fleet = load(Path(inventory_py).parent)
+    except InventoryError as exc:
+        print(exc.render(), file=sys.stderr)
+        raise SystemExit(2) from None
+    return tuple(
+        [(h.name, pyinfra_data(h)) for h in fleet.group(group)] for group in NODE_GROUPS
+    )

@@ -1,0 +1,212 @@
+"""The fleet inventory: one loader for both engines, and validation before any host is touched."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge_provision import inventory
+from tests.conftest import ROOT, run, tool
+
+EXAMPLE = ROOT / "inventories" / "example"
+
+GOOD = """
+all:
+  vars:
+    edge_cluster_distribution: k3s
+  children:
+    control_plane:
+      hosts:
+        cp: {ansible_host: 192.0.2.1}
+    edge:
+      vars:
+        edge_arch: arm64
+        edge_node_labels: {site: north}
+      hosts:
+        cam: {ansible_host: 192.0.2.2, edge_node_labels: {device: camera}}
+        gw: {ansible_host: gw.example.org, ansible_port: 2222}
+"""
+
+
+def test_example_fleet_passes_check() -> None:
+    result = run([tool("edge-provision"), "check", "-i", "inventories/example"])
+    assert result.returncode == 0, result.stderr
+    assert "OK, 3 host(s)" in result.stdout
+
+
+def test_precedence_follows_ansible(write_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = inventory.load(write_fleet(GOOD, "edge_wasm_engine: wasmtime\n"))
+    hosts = {h.name: h for h in fleet.hosts}
+    assert hosts["cp"].vars["edge_arch"] == "amd64"  # fleet default
+    assert hosts["cam"].vars["edge_arch"] == "arm64"  # group vars
+    assert hosts["cam"].vars["edge_node_labels"] == {"device": "camera"}  # host replaces group
+    assert hosts["gw"].vars["edge_node_labels"] == {"site": "north"}
+    assert hosts["gw"].vars["edge_wasm_engine"] == "wasmtime"  # group_vars/all.yml
+    assert hosts["cp"].vars["edge_cluster_distribution"] == "k3s"
+    assert [h.name for h in fleet.group("edge")] == ["cam", "gw"]
+
+
+def test_pyinfra_sees_what_ansible_sees() -> None:
+    """Every variable ansible-inventory reports for a host is in pyinfra's host data."""
+    listed = run([tool("ansible-inventory"), "-i", str(EXAMPLE), "--list"])
+    assert listed.returncode == 0, listed.stderr
+    ansible_vars = json.loads(listed.stdout)["_meta"]["hostvars"]
+    groups = inventory.pyinfra_groups(EXAMPLE / "inventory.py")
+    pyinfra_hosts = {name: data for group in groups for name, data in group}
+    assert set(pyinfra_hosts) == set(ansible_vars) == {"cp-1", "cam-1", "gw-1"}
+    for name, variables in ansible_vars.items():
+        data = pyinfra_hosts[name]
+        for key, value in variables.items():
+            assert data[key] == value, (name, key)
+        assert data["ssh_hostname"] == variables["ansible_host"]
+        assert data["ssh_port"] == variables.get("ansible_port", 22)
+        assert data["ssh_user"] == variables["ansible_user"]
+
+
+def test_pyinfra_honours_ansible_ssh_options(write_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = write_fleet(
+        GOOD,
+        'ansible_ssh_private_key_file: /k/id\n'
+        'ansible_ssh_common_args: "-o UserKnownHostsFile=/k/known -o StrictHostKeyChecking=yes"\n',
+    )
+    (cp,), _ = inventory.pyinfra_groups(fleet / "inventory.py")
+    assert cp[1]["ssh_key"] == "/k/id"
+    assert cp[1]["ssh_known_hosts_file"] == "/k/known"
+    assert cp[1]["ssh_strict_host_key_checking"] == "yes"
+
+
+def test_cluster_members_use_node_ip_when_given() -> None:
+    members = inventory.cluster_members(
+        [
+            {"inventory_hostname": "b", "ansible_host": "192.0.2.2", "edge_node_ip": "10.0.0.2"},
+            {"inventory_hostname": "a", "ansible_host": "192.0.2.1"},
+        ]
+    )
+    assert members == [{"name": "a", "address": "192.0.2.1"}, {"name": "b", "address": "10.0.0.2"}]
+
+
+def _fleet(body: str) -> str:
+    return "all:\n  children:\n" + textwrap.indent(textwrap.dedent(body), "    ")
+
+
+CP = "control_plane:\n  hosts:\n    cp: {ansible_host: 192.0.2.1}\n"
+
+# (case, hosts.yml, fragments every one of which the error must contain)
+MALFORMED = [
+    ("unknown distribution",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_cluster_distribution: microk8s}\n"),
+     ["host 'e1'", "field 'edge_cluster_distribution'", "'microk8s'", "kubeadm, k3s, kubeedge, openyurt"]),
+    ("missing address",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {edge_arch: arm64}\n"),
+     ["host 'e1'", "field 'ansible_host'", "missing address"]),
+    ("address that is not an address",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 'not an address!'}\n"),
+     ["host 'e1'", "field 'ansible_host'", "neither an IP address nor a host name"]),
+    ("bad label key",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_labels: {'Bad Key!': x}}\n"),
+     ["host 'e1'", "field 'edge_node_labels'", "label key 'Bad Key!'"]),
+    ("bad label prefix",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_labels: {'Example.COM/x': y}}\n"),
+     ["host 'e1'", "field 'edge_node_labels'", "prefix must be a lowercase DNS subdomain"]),
+    ("bad label value",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_labels: {device: 'usb camera'}}\n"),
+     ["host 'e1'", "field 'edge_node_labels'", "value 'usb camera'"]),
+    ("label value of the wrong type",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_labels: {gpu: true}}\n"),
+     ["host 'e1'", "field 'edge_node_labels'", "a boolean", "quote it"]),
+    ("duplicate addresses",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.1}\n"),
+     ["'cp', 'e1'", "field 'ansible_host'", "duplicate address 192.0.2.1:22"]),
+    ("edge nodes without a control plane",
+     _fleet("edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2}\n"),
+     ["group 'edge'", "group 'control_plane' has none"]),
+    ("port of the wrong type",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, ansible_port: ssh}\n"),
+     ["host 'e1'", "field 'ansible_port'", "integer from 1 to 65535"]),
+    ("labels of the wrong type",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_labels: [camera]}\n"),
+     ["host 'e1'", "field 'edge_node_labels'", "must be a mapping", "a list"]),
+    ("unknown architecture",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_arch: armhf}\n"),
+     ["host 'e1'", "field 'edge_arch'", "'armhf'", "amd64, arm64"]),
+    ("unknown wasm engine",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_wasm_engine: wamr}\n"),
+     ["host 'e1'", "field 'edge_wasm_engine'", "wasmedge, wasmtime"]),
+    ("host in both node groups",
+     _fleet(CP + "edge:\n  hosts:\n    cp:\n"),
+     ["host 'cp'", "both 'control_plane' and 'edge'"]),
+    ("host variables of the wrong type",
+     _fleet(CP + "edge:\n  hosts:\n    e1: [192.0.2.2]\n"),
+     ["host 'e1'", "must be a mapping", "a list"]),
+    ("group field of the wrong type",
+     _fleet(CP + "edge:\n  hosts: [e1, e2]\n"),
+     ["group 'edge'", "field 'hosts'", "must be a mapping"]),
+    ("not YAML",
+     "all:\n  children: [\n",
+     ["not valid YAML", "line"]),
+    ("node address not an IP",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_ip: gateway}\n"),
+     ["host 'e1'", "field 'edge_node_ip'", "must be an IP address"]),
+]
+
+
+@pytest.mark.parametrize(("case", "hosts_yml", "fragments"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_fleet_is_rejected_by_check(write_fleet, case, hosts_yml, fragments) -> None:  # type: ignore[no-untyped-def]
+    fleet = write_fleet(hosts_yml)
+    result = run([tool("edge-provision"), "check", "-i", str(fleet)])
+    assert result.returncode == 2, (case, result.stdout)
+    assert "Traceback" not in result.stderr
+    assert "no host was touched" in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (case, fragment, result.stderr)
+
+
+def test_every_problem_is_reported_at_once(write_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = write_fleet(
+        _fleet(CP + "edge:\n  hosts:\n    e1: {edge_arch: sparc}\n    e2: {ansible_host: 192.0.2.1}\n")
+    )
+    with pytest.raises(inventory.InventoryError) as caught:
+        inventory.load(fleet)
+    text = caught.value.render()
+    assert "host 'e1': field 'ansible_host'" in text
+    assert "host 'e1': field 'edge_arch'" in text
+    assert "duplicate address" in text
+
+
+def test_missing_fleet_directory_is_a_clear_error(tmp_path: Path) -> None:
+    result = run([tool("edge-provision"), "check", "-i", str(tmp_path / "nowhere")])
+    assert result.returncode == 2
+    assert "no inventory file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# The engines refuse the same fleet before connecting. The fleet's hosts sit in
+# TEST-NET-1 (192.0.2.0/24, never routed): any connection attempt would show up as
+# "unreachable" in the output; none may.
+BAD_FOR_ENGINES = _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_cluster_distribution: nomad}\n")
+
+
+def test_ansible_playbook_stops_before_touching_hosts(write_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = write_fleet(BAD_FOR_ENGINES)
+    result = run([tool("ansible-playbook"), "-i", str(fleet), "playbooks/site.yml"])
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "host 'e1': field 'edge_cluster_distribution'" in out
+    assert "Traceback" not in out
+    assert "UNREACHABLE" not in out
+    assert "Gathering Facts" not in out
+    recap = out.split("PLAY RECAP", 1)[1]
+    assert "cp " not in recap and "e1 " not in recap
+
+
+def test_pyinfra_stops_before_touching_hosts(write_fleet) -> None:  # type: ignore[no-untyped-def]
+    fleet = write_fleet(BAD_FOR_ENGINES)
+    result = run([tool("pyinfra"), "-y", str(fleet / "inventory.py"), "deploy.py"])
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "host 'e1': field 'edge_cluster_distribution'" in out
+    assert "Traceback" not in out
+    assert "Connecting" not in out and "Connected" not in out
