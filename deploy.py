@@ -4,7 +4,7 @@ Run some stages only with --data edge_stages=host_prep[,...]. The fleet was vali
 pyinfra loaded its inventory, before connecting to any host.
 """
 
-from pyinfra import host
+from pyinfra.context import host
 
 from edge_provision.deploys.host_prep import host_prep
 

@@ -1,0 +1,32 @@
+# The two commands of the README, and the pieces they are made of.
+.PHONY: setup demo test unit lab-tests lint clean-lab
+
+HOSTS ?= 3
+
+setup:
+	@scripts/setup.sh
+
+# Lab up, both stages provisioned on the lab fleet, then what the fleet looks like.
+demo: setup
+	.venv/bin/edge-provision lab up --hosts $(HOSTS)
+	.venv/bin/ansible-playbook -i inventories/lab playbooks/site.yml
+	.venv/bin/edge-provision lab status
+
+# Both tiers: unit (seconds) and lab (real hosts over SSH).
+test: setup
+	.venv/bin/pytest tests
+
+unit: setup
+	.venv/bin/pytest tests/unit
+
+lab-tests: setup
+	.venv/bin/pytest tests/lab
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+	.venv/bin/yamllint .
+	.venv/bin/ansible-lint
+
+clean-lab:
+	.venv/bin/edge-provision lab down

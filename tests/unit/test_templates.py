@@ -1,0 +1,42 @@
+"""Role templates render to the same bytes for both engines."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+from edge_provision.roles import ROLES_DIR, render_template, role_defaults
+
+HOST_PREP = role_defaults("host_prep")
+MEMBERS = [{"name": "cp-1", "address": "192.0.2.10"}, {"name": "cam-1", "address": "192.0.2.21"}]
+
+
+@pytest.mark.parametrize("name", ["modules-load.conf.j2", "sysctl.conf.j2", "hosts_block.j2"])
+def test_output_does_not_depend_on_trim_blocks(name: str) -> None:
+    """Ansible renders with trim_blocks on; a plain Jinja environment has it off."""
+    variables = {**HOST_PREP, "host_prep_cluster_members": MEMBERS}
+    plain = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ROLES_DIR)), keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    assert plain.get_template(f"host_prep/templates/{name}").render(**variables) == render_template(
+        "host_prep", name, variables
+    )
+
+
+def test_sysctl_file_lists_every_parameter_once() -> None:
+    text = render_template("host_prep", "sysctl.conf.j2", HOST_PREP)
+    body = [line for line in text.splitlines() if not line.startswith("#")]
+    assert body == [f"{k} = {v}" for k, v in sorted(HOST_PREP["host_prep_sysctl"].items())]
+    assert text.endswith("\n")
+    assert "net.ipv4.conf.all.rp_filter = 1" in body and "net.ipv4.conf.default.rp_filter = 1" in body
+
+
+def test_modules_load_file() -> None:
+    text = render_template("host_prep", "modules-load.conf.j2", HOST_PREP)
+    assert text.splitlines()[1:] == ["br_netfilter", "overlay"]
+
+
+def test_hosts_block() -> None:
+    text = render_template("host_prep", "hosts_block.j2", {"host_prep_cluster_members": MEMBERS})
+    assert text == "192.0.2.10 cp-1\n192.0.2.21 cam-1\n"
