@@ -26,24 +26,26 @@ from typing import Any
 
 import yaml
 
+from edge_provision.roles import role_argument_spec, role_defaults
+
 INVENTORY_FILE = "hosts.yml"
 CONTROL_PLANE_GROUP = "control_plane"
 EDGE_GROUP = "edge"
 NODE_GROUPS = (CONTROL_PLANE_GROUP, EDGE_GROUP)
 
-DISTRIBUTIONS = ("kubeadm", "k3s", "kubeedge", "openyurt")
-WASM_ENGINES = ("wasmedge", "wasmtime")
-ARCHITECTURES = ("amd64", "arm64")
+# Fleet variables' defaults and choices live in roles/edge_fleet (Ansible reads them there).
+FLEET_ROLE = "edge_fleet"
 
-# Fleet variables every host ends up with; a fleet may override any of them at any level.
-FLEET_DEFAULTS: dict[str, Any] = {
-    "ansible_port": 22,
-    "ansible_user": "root",
-    "edge_arch": "amd64",
-    "edge_cluster_distribution": "kubeadm",
-    "edge_wasm_engine": "wasmedge",
-    "edge_node_labels": {},
-}
+
+def _choices(variable: str) -> tuple[str, ...]:
+    spec = role_argument_spec(FLEET_ROLE)["options"][variable]
+    return tuple(spec["choices"])
+
+
+DISTRIBUTIONS = _choices("edge_cluster_distribution")
+WASM_ENGINES = _choices("edge_wasm_engine")
+ARCHITECTURES = _choices("edge_arch")
+FLEET_DEFAULTS: dict[str, Any] = {"ansible_port": 22, **role_defaults(FLEET_ROLE)}
 
 # Kubernetes label syntax (k8s.io/apimachinery validation): an optional DNS-subdomain
 # prefix and a name of at most 63 characters; values are empty or name-shaped.
@@ -296,8 +298,9 @@ def _host_problems(host: FleetHost) -> list[str]:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         field_problem("ansible_port", f"must be an integer from 1 to 65535, found {port!r}")
 
-    if not isinstance(v.get("ansible_user"), str) or not v["ansible_user"]:
-        field_problem("ansible_user", f"must be a user name, found {v.get('ansible_user')!r}")
+    user = v.get("ansible_user")
+    if user is not None and (not isinstance(user, str) or not user):
+        field_problem("ansible_user", f"must be a user name, found {user!r}")
 
     for name, choices in (
         ("edge_arch", ARCHITECTURES),
@@ -386,8 +389,9 @@ def pyinfra_data(host: FleetHost) -> dict[str, Any]:
         edge_groups=list(host.groups),
         ssh_hostname=v["ansible_host"],
         ssh_port=v["ansible_port"],
-        ssh_user=v["ansible_user"],
     )
+    if v.get("ansible_user"):
+        data["ssh_user"] = v["ansible_user"]
     if v.get("ansible_ssh_private_key_file"):
         data["ssh_key"] = v["ansible_ssh_private_key_file"]
     # Honour the SSH options Ansible would use, so both engines trust the same host keys.

@@ -27,6 +27,13 @@ def role_defaults(role: str) -> dict[str, Any]:
     return data
 
 
+@cache
+def role_argument_spec(role: str, entry_point: str = "main") -> dict[str, Any]:
+    data = yaml.safe_load(role_path(role, "meta", "argument_specs.yml").read_text())
+    spec: dict[str, Any] = data["argument_specs"][entry_point]
+    return spec
+
+
 def role_vars(role: str, host_data: Mapping[str, Any]) -> dict[str, Any]:
     """The role's defaults, overridden by fleet data, as Ansible's precedence does."""
     values = dict(role_defaults(role))

@@ -63,7 +63,7 @@ def test_pyinfra_sees_what_ansible_sees() -> None:
             assert data[key] == value, (name, key)
         assert data["ssh_hostname"] == variables["ansible_host"]
         assert data["ssh_port"] == variables.get("ansible_port", 22)
-        assert data["ssh_user"] == variables["ansible_user"]
+        assert data.get("ssh_user") == variables.get("ansible_user")
 
 
 def test_pyinfra_honours_ansible_ssh_options(write_fleet) -> None:  # type: ignore[no-untyped-def]
