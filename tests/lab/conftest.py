@@ -67,18 +67,11 @@ def _ansible_changed(stdout: str) -> int:
 
 
 def _pyinfra_changed(output: str) -> int:
-    """Sum of the per-host 'Changed' counts in pyinfra's results table."""
-    match = re.search(r"--> Results:?\n(.*?)(?:\n-->|\Z)", output, re.S)
-    assert match, output[-3000:]
-    table = match.group(1).splitlines()
-    header = next(line for line in table if "Changed" in line)
-    column = header.split().index("Changed")
-    total = 0
-    for line in table[table.index(header) + 1:]:
-        words = line.split()
-        if len(words) >= len(header.split()):
-            total += int(words[column])
-    return total
+    """Operations that ran commands ("Success" in pyinfra's results table), summed over hosts."""
+    total = re.search(r"^\s*Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", output, re.M)
+    assert total, output[-3000:]
+    success = total.group(2)
+    return 0 if success == "-" else int(success)
 
 
 @pytest.fixture(scope="module")
