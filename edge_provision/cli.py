@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge_provision import inventory
@@ -53,6 +53,34 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifacts(args: argparse.Namespace) -> int:
+    from edge_provision import artifacts
+
+    if args.artifacts_command == "build":
+        from edge_provision.artifacts.builders import crun, images
+
+        builders: dict[str, Callable[[], Path]] = {
+            "crun (Wasm)": lambda: crun.build_crun(args.arch),
+            "wasi-demo image": images.build_wasi_demo_image,
+            "busybox image": images.build_busybox_image,
+            "pause image": lambda: images.build_pause_image(args.arch),
+        }
+        for what, build in builders.items():
+            try:
+                path = build()
+            except (crun.ArtifactBuildError, images.ImageBuildError) as exc:
+                print(f"artifacts build: {what}: {exc}", file=sys.stderr)
+                return 1
+            print(f"{what:16} {path}")
+        return 0
+    rows = artifacts.cached_builds()
+    if not rows:
+        print(f"no artifacts in {artifacts.ARTIFACTS_DIR}")
+    for name, path, size in rows:
+        print(f"{name:16} {size / 1e6:8.1f} MB  {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-provision", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=_lab)
+
+    arts = sub.add_parser("artifacts", help="pinned, checksummed artifacts the roles install")
+    arts_sub = arts.add_subparsers(dest="artifacts_command", required=True)
+    build = arts_sub.add_parser("build", help="build what no reachable registry carries (lab)")
+    build.add_argument("--arch", choices=inventory.ARCHITECTURES, default="amd64")
+    arts_sub.add_parser("list", help="show the artifacts present in the cache")
+    arts.set_defaults(func=_artifacts)
     return parser
 
 

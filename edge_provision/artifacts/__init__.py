@@ -1,0 +1,46 @@
+"""Pinned, checksummed artifacts: what the roles install, and where it comes from.
+
+``versions.yml`` beside this file is the single source of every external component
+(version, per-architecture URL, sha256). What no registry reachable from the lab carries
+is built by a builder in ``builders/`` into the cache (never into the repository).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+CACHE_DIR = Path(os.environ.get("EDGE_PROVISION_CACHE", Path.home() / ".cache" / "edge-provision"))
+ARTIFACTS_DIR = CACHE_DIR / "artifacts"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_dir(name: str, version: str, arch: str, key: str) -> Path:
+    """Cache directory of one build: ``<cache>/artifacts/<name>/<version>-<arch>-<key>``.
+
+    ``key`` is a short hash of everything that shapes the build (inputs' checksums,
+    build flags), so a changed input builds anew and an unchanged one is reused.
+    """
+    return ARTIFACTS_DIR / name / f"{version}-{arch}-{key}"
+
+
+def input_key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def cached_builds() -> list[tuple[str, Path, int]]:
+    """Every build in the cache: (name, directory, total bytes)."""
+    rows = []
+    for directory in sorted(ARTIFACTS_DIR.glob("*/*")):
+        if directory.is_dir():
+            size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+            rows.append((directory.parent.name, directory, size))
+    return rows

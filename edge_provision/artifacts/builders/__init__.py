@@ -1,0 +1,1 @@
+"""Builders of lab artifacts from registries reachable here (Debian sources, PyPI)."""

@@ -1,0 +1,564 @@
+"""Build crun with ONE Wasm engine (wasmtime) from Debian's source package, for the lab.
+
+Inputs, all pinned in ``edge_provision/artifacts/versions.yml`` (the single source of truth):
+
+* crun: ``apt-get source crun=<debian_version>`` (bookworm; apt checks it against the signed
+  Sources index). deb-src is enabled on demand by :func:`apt_sources.ensure_deb_src`.
+* libwasmtime: ``_libwasmtime.so`` out of the PyPI ``wasmtime`` wheel, whose sha256 is checked
+  against the pin before use. The wheel has no C headers; ``wasmtime_c_api.h`` beside this
+  file declares what crun 1.8.1's handler needs (crun dlopen()s ``libwasmtime.so`` at run time,
+  so nothing links against it at build time).
+
+Output: a cache directory (``edge_provision.artifacts.build_dir``) holding ``crun``,
+``libwasmtime.so`` and ``manifest.json``. Everything that shapes the build is part of the cache
+key, so an unchanged input returns the cached directory at once. Builds run in a temporary
+directory and the result is renamed into place atomically; a lock file serialises concurrent
+builders of the same key.
+
+Only one engine per binary: a crun built with two engines tries WasmEdge first.
+Only native builds work now (amd64 on amd64); ``arch`` is there for the arm64 cross-build to come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge_provision.artifacts import build_dir, input_key, sha256_file
+from edge_provision.artifacts.builders import apt_sources
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+VERSIONS_FILE = HERE.parent / "versions.yml"
+HEADER_FILE = HERE / "wasmtime_c_api.h"
+
+# Bump when the build steps change in a way that changes the output (the cache key includes it).
+BUILDER_REVISION = "1"
+
+ENGINES = ("wasmtime",)
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    deb: str  # Debian architecture name
+    machine: str  # platform.machine() / uname -m
+    wheel_platform: str  # pip --platform tag
+    wheel_dir: str  # directory of _libwasmtime.so inside the wheel
+
+
+ARCHES: Mapping[str, ArchInfo] = {
+    "amd64": ArchInfo("amd64", "x86_64", "manylinux2014_x86_64", "linux-x86_64"),
+    "arm64": ArchInfo("arm64", "aarch64", "manylinux2014_aarch64", "linux-aarch64"),
+}
+
+# crun 1.8.1's build dependencies (debian/control minus debhelper and the Go spec packages that
+# Debian's rules copy over libocispec's vendored schemas), plus what unpacking/building needs.
+BUILD_DEPS = (
+    "build-essential",  # gcc, make, binutils (strip, nm, readelf)
+    "dpkg-dev",  # dpkg-source (apt-get source unpacks with it), dpkg-buildflags
+    "xz-utils",
+    "pkg-config",
+    "gperf",
+    "python3",  # libocispec's generator
+    "go-md2man",
+    "libsystemd-dev",
+    "libyajl-dev",
+    "libseccomp-dev",
+    "libcap-dev",
+)
+
+# Every wasmtime/WASI function crun 1.8.1's src/libcrun/handlers/wasmtime.c dlsym()s. crun refuses
+# to run a Wasm container ("could not find symbol in `libwasmtime.so`") if any is missing.
+CRUN_WASMTIME_FUNCTIONS = (
+    "wasm_byte_vec_delete",
+    "wasm_byte_vec_new_uninitialized",
+    "wasm_engine_delete",
+    "wasm_engine_new",
+    "wasi_config_inherit_argv",
+    "wasi_config_inherit_env",
+    "wasi_config_inherit_stderr",
+    "wasi_config_inherit_stdin",
+    "wasi_config_inherit_stdout",
+    "wasi_config_new",
+    "wasi_config_preopen_dir",
+    "wasi_config_set_argv",
+    "wasmtime_context_set_wasi",
+    "wasmtime_error_delete",
+    "wasmtime_error_message",
+    "wasmtime_func_call",
+    "wasmtime_linker_define_wasi",
+    "wasmtime_linker_get_default",
+    "wasmtime_linker_module",
+    "wasmtime_linker_new",
+    "wasmtime_module_delete",
+    "wasmtime_module_new",
+    "wasmtime_store_context",
+    "wasmtime_store_delete",
+    "wasmtime_store_new",
+    "wasmtime_wat2wasm",
+)
+
+CONFIGURE_FLAGS: dict[str, tuple[str, ...]] = {"wasmtime": ("--with-wasmtime",)}
+# Debian's own hardening for crun (debian/rules: DEB_BUILD_MAINT_OPTIONS = hardening=+all).
+DEB_BUILD_MAINT_OPTIONS = "hardening=+all"
+INCLUDE_SUBDIR = "edge-provision-include"  # inside the source tree: -ffile-prefix-map covers it
+HEADER_SHIMS = ("wasm.h", "wasi.h", "wasmtime.h")  # what crun's handler and configure include
+
+OUTPUT_FILES = ("crun", "libwasmtime.so")
+TAIL_LINES = 25
+ERROR_LINES = 15
+_ERROR_LINE = re.compile(r"\berror\b:|\*\*\*|fatal|undefined reference", re.IGNORECASE)
+
+
+class ArtifactBuildError(RuntimeError):
+    """A build step failed; the message names the step and ends with the last lines of its output."""
+
+    def __init__(self, step: str, message: str, output: str = "") -> None:
+        self.step = step
+        self.message = message
+        self.output = output
+        lines = output.rstrip().splitlines()
+        self.output_tail = "\n".join(lines[-TAIL_LINES:])
+        text = f"crun build, step '{step}': {message}"
+        # Parallel make interleaves jobs: the compiler's error may sit above the tail.
+        errors = [line for line in lines[:-TAIL_LINES] if _ERROR_LINE.search(line)][-ERROR_LINES:]
+        if errors:
+            text += "\n--- error lines above the tail ---\n" + "\n".join(errors)
+        if self.output_tail:
+            text += f"\n--- last lines of output ---\n{self.output_tail}"
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class Pins:
+    crun_version: str
+    crun_debian_version: str
+    wasmtime_version: str
+    wheel_file: str
+    wheel_sha256: str
+
+
+def load_pins(arch: str, versions_file: Path = VERSIONS_FILE) -> Pins:
+    """crun and wasmtime pins for ``arch`` from versions.yml."""
+    step = "read pins"
+    try:
+        data: Any = yaml.safe_load(versions_file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ArtifactBuildError(step, f"cannot read {versions_file}: {exc}") from exc
+    try:
+        crun = data["crun"]
+        wasmtime = data["wasmtime"]
+        wheel = wasmtime["wheels"][arch]
+        pins = Pins(
+            crun_version=str(crun["version"]),
+            crun_debian_version=str(crun["debian_version"]),
+            wasmtime_version=str(wasmtime["version"]),
+            wheel_file=str(wheel["file"]),
+            wheel_sha256=str(wheel["sha256"]).lower(),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ArtifactBuildError(
+            step, f"{versions_file} lacks {exc} (need crun.version, crun.debian_version, "
+            f"wasmtime.version, wasmtime.wheels.{arch}.file/sha256)"
+        ) from exc
+    if not pins.crun_debian_version.startswith(f"{pins.crun_version}-"):
+        raise ArtifactBuildError(
+            step, f"crun.debian_version {pins.crun_debian_version!r} is not a revision of "
+            f"crun.version {pins.crun_version!r} in {versions_file}"
+        )
+    if f"-{pins.wasmtime_version}-" not in pins.wheel_file:
+        raise ArtifactBuildError(
+            step, f"wheel {pins.wheel_file!r} does not match wasmtime.version {pins.wasmtime_version!r}"
+        )
+    return pins
+
+
+def verify_sha256(path: Path, expected: str, *, step: str = "verify wheel checksum") -> str:
+    """Return the sha256 of ``path``; raise ArtifactBuildError naming expected and actual if it differs."""
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise ArtifactBuildError(
+            step, f"sha256 mismatch for {path.name}: expected {expected.lower()}, actual {actual} "
+            "(pinned in edge_provision/artifacts/versions.yml)"
+        )
+    return actual
+
+
+def cache_key(arch: str, engine: str, pins: Pins) -> str:
+    return input_key(
+        BUILDER_REVISION,
+        arch,
+        engine,
+        pins.crun_version,
+        pins.crun_debian_version,
+        pins.wasmtime_version,
+        pins.wheel_file,
+        pins.wheel_sha256,
+        sha256_file(HEADER_FILE),
+        " ".join(CONFIGURE_FLAGS[engine]),
+        DEB_BUILD_MAINT_OPTIONS,
+    )
+
+
+def cached_build(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a complete, intact build in ``directory``, else None."""
+    try:
+        manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
+        for name in OUTPUT_FILES:
+            if sha256_file(directory / name) != manifest["files"][name]["sha256"]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return manifest
+
+
+def build_crun(arch: str = "amd64", engine: str = "wasmtime", *, versions_file: Path = VERSIONS_FILE) -> Path:
+    """Build (or reuse) crun with the ``engine`` Wasm handler for ``arch``; return the cache directory.
+
+    The directory holds ``crun``, ``libwasmtime.so`` and ``manifest.json``. On a node, install
+    libwasmtime.so where the dynamic loader finds it (e.g. /usr/local/lib + ldconfig).
+    """
+    if arch not in ARCHES:
+        raise ArtifactBuildError("check arguments", f"unknown arch {arch!r} (known: {', '.join(ARCHES)})")
+    if engine not in ENGINES:
+        raise ArtifactBuildError(
+            "check arguments", f"engine {engine!r} is not supported (one engine per binary; known: "
+            f"{', '.join(ENGINES)})"
+        )
+    pins = load_pins(arch, versions_file)
+    key = cache_key(arch, engine, pins)
+    dest = build_dir(f"crun-{engine}", pins.crun_version, arch, key)
+    if cached_build(dest) is not None:
+        return dest
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(dest.parent / f".{dest.name}.lock"):
+        if cached_build(dest) is not None:  # another process built it while we waited
+            return dest
+        host = _host_arch()
+        if arch != host:
+            raise ArtifactBuildError(
+                "check arguments", f"cross-building crun for {arch} on {host} is not implemented yet "
+                "(build natively on an arm64 host, or add a cross toolchain to this builder)"
+            )
+        if dest.exists():
+            log.warning("discarding incomplete or corrupted build %s", dest)
+            shutil.rmtree(dest)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        failed_log = dest.parent / f"{dest.name}.failed.log"
+        try:
+            with tempfile.TemporaryDirectory(prefix="crun-build-") as work:
+                _build(Path(work), staging, arch, engine, pins, key)
+            os.rename(staging, dest)
+        except ArtifactBuildError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not exc.output:
+                raise
+            failed_log.write_text(exc.output)
+            message = f"{exc.message} (full output: {failed_log})"
+            raise ArtifactBuildError(exc.step, message, exc.output) from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        failed_log.unlink(missing_ok=True)
+    return dest
+
+
+def _build(work: Path, out: Path, arch: str, engine: str, pins: Pins, key: str) -> None:
+    started = time.monotonic()
+    info = ARCHES[arch]
+
+    _step_deb_src()
+    _step_build_deps()
+
+    # -- sources -------------------------------------------------------------------------
+    source_dir = _step_apt_source(work, pins)
+    wheel = _step_download_wheel(work, pins, info)
+    wheel_member = f"wasmtime/{info.wheel_dir}/_libwasmtime.so"
+    lib = out / "libwasmtime.so"
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(wheel_member) as src, lib.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    except (KeyError, OSError, zipfile.BadZipFile) as exc:
+        raise ArtifactBuildError(
+            "extract libwasmtime", f"cannot extract {wheel_member} from {wheel.name}: {exc}"
+        ) from exc
+    lib.chmod(0o644)
+    _step_check_exports(lib)
+
+    # -- configure & make ------------------------------------------------------------------
+    include = source_dir / INCLUDE_SUBDIR
+    include.mkdir()
+    shutil.copy2(HEADER_FILE, include / HEADER_FILE.name)
+    for shim in HEADER_SHIMS:
+        (include / shim).write_text(f'/* edge-provision shim */\n#include "{HEADER_FILE.name}"\n')
+
+    env = _build_env(source_dir)
+    flags = {
+        name: _run("dpkg-buildflags", ["dpkg-buildflags", "--get", name], cwd=source_dir, env=env).strip()
+        for name in ("CPPFLAGS", "CFLAGS", "LDFLAGS")
+    }
+    configure_args = [
+        *CONFIGURE_FLAGS[engine],
+        f"CPPFLAGS=-I{include} {flags['CPPFLAGS']}",
+        f"CFLAGS={flags['CFLAGS']}",
+        f"LDFLAGS={flags['LDFLAGS']}",
+    ]
+    _run("configure", ["./configure", *configure_args], cwd=source_dir, env=env)
+    jobs = f"-j{os.environ.get('EDGE_PROVISION_BUILD_JOBS', '2')}"
+    # `make crun` alone races: crun's sources compile while libocispec's generator is still writing
+    # the headers they include (BUILT_SOURCES only apply to `make all`), and git-version.h is one
+    # of those BUILT_SOURCES. Build libocispec and the header first, then the binary only.
+    _run("make libocispec", ["make", jobs, "-C", "libocispec"], cwd=source_dir, env=env)
+    _run("make git-version.h", ["make", "git-version.h"], cwd=source_dir, env=env)
+    _run("make crun", ["make", jobs, "crun"], cwd=source_dir, env=env)
+
+    crun = out / "crun"
+    shutil.copy2(source_dir / "crun", crun)
+    _run("strip", ["strip", "--strip-unneeded", str(crun)], cwd=source_dir, env=env)
+    crun.chmod(0o755)
+
+    # -- checks ------------------------------------------------------------------------------
+    version_output = _step_check_version(crun, pins, engine)
+    needed = _needed_libraries(crun, env)
+
+    source_files = {
+        p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.is_file() and p.name.startswith("crun_")
+    }
+    manifest = {
+        "name": "crun",
+        "engine": engine,
+        "arch": arch,
+        "key": key,
+        "builder_revision": BUILDER_REVISION,
+        "crun": {
+            "version": pins.crun_version,
+            "debian_version": pins.crun_debian_version,
+            "source": "debian-source",
+            "source_files_sha256": source_files,
+            "version_output": version_output,
+        },
+        "wasmtime": {
+            "version": pins.wasmtime_version,
+            "source": "pypi",
+            "wheel": pins.wheel_file,
+            "wheel_sha256": pins.wheel_sha256,
+            "wheel_member": wheel_member,
+            "header": HEADER_FILE.name,
+            "header_sha256": sha256_file(HEADER_FILE),
+            "functions_used_by_crun": list(CRUN_WASMTIME_FUNCTIONS),
+        },
+        "configure_flags": [arg.replace(str(source_dir), "$SRCDIR") for arg in configure_args],
+        "deb_build_maint_options": DEB_BUILD_MAINT_OPTIONS,
+        "stripped": True,
+        "runtime": {
+            "needed": needed,
+            "dlopen": "libwasmtime.so",
+            "install_hint": "libwasmtime.so -> /usr/local/lib/libwasmtime.so, then ldconfig",
+        },
+        "files": {
+            name: {"sha256": sha256_file(out / name), "size": (out / name).stat().st_size}
+            for name in OUTPUT_FILES
+        },
+        "build_seconds": round(time.monotonic() - started, 1),
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    out.chmod(0o755)
+    log.info(
+        "built crun %s (+WASM:%s, %s) in %.0fs", pins.crun_version, engine, arch, manifest["build_seconds"]
+    )
+
+
+# -- steps -------------------------------------------------------------------------------------
+
+
+def _step_deb_src() -> None:
+    try:
+        if apt_sources.ensure_deb_src():
+            log.info("enabled deb-src (%s)", apt_sources.OWN_FILE)
+    except (OSError, apt_sources.AptSourcesError) as exc:
+        raise ArtifactBuildError("enable deb-src", str(exc)) from exc
+
+
+def _step_build_deps() -> None:
+    query = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\\n", *BUILD_DEPS],
+        text=True,
+        capture_output=True,
+        check=False,
+        env=_apt_env(),
+    )
+    installed = {
+        line.split()[0] for line in query.stdout.splitlines() if line.split()[1:] == ["installed"]
+    }
+    missing = [p for p in BUILD_DEPS if p not in installed]
+    if missing:
+        log.info("installing build dependencies: %s", " ".join(missing))
+        _run(
+            "install build dependencies",
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
+            env=_apt_env(),
+        )
+
+
+def _step_apt_source(work: Path, pins: Pins) -> Path:
+    cmd = ["apt-get", "source", "-q", "--only-source", f"crun={pins.crun_debian_version}"]
+    try:
+        _run("apt-get source", cmd, cwd=work, env=_apt_env())
+    except ArtifactBuildError as first:
+        if "Unable to find" not in first.output_tail and "Can not find" not in first.output_tail:
+            raise
+        try:  # a deb-src entry without its Sources index yet: refresh once
+            apt_sources.apt_get_update()
+        except apt_sources.AptSourcesError as exc:
+            raise ArtifactBuildError("apt-get update", str(exc)) from exc
+        try:
+            _run("apt-get source", cmd, cwd=work, env=_apt_env())
+        except ArtifactBuildError as exc:
+            raise ArtifactBuildError(
+                "apt-get source",
+                f"crun={pins.crun_debian_version} is not in the Debian archive; if bookworm moved to a "
+                "newer revision, update crun.debian_version in edge_provision/artifacts/versions.yml",
+                exc.output_tail,
+            ) from exc
+    source_dir = work / f"crun-{pins.crun_version}"
+    if not (source_dir / "configure").is_file():
+        raise ArtifactBuildError("apt-get source", f"no unpacked source tree with configure at {source_dir}")
+    return source_dir
+
+
+def _step_download_wheel(work: Path, pins: Pins, info: ArchInfo) -> Path:
+    dl = work / "wheel"
+    _run(
+        "download wasmtime wheel",
+        [
+            sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+            f"wasmtime=={pins.wasmtime_version}", "--no-deps", "--only-binary=:all:",
+            "--platform", info.wheel_platform, "-d", str(dl),
+        ],
+    )
+    wheel = dl / pins.wheel_file
+    if not wheel.is_file():
+        got = ", ".join(p.name for p in dl.iterdir()) or "nothing"
+        raise ArtifactBuildError("download wasmtime wheel", f"expected {pins.wheel_file}, pip got {got}")
+    verify_sha256(wheel, pins.wheel_sha256)
+    return wheel
+
+
+def _step_check_exports(lib: Path) -> None:
+    output = _run("check libwasmtime exports", ["nm", "-D", "--defined-only", str(lib)])
+    exported = {line.split()[-1] for line in output.splitlines() if line.strip()}
+    missing = [name for name in CRUN_WASMTIME_FUNCTIONS if name not in exported]
+    if missing:
+        raise ArtifactBuildError(
+            "check libwasmtime exports", f"{lib.name} lacks functions crun calls: {', '.join(missing)}"
+        )
+
+
+def _step_check_version(crun: Path, pins: Pins, engine: str) -> str:
+    step = "check crun --version"
+    output = _run(step, [str(crun), "--version"])
+    if f"crun version {pins.crun_version}" not in output:
+        raise ArtifactBuildError(step, f"expected crun version {pins.crun_version}", output)
+    features = next((line for line in output.splitlines() if line.startswith("+")), "")
+    engines = [word for word in features.split() if word.startswith("+WASM:")]
+    if engines != [f"+WASM:{engine}"]:
+        raise ArtifactBuildError(step, f"expected exactly one engine, +WASM:{engine}; got {engines}", output)
+    if b"libwasmtime.so" not in crun.read_bytes():
+        raise ArtifactBuildError(step, "the binary does not dlopen libwasmtime.so", output)
+    return output.strip()
+
+
+def _needed_libraries(binary: Path, env: Mapping[str, str]) -> list[str]:
+    output = _run("readelf", ["readelf", "-d", "-W", str(binary)], env=env)
+    return [line.split("[", 1)[1].rstrip("]") for line in output.splitlines() if "(NEEDED)" in line]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _run(
+    step: str,
+    cmd: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Run ``cmd``; return its stdout+stderr, or raise ArtifactBuildError naming ``step`` with the tail."""
+    log.debug("[%s] %s", step, " ".join(cmd))
+    try:
+        proc = subprocess.run(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except OSError as exc:
+        raise ArtifactBuildError(step, f"cannot run {cmd[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        raise ArtifactBuildError(step, f"`{' '.join(cmd)}` exited with {proc.returncode}", proc.stdout)
+    return proc.stdout
+
+
+def _apt_env() -> dict[str, str]:
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
+
+
+def _build_env(source_dir: Path) -> dict[str, str]:
+    """A clean environment: Debian's toolchain and python3 only (no pyenv/venv shims on PATH)."""
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "HOME": str(source_dir),
+        "DEB_BUILD_MAINT_OPTIONS": DEB_BUILD_MAINT_OPTIONS,
+    }
+    with contextlib.suppress(ArtifactBuildError):
+        epoch = _run(
+            "dpkg-parsechangelog", ["dpkg-parsechangelog", "-STimestamp"], cwd=source_dir, env=env
+        ).strip()
+        if epoch.isdigit():
+            env["SOURCE_DATE_EPOCH"] = epoch
+    return env
+
+
+def _host_arch() -> str:
+    machine = platform.machine()
+    for name, info in ARCHES.items():
+        if info.machine == machine:
+            return name
+    return machine
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,594 @@
+"""The lab's container images, built from Debian packages into registry-less OCI tarballs.
+
+Three images, each a tarball for ``ctr -n k8s.io images import`` (see ``artifacts.oci``):
+
+``edge-provision.local/wasi-demo:<WASI_DEMO_VERSION>``
+    ``/wasi_demo.wasm`` (compiled here from ``artifacts/wasi_demo/wasi_demo.c`` with Debian's
+    clang + lld + wasi-libc), entrypoint ``["/wasi_demo.wasm"]``, manifest annotation
+    ``module.wasm.image/variant=compat-smart``.
+``edge-provision.local/busybox:<busybox version>``
+    Debian's busybox-static: ``/bin/busybox`` and the ``sh``, ``echo``, ``sleep``, ``cat``
+    links, ``/tmp``; the container-workload sample.
+``edge-provision.local/pause:<pause version>``
+    Kubernetes' ``build/pause/linux/pause.c`` from Debian's ``kubernetes`` source package,
+    compiled ``-static -O2``; the CRI's sandbox ("pause") image.
+
+Platform of the Wasm image. The WasmEdge guides tag Wasm images with the platform
+``wasi/wasm``. containerd does not run those through its CRI plugin on a Linux node:
+``ctr images import`` of an index whose only manifest is ``wasi/wasm`` fails ("no match for
+platform in manifest") unless given ``--platform wasi/wasm``, and even then the CRI plugin
+cannot resolve the image for the node ("get image id: no match for platform in manifest",
+containerd 1.6.20, checked). So the Wasm image is a *Linux* image: one image index with a
+``linux/amd64``, ``linux/arm64`` and ``linux/arm/v7`` manifest, all sharing the one layer
+(the .wasm is architecture independent). Each node's containerd picks its own manifest on
+import and in the CRI, with no flags. crun (built with a Wasm engine) decides to run the
+entrypoint as Wasm from the OCI spec's annotations: the pod carries
+``module.wasm.image/variant: compat-smart`` and containerd passes it through
+``pod_annotations`` of the Wasm runtime handler (``edge_provision.containerd_config``).
+containerd does not copy image annotations into the spec; the manifest annotation is
+there for CRI-O (which does) and for people reading the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_provision import artifacts
+from edge_provision.artifacts import build_dir, input_key, oci, sha256_file
+
+REGISTRY = "edge-provision.local"
+WASI_DEMO_VERSION = "0.1.0"
+WASI_DEMO_SOURCE = Path(__file__).resolve().parent.parent / "wasi_demo" / "wasi_demo.c"
+WASM_PLATFORMS = ("amd64", "arm64", "armhf")  # Debian arch names; see the module doc
+WASM_VARIANT_ANNOTATION = "module.wasm.image/variant"
+WASM_VARIANT = "compat-smart"
+WASM_CFLAGS = ("--target=wasm32-wasi", "-O2", "-Wall", "-Wextra", "-Werror", "-Wl,--strip-all")
+PAUSE_CFLAGS = ("-static", "-O2", "-Wall", "-Werror", "-s")
+BUSYBOX_APPLETS = ("sh", "echo", "sleep", "cat")
+BUSYBOX_PATH = Path("/bin/busybox")
+PAUSE_SOURCE_PACKAGE = "kubernetes"
+PAUSE_MEMBERS = ("build/pause/linux/pause.c", "build/pause/Makefile")
+# Bump when a builder's output changes for the same inputs (it is part of every cache key).
+BUILDER_REVISION = "1"
+
+# Debian architecture -> the gcc that builds static binaries for it (and its Debian packages).
+CROSS_GCC = {
+    "amd64": ("x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu libc6-dev-amd64-cross"),
+    "arm64": ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"),
+    "armhf": ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"),
+}
+# ELF e_machine -> Debian architecture (for checking what a binary really is).
+_ELF_MACHINES = {62: "amd64", 183: "arm64", 40: "armhf", 3: "i386", 243: "riscv64", 21: "ppc64el"}
+_TOOL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C"}
+
+
+class ImageBuildError(RuntimeError):
+    """A build input or tool is missing, or a tool failed."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _run(args: Sequence[str], *, cwd: Path | None = None, what: str) -> str:
+    try:
+        proc = subprocess.run(list(args), cwd=cwd, text=True, capture_output=True, check=False, env=_TOOL_ENV)
+    except FileNotFoundError:
+        raise ImageBuildError(f"{what}: {args[0]} not found") from None
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+        raise ImageBuildError(f"{what} failed (exit {proc.returncode}): {' '.join(args)}\n{tail}")
+    return proc.stdout
+
+
+def package_version(package: str) -> str:
+    """Installed version of a Debian package ('' when not installed)."""
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", package],
+        text=True,
+        capture_output=True,
+        check=False,
+        env=_TOOL_ENV,
+    )
+    status, _, version = proc.stdout.strip().partition(" ")
+    return version if proc.returncode == 0 and status == "installed" else ""
+
+
+def host_arch() -> str:
+    """This machine's Debian architecture (``amd64``, ``arm64``, ...)."""
+    return _run(["dpkg", "--print-architecture"], what="dpkg --print-architecture").strip()
+
+
+def upstream_version(debian_version: str) -> str:
+    """``1:1.35.0-4+deb12u1+b1`` -> ``1.35.0``; ``1.20.5+really1.20.2-1.1`` -> ``1.20.2``."""
+    version = debian_version.split(":", 1)[-1].rsplit("-", 1)[0]
+    return version.split("+really", 1)[-1]
+
+
+def elf_info(data: bytes) -> tuple[str, bool]:
+    """(Debian architecture, statically linked) of an ELF executable."""
+    if data[:4] != b"\x7fELF":
+        raise ImageBuildError("not an ELF file")
+    is64 = data[4] == 2
+    end = "<" if data[5] == 1 else ">"
+    (machine,) = struct.unpack_from(end + "H", data, 18)
+    if is64:
+        (phoff,) = struct.unpack_from(end + "Q", data, 32)
+        phentsize, phnum = struct.unpack_from(end + "HH", data, 54)
+    else:
+        (phoff,) = struct.unpack_from(end + "I", data, 28)
+        phentsize, phnum = struct.unpack_from(end + "HH", data, 42)
+    interp = any(
+        struct.unpack_from(end + "I", data, phoff + i * phentsize)[0] == 3  # PT_INTERP
+        for i in range(phnum)
+    )
+    arch = _ELF_MACHINES.get(machine, f"elf-machine-{machine}")
+    if arch == "amd64" and not is64:
+        arch = "x32"
+    return arch, not interp
+
+
+def _cached(
+    name: str, version: str, arch: str, key: str, filename: str, make: Callable[[Path], None]
+) -> Path:
+    """``<build_dir>/<filename>``, made by ``make(tmpdir)`` unless a previous build left it.
+
+    The build happens in a temporary sibling directory renamed into place, so a directory
+    that exists always holds a whole build.
+    """
+    final = build_dir(name, version, arch, key)
+    if (final / filename).is_file():
+        return final / filename
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the cache directory
+    try:
+        make(tmp)
+        if not (tmp / filename).is_file():
+            raise ImageBuildError(f"the build of {name} made no {filename}")
+        if final.exists():  # a half-made or older directory without the file
+            shutil.rmtree(final)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / filename).is_file():  # a concurrent build did not win either
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final / filename
+
+
+def _write_image(image: oci.Image, out: Path, filename: str, inputs: Mapping[str, str]) -> None:
+    path = oci.write_archive(image, out / filename)
+    info = {
+        "reference": image.reference,
+        "digest": image.digest,
+        "platforms": sorted(image.manifests),
+        "size": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "inputs": dict(inputs),
+    }
+    (out / "image.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    reference: str
+    digest: str  # the image index's digest, as ``ctr images ls`` shows it
+    platforms: tuple[str, ...]
+    size: int
+    sha256: str  # of the tarball
+
+
+def image_info(tarball: Path) -> ImageInfo:
+    """What a builder recorded beside the tarball it returned."""
+    doc = json.loads((tarball.parent / "image.json").read_text())
+    return ImageInfo(doc["reference"], doc["digest"], tuple(doc["platforms"]), doc["size"], doc["sha256"])
+
+
+# --------------------------------------------------------------------------- the Wasm sample
+
+
+def compile_wasi_demo(source: Path = WASI_DEMO_SOURCE) -> Path:
+    """``wasi_demo.wasm`` compiled from ``source`` (cached; Debian clang, lld, wasi-libc).
+
+    Debian's wasi-libc installs into clang's multiarch paths (``/usr/include/wasm32-wasi``,
+    ``/usr/lib/wasm32-wasi``), so no ``--sysroot`` is given: the wasi-sdk style
+    ``/usr/share/wasi-sysroot`` does not exist on Debian 12.
+    """
+    clang = shutil.which("clang", path=_TOOL_ENV["PATH"])
+    if clang is None:
+        raise ImageBuildError(
+            "clang not found: apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32"
+        )
+    if not package_version("wasi-libc"):
+        raise ImageBuildError("wasi-libc is not installed: apt-get install wasi-libc")
+    clang_version = _run([clang, "--version"], what="clang --version").splitlines()[0]
+    key = input_key(
+        BUILDER_REVISION,
+        sha256_file(source),
+        clang_version,
+        package_version("wasi-libc"),
+        package_version("lld"),
+        *WASM_CFLAGS,
+    )
+
+    def make(out: Path) -> None:
+        # Compile a copy under a fixed name so the output does not depend on the checkout path.
+        src = out / "wasi_demo.c"
+        shutil.copyfile(source, src)
+        _run(
+            [clang, *WASM_CFLAGS, "-o", "wasi_demo.wasm", "wasi_demo.c"], cwd=out, what="clang (wasm32-wasi)"
+        )
+        src.unlink()
+        if (out / "wasi_demo.wasm").read_bytes()[:4] != b"\0asm":
+            raise ImageBuildError("clang made no WebAssembly module")
+
+    return _cached("wasi-demo-wasm", WASI_DEMO_VERSION, "wasm32", key, "wasi_demo.wasm", make)
+
+
+def wasi_demo_reference() -> str:
+    return f"{REGISTRY}/wasi-demo:{WASI_DEMO_VERSION}"
+
+
+def build_wasi_demo_image(platforms: Sequence[str] = WASM_PLATFORMS) -> Path:
+    """Tarball of ``edge-provision.local/wasi-demo:<version>`` (one manifest per Linux arch)."""
+    wasm_path = compile_wasi_demo()
+    wasm = wasm_path.read_bytes()
+    inputs = {
+        "wasi_demo.wasm": hashlib.sha256(wasm).hexdigest(),
+        "platforms": ",".join(platforms),
+        "zlib": oci.zlib_version(),
+    }
+    key = input_key(BUILDER_REVISION, *(f"{k}={v}" for k, v in sorted(inputs.items())))
+
+    def make(out: Path) -> None:
+        image = oci.build_image(
+            wasi_demo_reference(),
+            [[oci.FileEntry.executable("/wasi_demo.wasm", wasm)]],
+            config=oci.ImageConfig(entrypoint=["/wasi_demo.wasm"]),
+            platforms=[oci.Platform.linux(a) for a in platforms],
+            annotations={
+                "org.opencontainers.image.title": "wasi-demo",
+                "org.opencontainers.image.version": WASI_DEMO_VERSION,
+                "org.opencontainers.image.description": "edge-provision's sample WASI workload",
+            },
+            manifest_annotations={WASM_VARIANT_ANNOTATION: WASM_VARIANT},
+        )
+        _write_image(image, out, "wasi-demo.tar", inputs)
+
+    return _cached("wasi-demo-image", WASI_DEMO_VERSION, "wasm", key, "wasi-demo.tar", make)
+
+
+# --------------------------------------------------------------------------- busybox
+
+
+def build_busybox_image(busybox: Path = BUSYBOX_PATH) -> Path:
+    """Tarball of ``edge-provision.local/busybox:<version>`` from Debian's busybox-static.
+
+    The platform is read from the binary itself (its ELF machine), so the image is for
+    whatever architecture the installed busybox-static is built for.
+    """
+    pkg_version = package_version("busybox-static")
+    if not pkg_version:
+        raise ImageBuildError("busybox-static is not installed: apt-get install busybox-static")
+    if not busybox.is_file():
+        raise ImageBuildError(f"{busybox} not found")
+    data = busybox.read_bytes()
+    arch, static = elf_info(data)
+    if not static:
+        raise ImageBuildError(f"{busybox} is dynamically linked: is it busybox-static's?")
+    version = upstream_version(pkg_version)
+    reference = f"{REGISTRY}/busybox:{version}"
+    inputs = {
+        "busybox": hashlib.sha256(data).hexdigest(),
+        "busybox-static": pkg_version,
+        "applets": ",".join(BUSYBOX_APPLETS),
+        "zlib": oci.zlib_version(),
+    }
+    key = input_key(BUILDER_REVISION, *(f"{k}={v}" for k, v in sorted(inputs.items())))
+
+    def make(out: Path) -> None:
+        files = [
+            oci.FileEntry.executable("/bin/busybox", data),
+            *(oci.FileEntry.symlink(f"/bin/{applet}", "busybox") for applet in BUSYBOX_APPLETS),
+            oci.FileEntry.dir("/tmp", 0o1777),
+        ]
+        image = oci.build_image(
+            reference,
+            [files],
+            config=oci.ImageConfig(
+                cmd=["sh"], env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+            ),
+            platforms=[oci.Platform.linux(arch)],
+            annotations={
+                "org.opencontainers.image.title": "busybox",
+                "org.opencontainers.image.version": version,
+                "org.opencontainers.image.description": f"Debian busybox-static {pkg_version}",
+            },
+        )
+        _write_image(image, out, "busybox.tar", inputs)
+
+    return _cached("busybox-image", version, arch, key, "busybox.tar", make)
+
+
+# --------------------------------------------------------------------------- pause
+
+
+@dataclass(frozen=True)
+class PauseSource:
+    pause_c: Path
+    version: str  # the pause image's version (TAG in build/pause/Makefile), e.g. "3.4"
+    kubernetes_version: str  # upstream version of the source package, e.g. "1.20.2"
+    debian_version: str  # of the source package, e.g. "1.20.5+really1.20.2-1.1+deb12u1"
+
+
+def _source_version(package: str) -> str:
+    out = subprocess.run(
+        ["apt-cache", "showsrc", "--only-source", package],
+        text=True,
+        capture_output=True,
+        check=False,
+        env=_TOOL_ENV,
+    ).stdout
+    versions: list[str] = re.findall(r"^Version: (\S+)$", out, re.MULTILINE)
+    if not versions:
+        return ""
+    best = versions[0]
+    for candidate in versions[1:]:  # the newest one, as apt-get source picks it
+        if subprocess.run(["dpkg", "--compare-versions", candidate, "gt", best], check=False).returncode == 0:
+            best = candidate
+    return best
+
+
+def pause_tag(makefile: str) -> str:
+    """The pause version in Kubernetes' build/pause/Makefile (``TAG = 3.4`` / ``TAG ?= 3.9``)."""
+    match = re.search(r"^TAG\s*[?:]?=\s*(\S+)\s*$", makefile, re.MULTILINE)
+    if not match:
+        raise ImageBuildError("no TAG in build/pause/Makefile")
+    return match.group(1)
+
+
+def fetch_pause_source() -> PauseSource:
+    """pause.c (and its Makefile, for the version) from Debian's kubernetes source package.
+
+    Only the two files are kept, under ``<cache>/artifacts/sources/kubernetes-<version>/``;
+    the 34 MB upstream tarball is downloaded with ``apt-get source --download-only`` into a
+    temporary directory (apt checks it against the signed Sources index) and removed.
+    """
+    debian_version = _source_version(PAUSE_SOURCE_PACKAGE)
+    if not debian_version:
+        from edge_provision.artifacts.builders import apt_sources
+
+        apt_sources.ensure_deb_src()
+        debian_version = _source_version(PAUSE_SOURCE_PACKAGE)
+    if not debian_version:
+        raise ImageBuildError(f"no Debian source package {PAUSE_SOURCE_PACKAGE!r} (deb-src missing?)")
+    dest = artifacts.ARTIFACTS_DIR / "sources" / f"{PAUSE_SOURCE_PACKAGE}-{debian_version}"
+    pause_c, makefile = dest / "pause.c", dest / "Makefile"
+    if not (pause_c.is_file() and makefile.is_file()):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp_name:
+            tmp = Path(tmp_name)
+            _run(
+                ["apt-get", "source", "--download-only", f"{PAUSE_SOURCE_PACKAGE}={debian_version}"],
+                cwd=tmp,
+                what="apt-get source",
+            )
+            origs = sorted(tmp.glob(f"{PAUSE_SOURCE_PACKAGE}_*.orig.tar.*"))
+            if not origs:
+                raise ImageBuildError(f"apt-get source {PAUSE_SOURCE_PACKAGE} gave no .orig tarball")
+            found = _extract_members(origs[0], PAUSE_MEMBERS)
+            out = tmp / "out"
+            out.mkdir()
+            (out / "pause.c").write_bytes(found[PAUSE_MEMBERS[0]])
+            (out / "Makefile").write_bytes(found[PAUSE_MEMBERS[1]])
+            if dest.exists():
+                shutil.rmtree(dest)
+            out.rename(dest)
+    return PauseSource(
+        pause_c=pause_c,
+        version=pause_tag(makefile.read_text()),
+        kubernetes_version=upstream_version(debian_version),
+        debian_version=debian_version,
+    )
+
+
+def _extract_members(tarball: Path, wanted: Sequence[str]) -> dict[str, bytes]:
+    """The files ``<top>/<member>`` of a source tarball, read in one streaming pass."""
+    found: dict[str, bytes] = {}
+    with tarfile.open(tarball, mode="r|*") as tar:
+        for member in tar:
+            _, _, rel = member.name.partition("/")
+            if rel in wanted and member.isfile():
+                f = tar.extractfile(member)
+                if f is not None:
+                    found[rel] = f.read()
+                if len(found) == len(wanted):
+                    break
+    missing = [m for m in wanted if m not in found]
+    if missing:
+        raise ImageBuildError(f"{tarball.name} has no {', '.join(missing)}")
+    return found
+
+
+def _gcc_for(arch: str) -> str:
+    if arch == host_arch():
+        return "gcc"
+    if arch not in CROSS_GCC:
+        raise ImageBuildError(f"no cross compiler known for {arch!r}")
+    gcc, packages = CROSS_GCC[arch]
+    if shutil.which(gcc, path=_TOOL_ENV["PATH"]) is None:
+        raise ImageBuildError(f"{gcc} not found: apt-get install {packages}")
+    return gcc
+
+
+def compile_pause(arch: str = "amd64", source: PauseSource | None = None) -> Path:
+    """A static ``pause`` binary for ``arch`` (Debian arch name), cached."""
+    source = source or fetch_pause_source()
+    gcc = _gcc_for(arch)
+    gcc_version = _run([gcc, "--version"], what=f"{gcc} --version").splitlines()[0]
+    define = f"-DVERSION=v{source.version}-kubernetes-{source.kubernetes_version}"
+    flags = (*PAUSE_CFLAGS, define)
+    libc = package_version("libc6-dev") if gcc == "gcc" else package_version(f"libc6-dev-{arch}-cross")
+    key = input_key(BUILDER_REVISION, sha256_file(source.pause_c), gcc_version, libc, *flags)
+
+    def make(out: Path) -> None:
+        shutil.copyfile(source.pause_c, out / "pause.c")
+        _run([gcc, *flags, "-o", "pause", "pause.c"], cwd=out, what=f"{gcc} pause.c")
+        (out / "pause.c").unlink()
+        built_arch, static = elf_info((out / "pause").read_bytes())
+        if built_arch != arch or not static:
+            raise ImageBuildError(f"pause came out {built_arch}, static={static}; wanted static {arch}")
+
+    return _cached("pause-bin", source.version, arch, key, "pause", make)
+
+
+def build_pause_image(arch: str = "amd64") -> Path:
+    """Tarball of ``edge-provision.local/pause:<version>`` for ``arch`` (Debian arch name)."""
+    source = fetch_pause_source()
+    binary = compile_pause(arch, source).read_bytes()
+    reference = f"{REGISTRY}/pause:{source.version}"
+    inputs = {
+        "pause": hashlib.sha256(binary).hexdigest(),
+        "kubernetes-source": source.debian_version,
+        "zlib": oci.zlib_version(),
+    }
+    key = input_key(BUILDER_REVISION, *(f"{k}={v}" for k, v in sorted(inputs.items())))
+
+    def make(out: Path) -> None:
+        image = oci.build_image(
+            reference,
+            [[oci.FileEntry.executable("/pause", binary)]],
+            config=oci.ImageConfig(entrypoint=["/pause"]),
+            platforms=[oci.Platform.linux(arch)],
+            annotations={
+                "org.opencontainers.image.title": "pause",
+                "org.opencontainers.image.version": source.version,
+                "org.opencontainers.image.description": (
+                    f"Kubernetes build/pause/linux/pause.c from Debian's kubernetes {source.debian_version}"
+                ),
+            },
+        )
+        _write_image(image, out, "pause.tar", inputs)
+
+    return _cached("pause-image", source.version, arch, key, "pause.tar", make)
+
+
+def pause_reference() -> str:
+    """``edge-provision.local/pause:<version>`` (reads the version from the cached source)."""
+    return f"{REGISTRY}/pause:{fetch_pause_source().version}"
+
+
+# --------------------------------------------------------------------------- demo output
+
+
+DEMO_GREETING = "This is from a main function"
+DEMO_FILE_LINE = "File content is This is in a file"
+
+
+def demo_output_problems(
+    stdout: str,
+    *,
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    stderr: str | None = None,
+) -> list[str]:
+    """What is wrong with an output of wasi_demo ([] when every expected line is there).
+
+    ``args`` is the whole argv (``/wasi_demo.wasm`` first, as a runtime passes it). With
+    ``env``, the env section must list exactly those variables, in any order; without, it
+    only has to be there (a container runtime adds PATH, HOSTNAME, KUBERNETES_*, ...).
+    ``stderr`` None means stdout and stderr come interleaved in ``stdout`` (``kubectl logs``).
+    """
+    lines = stdout.splitlines()
+    problems: list[str] = []
+    if stderr is not None:
+        if DEMO_GREETING not in stderr.splitlines():
+            problems.append(f"stderr lacks {DEMO_GREETING!r}")
+    elif DEMO_GREETING in lines:
+        lines.remove(DEMO_GREETING)
+    else:
+        problems.append(f"output lacks the stderr line {DEMO_GREETING!r}")
+
+    patterns = [
+        ("random number", r"Random number: \d{1,10}"),
+        ("random bytes", r"Random bytes: \[\d{1,3}(, \d{1,3}){15}\]"),
+        ("greeting", re.escape(f"Printed from wasi: {DEMO_GREETING}")),
+        ("env header", re.escape("The env vars are as follows.")),
+    ]
+    pos = 0
+    for what, pattern in patterns:
+        while pos < len(lines) and not re.fullmatch(pattern, lines[pos]):
+            pos += 1
+        if pos == len(lines):
+            problems.append(f"no {what} line ({pattern})")
+            return problems
+        if what == "random number" and int(lines[pos].rsplit(" ", 1)[1]) >= 1 << 32:
+            problems.append(f"random number out of range: {lines[pos]}")
+        if what == "random bytes" and any(int(b) > 255 for b in re.findall(r"\d+", lines[pos])):
+            problems.append(f"random byte out of range: {lines[pos]}")
+        pos += 1
+    try:
+        args_at = lines.index("The args are as follows.", pos)
+    except ValueError:
+        return [*problems, "no 'The args are as follows.' line"]
+    env_lines = lines[pos:args_at]
+    if env is not None and sorted(env_lines) != sorted(f"{k}: {v}" for k, v in env.items()):
+        problems.append(f"env lines {env_lines} != {sorted(env.items())}")
+    end = args_at + 1 + len(args)
+    if lines[args_at + 1 : end] != list(args):
+        problems.append(f"args lines {lines[args_at + 1 : end]} != {list(args)}")
+    if lines[end:] != [DEMO_FILE_LINE]:
+        problems.append(f"after the args: {lines[end:]}, want [{DEMO_FILE_LINE!r}]")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edge_provision.artifacts.builders.images [wasi-demo|busybox|pause[:arch]]...``"""
+    names = list(argv if argv is not None else sys.argv[1:]) or ["wasi-demo", "busybox", "pause"]
+    for name in names:
+        kind, _, arch = name.partition(":")
+        if kind == "wasi-demo":
+            path = build_wasi_demo_image()
+        elif kind == "busybox":
+            path = build_busybox_image()
+        elif kind == "pause":
+            path = build_pause_image(arch or host_arch())
+        else:
+            print(f"unknown image {name!r}", file=sys.stderr)
+            return 2
+        info = image_info(path)
+        print(f"{info.reference}\t{info.digest}\t{info.size}\t{path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "ImageBuildError",
+    "ImageInfo",
+    "build_busybox_image",
+    "build_pause_image",
+    "build_wasi_demo_image",
+    "compile_pause",
+    "compile_wasi_demo",
+    "demo_output_problems",
+    "fetch_pause_source",
+    "image_info",
+    "pause_reference",
+    "wasi_demo_reference",
+]

@@ -1,0 +1,231 @@
+"""Real builds of the lab's images: the WASI demo module, and the wasi-demo / busybox / pause tarballs.
+
+Needs Debian's clang, lld, wasi-libc, libclang-rt-14-dev-wasm32, busybox-static and gcc,
+and Debian's source archive (the pause image's pause.c comes from the kubernetes source
+package). Each build goes into a temporary cache. The demo module is run if the Python
+``wasmtime`` package is importable; the tarballs are imported into a throwaway containerd
+if ``containerd`` and ``ctr`` are installed and we are root.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_provision import artifacts
+from edge_provision.artifacts import oci
+from edge_provision.artifacts.builders import images
+
+pytestmark = pytest.mark.lab
+
+
+
+def _use_cache(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    monkeypatch.setattr(artifacts, "ARTIFACTS_DIR", root)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """The three image tarballs (and the .wasm), built once into a temporary cache."""
+    root = tmp_path_factory.mktemp("cache-a")
+    with pytest.MonkeyPatch.context() as mp:
+        _use_cache(mp, root)
+        yield {
+            "wasm": images.compile_wasi_demo(),
+            "wasi-demo": images.build_wasi_demo_image(),
+            "busybox": images.build_busybox_image(),
+            "pause": images.build_pause_image(images.host_arch()),
+            "root": root,
+        }
+
+
+def test_wasi_demo_compiles_to_a_small_module(built: dict[str, Path]) -> None:
+    data = built["wasm"].read_bytes()
+    assert data[:8] == b"\0asm\x01\0\0\0"
+    assert len(data) < 100_000  # stripped: ~35 KB with Debian 12's clang 14 / wasi-libc
+    # a WASI command: exports _start and memory, imports only wasi_snapshot_preview1
+    assert b"_start" in data and b"wasi_snapshot_preview1" in data
+
+
+def test_wasi_demo_output_has_every_expected_line(built: dict[str, Path], tmp_path: Path) -> None:
+    import wasmtime
+    root = tmp_path / "root"
+    root.mkdir()
+    args = ["/wasi_demo.wasm", "50000000", "two words"]
+    env = {"GREETING": "hello edge", "EMPTY": ""}
+    cfg = wasmtime.WasiConfig()
+    cfg.argv = args
+    cfg.env = list(env.items())
+    cfg.preopen_dir(str(root), "/")
+    cfg.stdout_file = str(tmp_path / "stdout")
+    cfg.stderr_file = str(tmp_path / "stderr")
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    store.set_wasi(cfg)
+    instance = linker.instantiate(store, wasmtime.Module.from_file(engine, str(built["wasm"])))
+    try:
+        instance.exports(store)["_start"](store)
+    except wasmtime.ExitTrap as exit_:
+        assert exit_.code == 0, (tmp_path / "stderr").read_text()
+    stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+    assert images.demo_output_problems(stdout, args=args, env=env, stderr=stderr) == [], stdout + stderr
+    assert list(root.iterdir()) == []  # the demo file was written, read back and removed
+
+
+def _index_and_manifests(
+    tarball: Path,
+) -> tuple[dict[str, bytes], dict[str, object], list[dict[str, object]]]:
+    files = oci.read_archive(tarball)
+    assert oci.verify_archive(files) == []
+    (top,) = json.loads(files["index.json"])["manifests"]
+    index = json.loads(files["blobs/sha256/" + top["digest"].split(":")[1]])
+    manifests = [json.loads(files["blobs/sha256/" + m["digest"].split(":")[1]]) for m in index["manifests"]]
+    return files, {**top, "index": index}, manifests
+
+
+def test_wasi_demo_image(built: dict[str, Path]) -> None:
+    files, top, manifests = _index_and_manifests(built["wasi-demo"])
+    info = images.image_info(built["wasi-demo"])
+    assert info.reference == images.wasi_demo_reference() == top["annotations"]["io.containerd.image.name"]  # type: ignore[index]
+    assert info.platforms == ("linux/amd64", "linux/arm/v7", "linux/arm64")
+    assert all(m["annotations"]["module.wasm.image/variant"] == "compat-smart" for m in manifests)  # type: ignore[index]
+    layers = {m["layers"][0]["digest"] for m in manifests}  # type: ignore[index]
+    assert len(layers) == 1
+    layer = files["blobs/sha256/" + layers.pop().split(":")[1]]
+    assert oci.list_layer(layer) == [("wasi_demo.wasm", "file", 0o755, "")]
+    config = json.loads(files["blobs/sha256/" + manifests[0]["config"]["digest"].split(":")[1]])  # type: ignore[index]
+    assert config["config"] == {"Entrypoint": ["/wasi_demo.wasm"]}
+
+
+def test_busybox_image(built: dict[str, Path]) -> None:
+    files, _, (manifest,) = _index_and_manifests(built["busybox"])
+    info = images.image_info(built["busybox"])
+    assert info.reference.startswith("edge-provision.local/busybox:1.")
+    assert info.platforms == (str(oci.Platform.linux(images.host_arch())),)
+    layer = files["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]  # type: ignore[index]
+    assert oci.list_layer(layer) == [
+        ("bin", "dir", 0o755, ""),
+        ("bin/busybox", "file", 0o755, ""),
+        ("bin/cat", "symlink", 0o777, "busybox"),
+        ("bin/echo", "symlink", 0o777, "busybox"),
+        ("bin/sh", "symlink", 0o777, "busybox"),
+        ("bin/sleep", "symlink", 0o777, "busybox"),
+        ("tmp", "dir", 0o1777, ""),
+    ]
+
+
+def test_pause_image(built: dict[str, Path]) -> None:
+    files, _, (manifest,) = _index_and_manifests(built["pause"])
+    info = images.image_info(built["pause"])
+    source = images.fetch_pause_source()
+    assert info.reference == f"edge-provision.local/pause:{source.version}"
+    layer = files["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]  # type: ignore[index]
+    assert oci.list_layer(layer) == [("pause", "file", 0o755, "")]
+    binary = images.compile_pause(images.host_arch(), source)
+    assert images.elf_info(binary.read_bytes()) == (images.host_arch(), True)
+    version = subprocess.run([str(binary), "-v"], capture_output=True, text=True, check=True).stdout
+    assert version == f"pause.c v{source.version}-kubernetes-{source.kubernetes_version}\n"
+
+
+def test_builds_are_cached_and_deterministic(
+    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Same cache: the very same files come back, untouched.
+    with monkeypatch.context() as mp:
+        _use_cache(mp, built["root"])
+        mtime = built["busybox"].stat().st_mtime_ns
+        assert images.build_busybox_image() == built["busybox"]
+        assert built["busybox"].stat().st_mtime_ns == mtime
+        assert images.build_wasi_demo_image() == built["wasi-demo"]
+    # A fresh cache (the downloaded pause.c source reused): byte-identical results.
+    other = tmp_path / "cache-b"
+    shutil.copytree(built["root"] / "sources", other / "sources")
+    _use_cache(monkeypatch, other)
+    again = {
+        "wasm": images.compile_wasi_demo(),
+        "wasi-demo": images.build_wasi_demo_image(),
+        "busybox": images.build_busybox_image(),
+        "pause": images.build_pause_image(images.host_arch()),
+    }
+    for name, path in again.items():
+        assert path != built[name]
+        assert path.read_bytes() == built[name].read_bytes(), name
+
+
+# --- import into a throwaway containerd --------------------------------------------------
+
+
+@pytest.fixture
+def containerd() -> Iterator[list[str]]:
+    """``ctr`` argv prefix for a containerd with its own root/state/socket under /tmp."""
+    base = Path(tempfile.mkdtemp(prefix="ep-ctrd-", dir="/tmp"))  # short: unix socket paths
+    sock = base / "c.sock"
+    (base / "config.toml").write_text(
+        "version = 2\n"
+        f'root = "{base}/root"\nstate = "{base}/state"\n'
+        f'[grpc]\n  address = "{sock}"\n'
+        f'[ttrpc]\n  address = "{sock}.ttrpc"\n'
+        '[debug]\n  address = ""\n  level = "info"\n'
+        '[metrics]\n  address = ""\n'
+        '[plugins."io.containerd.grpc.v1.cri"]\n  stream_server_port = "0"\n'
+        f'  [plugins."io.containerd.grpc.v1.cri".cni]\n    bin_dir = "{base}/cni"\n    conf_dir = "{base}/cni"\n'
+    )
+    log = (base / "log").open("w")
+    proc = subprocess.Popen(
+        ["containerd", "--config", str(base / "config.toml")], stdout=log, stderr=log, start_new_session=True
+    )
+    ctr = ["ctr", "--address", str(sock), "-n", "k8s.io"]
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([*ctr, "version"], capture_output=True, check=False).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"throwaway containerd did not start:\n{(base / 'log').read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield ctr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        subprocess.run(["umount", "-R", str(base / "root")], capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ctr_imports_every_image_and_the_cri_knows_them(
+    built: dict[str, Path], containerd: list[str]
+) -> None:
+    tarballs = [built["wasi-demo"], built["busybox"], built["pause"]]
+    for tarball in tarballs:
+        result = subprocess.run(
+            [*containerd, "images", "import", str(tarball)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        info = images.image_info(tarball)
+        assert f"unpacking {info.reference} ({info.digest})...done" in result.stdout
+    listed = subprocess.run([*containerd, "images", "ls"], capture_output=True, text=True, check=True).stdout
+    rows = {line.split()[0]: line.split()[2] for line in listed.splitlines()[1:]}
+    for tarball in tarballs:
+        info = images.image_info(tarball)
+        assert rows.get(info.reference) == info.digest, listed
+    # The CRI plugin resolves each image for this node's platform and adds its image id
+    # (the config's digest) as a ref of its own: proof kubelet will find the image.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        listed = subprocess.run([*containerd, "images", "ls", "-q"], capture_output=True, text=True).stdout
+        if sum(line.startswith("sha256:") for line in listed.splitlines()) >= len(tarballs):
+            break
+        time.sleep(0.3)
+    assert sum(line.startswith("sha256:") for line in listed.splitlines()) == len(tarballs), listed
