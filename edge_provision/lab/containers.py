@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import ipaddress
 import json
-import platform
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from edge_provision.arch import debian_arch
 from edge_provision.lab import dockerd, image
 from edge_provision.lab import inventory_writer as inv
 from edge_provision.lab.dockerd import LAB_LABEL, LabError, docker
@@ -45,10 +45,6 @@ BOOT_TIMEOUT = 60.0
 def lab_id(inventory_dir: Path) -> str:
     return hashlib.sha256(str(inventory_dir.absolute()).encode()).hexdigest()[:12]
 
-
-def machine_arch() -> str:
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
 
 
 def _stderr_log(message: str) -> None:
@@ -109,7 +105,7 @@ class ContainerLab:
         net = (c["NetworkSettings"]["Networks"] or {}).get(self.network) or {}
         address = net.get("IPAddress") or ((net.get("IPAMConfig") or {}).get("IPv4Address")) or ""
         host = LabHost(name=name, address=address, port=22, group=inv.host_group(index),
-                       arch=machine_arch(), backend="container")
+                       arch=debian_arch(), backend="container")
         return host, str(c["State"]["Status"])
 
     def existing(self) -> dict[str, tuple[LabHost, str]]:
@@ -268,7 +264,7 @@ class ContainerLab:
                         self._run(tag, runtime, subnet, index, public_key)
                 self._authorize(name, public_key)
             host = LabHost(name=name, address=expected, port=22, group=inv.host_group(index),
-                           arch=machine_arch(), backend="container")
+                           arch=debian_arch(), backend="container")
             key = self.host_key(name, deadline)
             self.wait_ssh(host, deadline)
             return host, key

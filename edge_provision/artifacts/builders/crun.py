@@ -27,7 +27,6 @@ import fcntl
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -42,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from edge_provision.arch import debian_arch
 from edge_provision.artifacts import build_dir, input_key, sha256_file
 from edge_provision.artifacts.builders import apt_sources
 
@@ -547,11 +547,7 @@ def _build_env(source_dir: Path) -> dict[str, str]:
 
 
 def _host_arch() -> str:
-    machine = platform.machine()
-    for name, info in ARCHES.items():
-        if info.machine == machine:
-            return name
-    return machine
+    return debian_arch()
 
 
 @contextlib.contextmanager

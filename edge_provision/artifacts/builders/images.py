@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_provision import artifacts
+from edge_provision.arch import debian_arch
 from edge_provision.artifacts import build_dir, input_key, oci, sha256_file
 
 REGISTRY = "edge-provision.local"
@@ -105,8 +106,8 @@ def package_version(package: str) -> str:
 
 
 def host_arch() -> str:
-    """This machine's Debian architecture (``amd64``, ``arm64``, ...)."""
-    return _run(["dpkg", "--print-architecture"], what="dpkg --print-architecture").strip()
+    """This machine's architecture (``amd64``, ``arm64``, ...)."""
+    return debian_arch()
 
 
 def upstream_version(debian_version: str) -> str:
