@@ -33,8 +33,8 @@ CONTROL_PLANE_GROUP = "control_plane"
 EDGE_GROUP = "edge"
 NODE_GROUPS = (CONTROL_PLANE_GROUP, EDGE_GROUP)
 
-# Fleet variables' defaults and choices live in roles/edge_fleet (Ansible reads them there).
-FLEET_ROLE = "edge_fleet"
+# Fleet variables' defaults and choices live in roles/edge (Ansible reads them there).
+FLEET_ROLE = "edge"
 
 
 def _choices(variable: str) -> tuple[str, ...]:
