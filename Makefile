@@ -14,7 +14,7 @@ demo: setup
 
 # Both tiers: unit (seconds) and lab (real hosts over SSH).
 test: setup
-	.venv/bin/pytest tests
+	.venv/bin/pytest tests/unit tests/lab
 
 unit: setup
 	.venv/bin/pytest tests/unit
