@@ -4,12 +4,22 @@ Run some stages only with --data edge_stages=host_prep[,...]. The fleet was vali
 pyinfra loaded its inventory, before connecting to any host.
 """
 
+from collections.abc import Callable
+
 from pyinfra.context import host
 
 from edge_provision.deploys.host_prep import host_prep
+from edge_provision.deploys.runtime import containerd, wasm_runtime
 
-STAGES = {
+
+def runtime() -> None:
+    containerd()
+    wasm_runtime()
+
+
+STAGES: dict[str, Callable[[], object]] = {
     "host_prep": host_prep,
+    "runtime": runtime,
 }
 
 requested = host.data.get("edge_stages") or ",".join(STAGES)

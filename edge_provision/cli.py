@@ -57,13 +57,14 @@ def _artifacts(args: argparse.Namespace) -> int:
     from edge_provision import artifacts
 
     if args.artifacts_command == "build":
-        from edge_provision.artifacts.builders import crun, images
+        from edge_provision.artifacts.builders import crun, images, kubernetes
 
         builders: dict[str, Callable[[], Path]] = {
             "crun (Wasm)": lambda: crun.build_crun(args.arch),
             "wasi-demo image": images.build_wasi_demo_image,
             "busybox image": images.build_busybox_image,
             "pause image": lambda: images.build_pause_image(args.arch),
+            "kubernetes": lambda: kubernetes.build_kubernetes(args.arch),
         }
         for what, build in builders.items():
             try:

@@ -1,0 +1,122 @@
+"""Stage runtime for pyinfra: the same work as roles/containerd and roles/wasm_runtime, from
+the same defaults, computed by the same Python (edge_provision.runtime_controller)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pyinfra.api.deploy import deploy
+from pyinfra.api.exceptions import DeployError
+from pyinfra.context import host
+from pyinfra.operations import apt, files, systemd
+
+from edge_provision import runtime_controller as rc
+from edge_provision import runtime_operations as ops
+from edge_provision.roles import role_defaults, role_vars
+
+
+def _fleet(name: str) -> Any:
+    return host.data.get(name, role_defaults("edge")[name])
+
+
+# Controller-side artifacts, once per argument set (every host of an architecture shares them).
+@cache
+def _debs(packages: tuple[str, ...], arch: str) -> list[dict[str, str]]:
+    return rc.debs(packages, arch)
+
+
+@cache
+def _images(names: tuple[str, ...], arch: str) -> list[dict[str, Any]]:
+    return rc.images(names, arch)
+
+
+@cache
+def _crun(arch: str, engine: str) -> dict[str, Any]:
+    return rc.wasm_crun(arch, engine)
+
+
+def _controller(what: str, fetch: Any, *args: Any) -> Any:
+    try:
+        return fetch(*args)
+    except Exception as exc:  # the builders' own errors name their step and output
+        raise DeployError(f"host {host.name}: {what}: {exc}") from exc
+
+
+def _packages(v: dict[str, Any], packages: list[str], arch: str, name: str) -> None:
+    if v["containerd_install_from"] == "apt":
+        apt.packages(name=name, packages=packages, no_recommends=True, update=True, cache_time=86400)
+    else:
+        ops.debs_installed(
+            name=name, debs=_controller("packages", _debs, tuple(packages), arch),
+            staging_dir=v["containerd_deb_staging_dir"],
+        )
+
+
+@deploy("containerd")
+def containerd() -> None:
+    v = role_vars("containerd", host.data.dict())
+    arch = _fleet("edge_arch")
+    if v["containerd_install_from"] not in ("controller", "apt"):
+        raise DeployError(f"host {host.name}: containerd_install_from must be controller or apt, "
+                          f"not {v['containerd_install_from']!r}")
+    images = _controller("images", _images, tuple(v["containerd_images"]), arch)
+    sandbox = v["containerd_sandbox_image"]
+    if sandbox is None or sandbox == "":
+        sandbox = _controller("pause image", rc.sandbox_image, "", arch)
+
+    ops.systemd_pid1_required(name="Check that systemd runs the host")
+    _packages(v, v["containerd_packages"], arch, "Install containerd")
+    systemd.service(name="Run containerd now and at boot", service="containerd", running=True, enabled=True)
+    ops.containerd_configured(
+        name="Write the config with the Wasm handler, validated by containerd first",
+        config_file=v["containerd_config_file"],
+        settings={
+            "handler": v["containerd_wasm_handler"],
+            "binary": v["containerd_wasm_binary"],
+            "systemd_cgroup": v["containerd_systemd_cgroup"],
+            "sandbox_image": sandbox,
+            "restrict_oom_score_adj": v["containerd_restrict_oom_score_adj"],
+            "default_runtime": v["containerd_default_runtime"],
+        },
+    )
+    ops.cri_plugin_running(name="Check that the CRI plugin runs")
+    ops.images_imported(
+        name="Import missing images", images=images,
+        namespace=v["containerd_namespace"], image_dir=v["containerd_image_dir"],
+    )
+
+
+@deploy("Wasm runtime")
+def wasm_runtime() -> None:
+    v = role_vars("wasm_runtime", host.data.dict())
+    c = role_vars("containerd", host.data.dict())
+    arch, engine = _fleet("edge_arch"), _fleet("edge_wasm_engine")
+    try:
+        rc.check_engine(engine, bool(v["wasm_runtime_build_on_node"]))
+    except rc.RuntimeStageError as exc:
+        raise DeployError(f"host {host.name}: {exc}") from exc
+    if c["containerd_wasm_binary"] != v["wasm_runtime_crun_path"]:
+        raise DeployError(
+            f"host {host.name}: wasm_runtime_crun_path ({v['wasm_runtime_crun_path']}) differs from "
+            f"containerd_wasm_binary ({c['containerd_wasm_binary']}), the Wasm handler would not find crun"
+        )
+    crun = _controller("crun", _crun, arch, engine)
+    images = _controller("images", _images, tuple(v["wasm_runtime_images"]), arch)
+
+    _packages(c, v["wasm_runtime_packages"], arch, "Install the libraries crun needs")
+    files.put(
+        name="Install crun with the Wasm engine", src=crun["crun"], dest=v["wasm_runtime_crun_path"],
+        user="root", group="root", mode="755",
+    )
+    library = f"{v['wasm_runtime_lib_dir']}/{crun['library']}"
+    files.put(
+        name="Install the engine library", src=crun["library_path"], dest=library,
+        user="root", group="root", mode="644",
+    )
+    ops.loader_cache_has(name="Refresh the loader cache", path=library)
+    ops.wasm_crun_verified(name="Verify crun", crun_path=v["wasm_runtime_crun_path"], engine=engine)
+    ops.images_imported(
+        name="Import missing images", images=images,
+        namespace=c["containerd_namespace"], image_dir=c["containerd_image_dir"],
+    )

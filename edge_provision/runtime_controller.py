@@ -1,0 +1,384 @@
+"""Stage runtime, the controller's side: what both engines compute or fetch before touching a node.
+
+One implementation for Ansible (``plugins/filter/runtime.py`` and ``python -m
+edge_provision.runtime_controller``) and pyinfra (``edge_provision.deploys.runtime``):
+
+* :func:`containerd_config` -- a node's new ``config.toml`` from its current one (the Wasm
+  handler, systemd cgroups, sandbox image, OOM score restriction), on top of
+  :func:`edge_provision.containerd_config.with_wasm_handler`;
+* :func:`debs` -- Debian packages and their dependency closure, downloaded on the controller
+  with ``apt-get download`` into the artifact cache, so nodes install them without reaching a
+  mirror (the air-gapped path);
+* :func:`wasm_crun` and :func:`images` -- crun with the Wasm engine and the OCI image tarballs,
+  built (or found in the cache) by ``edge_provision.artifacts.builders``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from edge_provision.artifacts import ARTIFACTS_DIR, sha256_file
+from edge_provision.containerd_config import ContainerdConfigError, _table, schema_for, with_wasm_handler
+
+# containerd's built-in runtime table for runc (what it uses when the config names none).
+RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
+# Bit of CAP_SYS_RESOURCE in /proc/<pid>/status CapBnd.
+CAP_SYS_RESOURCE = 24
+# Wasm engines crun can be built with, and whether this project can build that crun now.
+ENGINES_AVAILABLE = {"wasmtime": True, "wasmedge": False}
+IMAGE_NAMES = ("pause", "busybox", "wasi-demo")
+
+
+class RuntimeStageError(RuntimeError):
+    """A controller-side step of the runtime stage failed; the message says what to do."""
+
+
+# -- settings with an "auto" value ----------------------------------------------------------------
+
+
+def resolve_auto(setting: Any, detected: bool) -> Any:
+    """``auto`` (or None) becomes what the node needs; anything else is kept as given.
+
+    Kept as given on purpose, wrong types included: containerd validates the config it is
+    handed before it replaces the running one, so a bad override fails there, loudly.
+    """
+    if setting is None or (isinstance(setting, str) and setting.strip().lower() == "auto"):
+        return detected
+    return setting
+
+
+def lacks_cap_sys_resource(capbnd_hex: str) -> bool:
+    """Whether a CapBnd mask (hex, as in /proc/self/status) lacks CAP_SYS_RESOURCE."""
+    return not int(capbnd_hex, 16) >> CAP_SYS_RESOURCE & 1
+
+
+# -- containerd's config.toml -------------------------------------------------------------------
+
+
+def containerd_config(
+    current: str,
+    *,
+    version: str,
+    handler: str,
+    binary: str,
+    systemd_cgroup: Any,
+    sandbox_image: Any,
+    restrict_oom_score_adj: Any,
+    systemd_pid1: bool,
+    cap_sys_resource: bool,
+    default_runtime: str = "runc",
+) -> str:
+    """The node's new config.toml.
+
+    ``current`` is the node's config (or ``containerd config default`` output when it has
+    none); ``version`` the installed containerd's. ``systemd_cgroup`` ``auto`` means true
+    when systemd is PID 1 (kubeadm's kubelet uses the systemd cgroup driver, and runc/crun must
+    use the same one); ``restrict_oom_score_adj`` ``auto`` means true when the node lacks
+    CAP_SYS_RESOURCE (e.g. a container host), where containerd could not lower OOM scores.
+
+    A config that defines any runtime table loses containerd's built-in ``runc`` entry (its
+    runtimes map is replaced, not merged), and the CRI plugin then refuses to start for want
+    of its default runtime; so the default runtime's table is added when absent, with
+    containerd's own defaults.
+    """
+    schema = schema_for(version)
+    original = current
+    try:
+        doc = tomlkit.parse(current)
+    except tomlkit.exceptions.ParseError as exc:
+        raise ContainerdConfigError(f"the current config is not valid TOML: {exc}") from None
+    if current.strip() and doc.get("version") == schema.version:
+        runtimes = _table(doc, schema.runtimes)
+        if default_runtime not in runtimes:
+            runc = _table(runtimes, (default_runtime,))
+            runc["runtime_type"] = RUNC_RUNTIME_TYPE
+            _table(runc, ("options",))
+        current = tomlkit.dumps(doc)
+    wanted = with_wasm_handler(
+        current,
+        schema=schema,
+        handler=handler,
+        binary=binary,
+        systemd_cgroup=resolve_auto(systemd_cgroup, systemd_pid1),
+        sandbox_image=sandbox_image,
+        restrict_oom_score_adj=resolve_auto(restrict_oom_score_adj, not cap_sys_resource),
+    )
+    # tomlkit does not round-trip its own output byte for byte (a nested table's header gains
+    # indentation on every parse and dump), so a config that already says the same is kept
+    # as it is: the file is rewritten, and containerd restarted, only for a real change.
+    if original.strip() and tomlkit.parse(original).unwrap() == tomlkit.parse(wanted).unwrap():
+        return original
+    return wanted
+
+
+# -- Debian packages, downloaded on the controller ----------------------------------------------
+
+
+def _apt_env() -> dict[str, str]:
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
+
+
+def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(
+        list(cmd), cwd=cwd, env=_apt_env(), text=True, capture_output=True, stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeStageError(
+            f"{what}: `{' '.join(cmd)}` exited with {proc.returncode}: {proc.stderr.strip()}"
+        )
+    return proc.stdout
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _qualified(package: str, arch: str, native: str) -> str:
+    return package if arch == native else f"{package}:{arch}"
+
+
+def dependency_closure(packages: Sequence[str], arch: str) -> list[str]:
+    """``packages`` and everything they Depend/Pre-Depend on, recursively (no Recommends)."""
+    native = _run(["dpkg", "--print-architecture"], "controller architecture").strip()
+    if arch != native:
+        foreign = _run(["dpkg", "--print-foreign-architectures"], "controller architectures").split()
+        if arch not in foreign:
+            raise RuntimeStageError(
+                f"the controller ({native}) cannot download {arch} packages: run "
+                f"`dpkg --add-architecture {arch} && apt-get update` on it, or use "
+                "containerd_install_from: apt"
+            )
+    out = _run(
+        ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+         "--no-breaks", "--no-replaces", "--no-enhances",
+         *(_qualified(p, arch, native) for p in packages)],
+        "resolve package dependencies",
+    )
+    names = []
+    for line in out.splitlines():
+        if line and not line.startswith((" ", "<")):
+            name = line.split(":", 1)[0]
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _candidates(names: Sequence[str], arch: str, native: str) -> dict[str, str]:
+    out = _run(["apt-cache", "show", "--no-all-versions", *(_qualified(n, arch, native) for n in names)],
+               "read candidate versions")
+    versions: dict[str, str] = {}
+    package = ""
+    for line in out.splitlines():
+        if line.startswith("Package: "):
+            package = line.split(": ", 1)[1].strip()
+        elif line.startswith("Version: ") and package and package not in versions:
+            versions[package] = line.split(": ", 1)[1].strip()
+    missing = [n for n in names if n not in versions]
+    if missing:
+        raise RuntimeStageError(f"no installable version of {', '.join(missing)} in the controller's apt "
+                                "lists "
+                            "(run apt-get update on the controller)")
+    return versions
+
+
+def debs(packages: Sequence[str], arch: str) -> list[dict[str, str]]:
+    """The .deb files of ``packages`` and their dependency closure for ``arch``.
+
+    Downloaded with ``apt-get download`` (apt checks every file against the signed indexes)
+    into ``<cache>/artifacts/debs/<arch>/``, reused while the candidate version is unchanged.
+    Returns one ``{package, version, path, sha256}`` per package, in dependency-closure order.
+    """
+    native = _run(["dpkg", "--print-architecture"], "controller architecture").strip()
+    closure = dependency_closure(packages, arch)
+    versions = _candidates(closure, arch, native)
+    cache = ARTIFACTS_DIR / "debs" / arch
+    cache.mkdir(parents=True, exist_ok=True)
+    result = []
+    with _locked(cache / ".lock"):
+        index_file = cache / "index.json"
+        index: dict[str, dict[str, str]] = json.loads(index_file.read_text()) if index_file.exists() else {}
+        wanted = [n for n in closure if not _cached_deb(cache, index.get(f"{n}={versions[n]}"))]
+        if wanted:
+            with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+                _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
+                      *(f"{_qualified(n, arch, native)}={versions[n]}" for n in wanted)],
+                     "download packages", cwd=Path(tmp))
+                for deb in sorted(Path(tmp).glob("*.deb")):
+                    fields = _run(["dpkg-deb", "--show", "--showformat=${Package}\\t${Version}", str(deb)],
+                                  "read package fields").split("\t")
+                    os.replace(deb, cache / deb.name)
+                    digest = sha256_file(cache / deb.name)
+                    index[f"{fields[0]}={fields[1]}"] = {"file": deb.name, "sha256": digest}
+            index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        for name in closure:
+            entry = index.get(f"{name}={versions[name]}")
+            if not _cached_deb(cache, entry):
+                raise RuntimeStageError(f"apt-get download did not yield {name}={versions[name]}")
+            assert entry is not None
+            result.append({"package": name, "version": versions[name], "path": str(cache / entry["file"]),
+                           "file": entry["file"], "sha256": entry["sha256"]})
+    return result
+
+
+def _cached_deb(cache: Path, entry: Mapping[str, str] | None) -> bool:
+    return bool(entry) and (cache / entry["file"]).is_file() and (  # type: ignore[index]
+        sha256_file(cache / entry["file"]) == entry["sha256"]  # type: ignore[index]
+    )
+
+
+# -- crun with a Wasm engine, images ------------------------------------------------------------
+
+
+def check_engine(engine: str, build_on_node: bool = False) -> None:
+    """Fail clearly for what this project cannot install yet."""
+    if build_on_node:
+        raise RuntimeStageError(
+            "wasm_runtime_build_on_node is not implemented: crun is built once on the controller "
+            "(edge_provision.artifacts.builders.crun) and shipped; set wasm_runtime_build_on_node: false"
+        )
+    if engine not in ENGINES_AVAILABLE:
+        known = ", ".join(ENGINES_AVAILABLE)
+        raise RuntimeStageError(f"unknown Wasm engine {engine!r}; choose one of {known}")
+    if not ENGINES_AVAILABLE[engine]:
+        raise RuntimeStageError(
+            f"edge_wasm_engine {engine}: crun with {engine} is not available in this lab (no builder, "
+            "no pinned release in edge_provision/artifacts/versions.yml); set edge_wasm_engine: wasmtime"
+        )
+
+
+def wasm_crun(arch: str, engine: str) -> dict[str, Any]:
+    """crun built with ``engine`` for ``arch`` (cached): paths, checksums and the engine library."""
+    check_engine(engine)
+    from edge_provision.artifacts.builders.crun import build_crun
+
+    directory = build_crun(arch=arch, engine=engine)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    library = manifest["runtime"]["dlopen"]
+    return {
+        "engine": engine,
+        "version": manifest["crun"]["version"],
+        "crun": str(directory / "crun"),
+        "crun_sha256": manifest["files"]["crun"]["sha256"],
+        "library": library,
+        "library_path": str(directory / library),
+        "library_sha256": manifest["files"][library]["sha256"],
+        "needed": manifest["runtime"]["needed"],
+    }
+
+
+def images(names: Sequence[str], arch: str) -> list[dict[str, Any]]:
+    """OCI tarballs of the named lab images for ``arch``: reference, tarball path, size."""
+    from edge_provision.artifacts.builders import images as builders
+
+    result = []
+    for name in names:
+        if name == "pause":
+            path = builders.build_pause_image(arch)
+        elif name == "busybox":
+            if arch != builders.host_arch():
+                raise RuntimeStageError(f"the busybox image is built from the controller's busybox-static; "
+                                    f"it is {builders.host_arch()}, the node {arch}")
+            path = builders.build_busybox_image()
+        elif name == "wasi-demo":
+            path = builders.build_wasi_demo_image()
+        else:
+            raise RuntimeStageError(f"unknown image {name!r}; choose from {', '.join(IMAGE_NAMES)}")
+        info = builders.image_info(path)
+        result.append({"name": name, "reference": info.reference, "digest": info.digest, "path": str(path),
+                       "file": path.name, "size": info.size, "sha256": info.sha256})
+    return result
+
+
+def sandbox_image(configured: Any, arch: str) -> Any:
+    """The CRI sandbox image: ``configured`` (as given), or the lab's pause image when empty."""
+    if configured is None or configured == "":
+        return str(images(["pause"], arch)[0]["reference"])
+    return configured
+
+
+# -- what a node lacks, from its command output (same parsing for both engines) ----------------
+
+
+def installed_packages(dpkg_query_output: str) -> set[str]:
+    """Installed packages from ``dpkg-query -W -f='${Package} ${db:Status-Status}\\n' ...``."""
+    names = set()
+    for line in dpkg_query_output.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[1] == "installed":
+            names.add(words[0].split(":", 1)[0])
+    return names
+
+
+def debs_missing(wanted: Sequence[Mapping[str, Any]], dpkg_query_output: str) -> list[Mapping[str, Any]]:
+    """The entries of ``wanted`` (from :func:`debs`) whose package is not installed."""
+    installed = installed_packages(dpkg_query_output)
+    return [d for d in wanted if d["package"] not in installed]
+
+
+def present_images(ctr_images_ls_output: str) -> dict[str, str]:
+    """``reference -> digest`` from ``ctr images ls`` (header line first)."""
+    present = {}
+    for line in ctr_images_ls_output.splitlines()[1:]:
+        words = line.split()
+        if len(words) >= 3:
+            present[words[0]] = words[2]
+    return present
+
+
+def images_missing(wanted: Sequence[Mapping[str, Any]], ctr_images_ls_output: str) -> list[Mapping[str, Any]]:
+    """The images of ``wanted`` (from :func:`images`) absent, or with another digest, in containerd."""
+    present = present_images(ctr_images_ls_output)
+    return [i for i in wanted if present.get(str(i["reference"])) != i["digest"]]
+
+
+# -- command line, for Ansible (delegated to the controller) ------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge_provision.runtime_controller",
+                                     description="Controller-side artifacts of the runtime stage, as JSON.")
+    parser.add_argument("--arch", required=True)
+    parser.add_argument("--packages", nargs="*", default=[], help="Debian packages (with their closure)")
+    parser.add_argument("--images", nargs="*", default=[], help=f"images: {', '.join(IMAGE_NAMES)}")
+    parser.add_argument("--engine", help="Wasm engine of crun to build or find")
+    args = parser.parse_args(argv)
+    try:
+        out: dict[str, Any] = {"debs": debs(args.packages, args.arch) if args.packages else [],
+                               "images": images(args.images, args.arch)}
+        if args.engine:
+            out["crun"] = wasm_crun(args.arch, args.engine)
+        out["pause_reference"] = sandbox_image("", args.arch)
+    except (RuntimeStageError, ContainerdConfigError) as exc:
+        print(f"runtime: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a builder's own error class, with its step and output tail
+        print(f"runtime: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,184 @@
+"""Stage runtime on fresh lab hosts (host_prep first), once per engine, each on its own hosts.
+
+containerd from Debian's packages shipped from the controller, its config with the Wasm
+handler, crun built with wasmtime on the controller; the Wasm sample runs through containerd
+with that crun and fails with plain runc. Tested through `ctr` (no kubelet, and Debian 12 has
+no crictl): `ctr run` takes the runtime binary and annotations on its command line, so the
+CRI handler's table in config.toml is checked as parsed back, and the CRI plugin as loaded.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from edge_provision.artifacts.builders.images import (
+    demo_output_problems,
+    pause_reference,
+    wasi_demo_reference,
+)
+from edge_provision.containerd_config import WASM_ANNOTATIONS, runtime_handler, schema_for
+from edge_provision.lab import Lab
+from edge_provision.roles import role_defaults
+from tests.conftest import ROOT, run, tool
+from tests.lab.conftest import EngineRun, LabFleet, _ansible_changed, _pyinfra_changed
+
+LAB_HOSTS = 2
+C = role_defaults("containerd")
+W = role_defaults("wasm_runtime")
+CONFIG = C["containerd_config_file"]
+CRUN = W["wasm_runtime_crun_path"]
+DEMO_ARGS = ["/wasi_demo.wasm", "50000000"]
+@pytest.fixture(scope="module", params=["ansible", "pyinfra"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def fleet(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFleet]:
+    """A fresh lab per engine (the shared lab_fleet would hand the second engine hosts the
+    first one converged)."""
+    inventory = tmp_path_factory.mktemp(f"runtime-{engine}") / "fleet"
+    lab = Lab(inventory)
+    try:
+        yield LabFleet(lab=lab, inventory=inventory, hosts=lab.up(LAB_HOSTS))
+    finally:
+        lab.down()
+
+
+def converge(fleet: LabFleet, engine: str, *extra: str, stages: str = "runtime") -> EngineRun:
+    """One stage through the real entry points: site.yml --tags, deploy.py edge_stages."""
+    if engine == "ansible":
+        result = run([tool("ansible-playbook"), "-i", str(fleet.inventory), "playbooks/site.yml",
+                      "--tags", stages, *extra])
+        return EngineRun(result, changed=_ansible_changed(result.stdout) if "PLAY RECAP" in result.stdout else -1)
+    result = run([tool("pyinfra"), "-y", str(fleet.inventory / "inventory.py"), "deploy.py",
+                  "--data", f"edge_stages={stages}", *extra])
+    output = result.stdout + result.stderr
+    return EngineRun(result, changed=_pyinfra_changed(output) if "Grand total" in output else -1)
+
+
+@pytest.fixture(scope="module")
+def cold_run(fleet: LabFleet, engine: str) -> EngineRun:
+    converge(fleet, engine, stages="host_prep").ok()
+    started = time.monotonic()
+    result = converge(fleet, engine).ok()
+    print(f"\nruntime cold converge ({engine}): {time.monotonic() - started:.1f} s")
+    return result
+
+
+def ctr_run(fleet: LabFleet, name: str, args: str) -> tuple[int, str, str]:
+    result = fleet.testinfra(name).run(f"ctr -n {C['containerd_namespace']} run --rm {args}")
+    return result.rc, result.stdout, result.stderr
+
+
+def test_cold_run_changes_the_hosts(cold_run: EngineRun) -> None:
+    assert cold_run.changed > 0
+
+
+@pytest.mark.parametrize("name", ["lab-1", "lab-2"])
+def test_containerd_runs_with_the_cri_plugin(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
+    service = fleet.testinfra(name).service("containerd")
+    assert service.is_running and service.is_enabled
+    assert fleet.testinfra(name).package("containerd").is_installed
+    cri = [line.split() for line in fleet.sh(name, "ctr plugins ls").splitlines() if " cri " in line]
+    assert cri and cri[0][-1] == "ok", cri
+
+
+@pytest.mark.parametrize("name", ["lab-1", "lab-2"])
+def test_config_has_the_wasm_handler(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
+    import tomlkit
+
+    text = fleet.sh(name, f"cat {CONFIG}")
+    schema = schema_for(fleet.sh(name, "containerd --version").split()[2])
+    handler = runtime_handler(text, schema, C["containerd_wasm_handler"])
+    assert handler["runtime_type"] == "io.containerd.runc.v2"
+    assert handler["options"] == {"BinaryName": CRUN, "SystemdCgroup": True}  # systemd is PID 1 in the lab
+    for key in ("pod_annotations", "container_annotations"):
+        assert set(WASM_ANNOTATIONS) <= set(handler[key])
+    cri = tomlkit.parse(text).unwrap()["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["sandbox_image"] == pause_reference()
+    assert cri["restrict_oom_score_adj"] is True  # lab hosts lack CAP_SYS_RESOURCE
+    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
+
+
+@pytest.mark.parametrize("name", ["lab-1", "lab-2"])
+def test_crun_has_the_wasm_engine(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
+    host = fleet.testinfra(name)
+    assert host.file(CRUN).mode == 0o755
+    assert "+WASM:wasmtime" in host.check_output(f"{CRUN} --version").split()
+    assert "not found" not in host.check_output(f"ldd {CRUN}")
+
+
+@pytest.mark.parametrize("name", ["lab-1", "lab-2"])
+def test_images_imported(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
+    refs = fleet.sh(name, f"ctr -n {C['containerd_namespace']} images ls -q").split()
+    assert {wasi_demo_reference(), pause_reference()} <= set(refs)
+    assert any(r.startswith("edge-provision.local/busybox:") for r in refs)
+
+
+def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, cold_run: EngineRun) -> None:
+    started = time.monotonic()
+    rc, stdout, stderr = ctr_run(
+        fleet, "lab-2",
+        f"--runc-binary {CRUN} --annotation module.wasm.image/variant=compat-smart --env GREETING=hello "
+        f"{wasi_demo_reference()} wasm-{time.time_ns()} {shlex.join(DEMO_ARGS)}",
+    )
+    print(f"\nWasm container run: {time.monotonic() - started:.2f} s")
+    assert rc == 0, stderr
+    assert demo_output_problems(stdout, args=DEMO_ARGS, stderr=stderr) == [], stdout + stderr
+    assert "GREETING: hello" in stdout.splitlines()
+
+
+def test_wasm_image_fails_with_runc(fleet: LabFleet, cold_run: EngineRun) -> None:
+    rc, stdout, stderr = ctr_run(fleet, "lab-2", f"{wasi_demo_reference()} plain-{time.time_ns()} {shlex.join(DEMO_ARGS)}")
+    assert rc != 0
+    assert "exec format error" in stdout + stderr
+
+
+def test_busybox_runs_with_runc(fleet: LabFleet, cold_run: EngineRun) -> None:
+    ref = next(r for r in fleet.sh("lab-2", f"ctr -n {C['containerd_namespace']} images ls -q").split()
+               if r.startswith("edge-provision.local/busybox:"))
+    rc, stdout, stderr = ctr_run(fleet, "lab-2", f"{ref} busybox-{time.time_ns()} echo container works")
+    assert (rc, stdout.strip()) == (0, "container works"), stderr
+
+
+def test_second_run_changes_nothing(fleet: LabFleet, engine: str, cold_run: EngineRun) -> None:
+    started = time.monotonic()
+    again = converge(fleet, engine).ok()
+    print(f"\nruntime no-op converge ({engine}): {time.monotonic() - started:.1f} s")
+    assert again.changed == 0, again.output[-6000:]
+
+
+def test_the_other_engine_finds_nothing_to_change(fleet: LabFleet, engine: str, cold_run: EngineRun) -> None:
+    other = "pyinfra" if engine == "ansible" else "ansible"
+    extra = ("--check", "--diff") if other == "ansible" else ()
+    result = converge(fleet, other, *extra).ok()
+    assert result.changed == 0, result.output[-6000:]
+
+
+def test_rejected_config_keeps_containerd_running_on_the_old_one(
+    fleet: LabFleet, engine: str, cold_run: EngineRun
+) -> None:
+    """A sandbox image of the wrong type (an int, as an extra-vars override can inject)
+    makes a config containerd rejects: the run fails with containerd's error before any
+    restart, the old file stays, and containerd keeps running."""
+    before = {n: fleet.sh(n, f"sha256sum {CONFIG}; systemctl show -p MainPID --value containerd")
+              for n in ("lab-1", "lab-2")}
+    if engine == "ansible":
+        result = converge(fleet, engine, "-e", '{"containerd_sandbox_image": 5}')
+    else:
+        result = converge(fleet, engine, "--data", "containerd_sandbox_image=5")
+    assert result.result.returncode != 0
+    assert "sandbox_image" in result.output or "int64" in result.output, result.output[-4000:]
+    for name, state in before.items():
+        assert fleet.sh(name, f"sha256sum {CONFIG}; systemctl show -p MainPID --value containerd") == state
+        assert fleet.testinfra(name).service("containerd").is_running
+    assert converge(fleet, engine).ok().changed == 0
+
+
+def test_root_is_the_repository() -> None:
+    assert (ROOT / "playbooks" / "runtime.yml").is_file()
