@@ -16,20 +16,18 @@ edge_provision.runtime_controller``) and pyinfra (``edge_provision.deploys.runti
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
-from edge_provision.artifacts import ARTIFACTS_DIR, sha256_file
+from edge_provision.artifacts import ARTIFACTS_DIR, locked, sha256_file
 from edge_provision.containerd_config import ContainerdConfigError, _table, schema_for, with_wasm_handler
 
 # containerd's built-in runtime table for runc (what it uses when the config names none).
@@ -142,15 +140,6 @@ def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _qualified(package: str, arch: str, native: str) -> str:
@@ -214,7 +203,7 @@ def debs(packages: Sequence[str], arch: str) -> list[dict[str, str]]:
     cache = ARTIFACTS_DIR / "debs" / arch
     cache.mkdir(parents=True, exist_ok=True)
     result = []
-    with _locked(cache / ".lock"):
+    with locked(cache / ".lock"):
         index_file = cache / "index.json"
         index: dict[str, dict[str, str]] = json.loads(index_file.read_text()) if index_file.exists() else {}
         wanted = [n for n in closure if not _cached_deb(cache, index.get(f"{n}={versions[n]}"))]

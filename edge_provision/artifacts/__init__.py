@@ -7,8 +7,11 @@ is built by a builder in ``builders/`` into the cache (never into the repository
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("EDGE_PROVISION_CACHE", Path.home() / ".cache" / "edge-provision"))
@@ -44,3 +47,15 @@ def cached_builds() -> list[tuple[str, Path, int]]:
             size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
             rows.append((directory.parent.name, directory, size))
     return rows
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if needed) so one process builds at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 import yaml
 
 from edge_provision.arch import debian_arch
-from edge_provision.artifacts import build_dir, input_key, sha256_file
+from edge_provision.artifacts import build_dir, input_key, locked, sha256_file
 from edge_provision.artifacts.builders import apt_sources
 
 log = logging.getLogger(__name__)
@@ -251,7 +250,7 @@ def build_crun(arch: str = "amd64", engine: str = "wasmtime", *, versions_file: 
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(dest.parent / f".{dest.name}.lock"):
+    with locked(dest.parent / f".{dest.name}.lock"):
         if cached_build(dest) is not None:  # another process built it while we waited
             return dest
         host = _host_arch()
@@ -400,9 +399,9 @@ def _step_deb_src() -> None:
         raise ArtifactBuildError("enable deb-src", str(exc)) from exc
 
 
-def _step_build_deps() -> None:
+def _step_build_deps(packages: Sequence[str] = BUILD_DEPS) -> None:
     query = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\\n", *BUILD_DEPS],
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\\n", *packages],
         text=True,
         capture_output=True,
         check=False,
@@ -411,7 +410,7 @@ def _step_build_deps() -> None:
     installed = {
         line.split()[0] for line in query.stdout.splitlines() if line.split()[1:] == ["installed"]
     }
-    missing = [p for p in BUILD_DEPS if p not in installed]
+    missing = [p for p in packages if p not in installed]
     if missing:
         log.info("installing build dependencies: %s", " ".join(missing))
         _run(
@@ -550,11 +549,3 @@ def _host_arch() -> str:
     return debian_arch()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -46,13 +46,13 @@ from typing import Any
 
 import yaml
 
-from edge_provision.artifacts import build_dir, input_key, sha256_file
+from edge_provision.artifacts import build_dir, input_key, locked, sha256_file
 from edge_provision.artifacts.builders import apt_sources
 from edge_provision.artifacts.builders.crun import (
     VERSIONS_FILE,
     ArtifactBuildError,
     _apt_env,
-    _locked,
+    _step_build_deps,
     _step_deb_src,
 )
 from edge_provision.artifacts.builders.crun import _run as _crun_run
@@ -231,7 +231,7 @@ def build_kubernetes(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE
     pins = load_pins(versions_file)
     tools = toolchain()
     if tools is None:
-        _ensure_packages(BUILD_DEPS)
+        _step_build_deps(BUILD_DEPS)
         tools = toolchain()
         if tools is None:
             raise KubernetesBuildError(
@@ -244,7 +244,7 @@ def build_kubernetes(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(dest.parent / f".{dest.name}.lock"):
+    with locked(dest.parent / f".{dest.name}.lock"):
         if cached_build(dest) is not None:  # another process built it while we waited
             return dest
         if dest.exists():
@@ -275,7 +275,7 @@ def build_kubernetes(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE
 def _build(work: Path, out: Path, arch: str, pins: Pins, tools: Toolchain, key: str) -> None:
     started = time.monotonic()
     goarch = GOARCHES[arch]
-    _ensure_packages(BUILD_DEPS)
+    _step_build_deps(BUILD_DEPS)
 
     source_dir = _apt_source(work, pins)
     replaced = _replace_reflect2(source_dir)
@@ -359,25 +359,6 @@ def _run(
         raise KubernetesBuildError(exc.step, exc.message, exc.output) from None
 
 
-def _ensure_packages(packages: Sequence[str]) -> None:
-    query = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\\n", *packages],
-        text=True,
-        capture_output=True,
-        check=False,
-        env=_apt_env(),
-    )
-    installed = {
-        line.split()[0] for line in query.stdout.splitlines() if line.split()[1:] == ["installed"]
-    }
-    missing = [p for p in packages if p not in installed]
-    if missing:
-        log.info("installing build dependencies: %s", " ".join(missing))
-        _run(
-            "install build dependencies",
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-            env=_apt_env(),
-        )
 
 
 def _apt_source(work: Path, pins: Pins) -> Path:
