@@ -420,14 +420,18 @@ def _step_build_deps(packages: Sequence[str] = BUILD_DEPS) -> None:
         )
 
 
-def _step_apt_source(work: Path, pins: Pins) -> Path:
-    cmd = ["apt-get", "source", "-q", "--only-source", f"crun={pins.crun_debian_version}"]
+def apt_source(work: Path, package: str, debian_version: str, pin: str) -> None:
+    """``apt-get source package=debian_version`` into ``work``; ``pin`` names its versions.yml key.
+
+    A deb-src entry whose Sources index is not downloaded yet gets one ``apt-get update``.
+    """
+    cmd = ["apt-get", "source", "-q", "--only-source", f"{package}={debian_version}"]
     try:
         _run("apt-get source", cmd, cwd=work, env=_apt_env())
     except ArtifactBuildError as first:
         if "Unable to find" not in first.output_tail and "Can not find" not in first.output_tail:
             raise
-        try:  # a deb-src entry without its Sources index yet: refresh once
+        try:
             apt_sources.apt_get_update()
         except apt_sources.AptSourcesError as exc:
             raise ArtifactBuildError("apt-get update", str(exc)) from exc
@@ -436,10 +440,14 @@ def _step_apt_source(work: Path, pins: Pins) -> Path:
         except ArtifactBuildError as exc:
             raise ArtifactBuildError(
                 "apt-get source",
-                f"crun={pins.crun_debian_version} is not in the Debian archive; if bookworm moved to a "
-                "newer revision, update crun.debian_version in edge_provision/artifacts/versions.yml",
+                f"{package}={debian_version} is not in the Debian archive; if bookworm moved to a "
+                f"newer revision, update {pin} in edge_provision/artifacts/versions.yml",
                 exc.output_tail,
             ) from exc
+
+
+def _step_apt_source(work: Path, pins: Pins) -> Path:
+    apt_source(work, "crun", pins.crun_debian_version, "crun.debian_version")
     source_dir = work / f"crun-{pins.crun_version}"
     if not (source_dir / "configure").is_file():
         raise ArtifactBuildError("apt-get source", f"no unpacked source tree with configure at {source_dir}")

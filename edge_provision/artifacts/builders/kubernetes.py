@@ -47,13 +47,13 @@ from typing import Any
 import yaml
 
 from edge_provision.artifacts import build_dir, input_key, locked, sha256_file
-from edge_provision.artifacts.builders import apt_sources
 from edge_provision.artifacts.builders.crun import (
     VERSIONS_FILE,
     ArtifactBuildError,
     _apt_env,
     _step_build_deps,
     _step_deb_src,
+    apt_source,
 )
 from edge_provision.artifacts.builders.crun import _run as _crun_run
 from edge_provision.artifacts.builders.images import (
@@ -366,26 +366,12 @@ def _apt_source(work: Path, pins: Pins) -> Path:
         _step_deb_src()
     except ArtifactBuildError as exc:
         raise KubernetesBuildError(exc.step, exc.message, exc.output) from None
-    cmd = ["apt-get", "source", "-q", "--only-source", f"{SOURCE_PACKAGE}={pins.debian_version}"]
     try:
-        _run("apt-get source", cmd, cwd=work, env=_apt_env())
-    except ArtifactBuildError as first:
-        if "Unable to find" not in first.output_tail and "Can not find" not in first.output_tail:
-            raise
-        try:  # a deb-src entry without its Sources index yet: refresh once
-            apt_sources.apt_get_update()
-        except apt_sources.AptSourcesError as exc:
-            raise KubernetesBuildError("apt-get update", str(exc)) from exc
-        try:
-            _run("apt-get source", cmd, cwd=work, env=_apt_env())
-        except ArtifactBuildError as exc:
-            raise KubernetesBuildError(
-                "apt-get source",
-                f"{SOURCE_PACKAGE}={pins.debian_version} is not in the Debian archive; if bookworm moved "
-                "to a newer revision, update kubernetes.debian_version in "
-                "edge_provision/artifacts/versions.yml",
-                exc.output_tail,
-            ) from exc
+        apt_source(work, SOURCE_PACKAGE, pins.debian_version, "kubernetes.debian_version")
+    except KubernetesBuildError:
+        raise
+    except ArtifactBuildError as exc:
+        raise KubernetesBuildError(exc.step, exc.message, exc.output) from None
     trees = [
         p for p in work.glob(f"{SOURCE_PACKAGE}-*") if (p / "hack" / "make-rules" / "build.sh").is_file()
     ]
