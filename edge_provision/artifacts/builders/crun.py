@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,32 +249,57 @@ def build_crun(arch: str = "amd64", engine: str = "wasmtime", *, versions_file: 
     if cached_build(dest) is not None:
         return dest
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with locked(dest.parent / f".{dest.name}.lock"):
-        if cached_build(dest) is not None:  # another process built it while we waited
-            return dest
+    def check_arch() -> None:
         host = _host_arch()
         if arch != host:
             raise ArtifactBuildError(
                 "check arguments", f"cross-building crun for {arch} on {host} is not implemented yet "
                 "(build natively on an arm64 host, or add a cross toolchain to this builder)"
             )
+
+    return staged_build(
+        dest, cached_build, lambda work, out: _build(work, out, arch, engine, pins, key),
+        precheck=check_arch,
+    )
+
+
+def staged_build(
+    dest: Path,
+    is_cached: Callable[[Path], object],
+    build: Callable[[Path, Path], None],
+    *,
+    precheck: Callable[[], None] | None = None,
+    error: type[ArtifactBuildError] = ArtifactBuildError,
+) -> Path:
+    """Build into ``dest`` once: locked, in a staging directory renamed into place when complete.
+
+    ``build(work, out)`` gets a scratch directory beside the cache (a source tree can take GBs;
+    /tmp is often a small tmpfs) and the staging directory. A failure leaves no partial build,
+    and its full output in ``<dest>.failed.log``.
+    """
+    if is_cached(dest) is not None:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with locked(dest.parent / f".{dest.name}.lock"):
+        if is_cached(dest) is not None:  # another process built it while we waited
+            return dest
+        if precheck is not None:
+            precheck()
         if dest.exists():
             log.warning("discarding incomplete or corrupted build %s", dest)
             shutil.rmtree(dest)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         failed_log = dest.parent / f"{dest.name}.failed.log"
         try:
-            with tempfile.TemporaryDirectory(prefix="crun-build-") as work:
-                _build(Path(work), staging, arch, engine, pins, key)
+            with tempfile.TemporaryDirectory(prefix=".work-", dir=dest.parent) as work:
+                build(Path(work), staging)
             os.rename(staging, dest)
         except ArtifactBuildError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if not exc.output:
                 raise
             failed_log.write_text(exc.output)
-            message = f"{exc.message} (full output: {failed_log})"
-            raise ArtifactBuildError(exc.step, message, exc.output) from exc
+            raise error(exc.step, f"{exc.message} (full output: {failed_log})", exc.output) from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -37,7 +37,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from typing import Any
 
 import yaml
 
-from edge_provision.artifacts import build_dir, input_key, locked, sha256_file
+from edge_provision.artifacts import build_dir, input_key, sha256_file
 from edge_provision.artifacts.builders.crun import (
     VERSIONS_FILE,
     ArtifactBuildError,
@@ -54,6 +53,7 @@ from edge_provision.artifacts.builders.crun import (
     _step_build_deps,
     _step_deb_src,
     apt_source,
+    staged_build,
 )
 from edge_provision.artifacts.builders.crun import _run as _crun_run
 from edge_provision.artifacts.builders.images import (
@@ -240,36 +240,10 @@ def build_kubernetes(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE
             )
     key = cache_key(arch, pins, tools)
     dest = build_dir("kubernetes", pins.version, arch, key)
-    if cached_build(dest) is not None:
-        return dest
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with locked(dest.parent / f".{dest.name}.lock"):
-        if cached_build(dest) is not None:  # another process built it while we waited
-            return dest
-        if dest.exists():
-            log.warning("discarding incomplete build %s", dest)
-            shutil.rmtree(dest)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        failed_log = dest.parent / f"{dest.name}.failed.log"
-        try:
-            # Beside the cache, not in /tmp (often a small tmpfs): the tree and Go's cache take ~3 GB.
-            with tempfile.TemporaryDirectory(prefix=".work-", dir=dest.parent) as work:
-                _build(Path(work), staging, arch, pins, tools, key)
-            os.rename(staging, dest)
-        except ArtifactBuildError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not exc.output:
-                raise
-            failed_log.write_text(exc.output)
-            raise KubernetesBuildError(
-                exc.step, f"{exc.message} (full output: {failed_log})", exc.output
-            ) from exc
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        failed_log.unlink(missing_ok=True)
-    return dest
+    return staged_build(
+        dest, cached_build, lambda work, out: _build(work, out, arch, pins, tools, key),
+        error=KubernetesBuildError,
+    )
 
 
 def _build(work: Path, out: Path, arch: str, pins: Pins, tools: Toolchain, key: str) -> None:
