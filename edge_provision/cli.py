@@ -32,9 +32,11 @@ def _lab(args: argparse.Namespace) -> int:
     lab = Lab(Path(args.inventory_dir), backend=args.backend)
     try:
         if args.lab_command == "up":
-            hosts = lab.up(args.hosts)
+            arches = args.arch.split(",") if args.arch else None
+            hosts = lab.up(args.hosts, arches)
             for h in hosts:
-                print(f"{h.name:10} {h.group:14} {h.address}:{h.port} ({h.backend}, {h.arch})")
+                node = f", node {h.node_ip}" if h.node_ip else ""
+                print(f"{h.name:10} {h.group:14} {h.address}:{h.port} ({h.backend}, {h.arch}{node})")
             print(f"inventory: {Path(args.inventory_dir) / inventory.INVENTORY_FILE}")
         elif args.lab_command == "down":
             lab.down()
@@ -53,9 +55,35 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifacts_fetch(args: argparse.Namespace) -> int:
+    from edge_provision.artifacts import fetch
+
+    try:
+        downloads = fetch.load_downloads(Path(args.versions), arch=args.arch)
+        problem = fetch.source_problem(args.source)
+        if problem:
+            raise fetch.ArtifactFetchError(f"--source {problem}")
+    except (OSError, fetch.ArtifactFetchError) as exc:
+        print(f"artifacts fetch: {exc}", file=sys.stderr)
+        return 2
+    dest = Path(args.dest)
+    failed = 0
+    for result in fetch.fetch_bundle(downloads, args.source, dest):
+        if result.error is None:
+            print(f"ok      {result.download.label:36} {result.path}")
+        else:
+            failed += 1
+            print(f"FAILED  {result.error}", file=sys.stderr)
+    print(f"{len(downloads) - failed} of {len(downloads)} artifacts fetched and verified into {dest}"
+          f" (manifest: {dest / fetch.MANIFEST})")
+    return 1 if failed else 0
+
+
 def _artifacts(args: argparse.Namespace) -> int:
     from edge_provision import artifacts
 
+    if args.artifacts_command == "fetch":
+        return _artifacts_fetch(args)
     if args.artifacts_command == "build":
         from edge_provision.artifacts.builders import crun, images, kubernetes
 
@@ -74,12 +102,19 @@ def _artifacts(args: argparse.Namespace) -> int:
                 return 1
             print(f"{what:16} {path}")
         return 0
+    from edge_provision.artifacts import fetch
+
     rows = artifacts.cached_builds()
     if not rows:
-        print(f"no artifacts in {artifacts.ARTIFACTS_DIR}")
+        print(f"no builds in {artifacts.ARTIFACTS_DIR}")
     for name, path, size in rows:
         print(f"{name:16} {size / 1e6:8.1f} MB  {path}")
-    return 0
+    dest = Path(args.dest)
+    status = fetch.bundle_status(fetch.load_downloads(Path(args.versions), arch=args.arch), dest)
+    print(f"downloads in {dest}:")
+    for download, state in status:
+        print(f"  {download.label:36} {download.file:48} {state}")
+    return 0 if all(state in ("verified", "missing") for _, state in status) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", choices=("container", "vm"), default="container")
         if name == "up":
             p.add_argument("--hosts", type=int, default=3, help="number of hosts (default: %(default)s)")
+            p.add_argument("--arch", metavar="ARCH[,ARCH...]",
+                           help="vm backend: one architecture for all hosts or one per host, "
+                                "e.g. amd64,arm64 (default: this machine's)")
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=_lab)
@@ -111,7 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     arts_sub = arts.add_subparsers(dest="artifacts_command", required=True)
     build = arts_sub.add_parser("build", help="build what no reachable registry carries (lab)")
     build.add_argument("--arch", choices=inventory.ARCHITECTURES, default="amd64")
-    arts_sub.add_parser("list", help="show the artifacts present in the cache")
+    from edge_provision.artifacts import fetch
+
+    fetch_cmd = arts_sub.add_parser(
+        "fetch", help="download and verify every pinned download into a bundle directory (offline sites)")
+    listing = arts_sub.add_parser("list", help="show the builds in the cache and the downloads in a bundle")
+    for p in (fetch_cmd, listing):
+        p.add_argument("--arch", choices=inventory.ARCHITECTURES, default=None,
+                       help="only this architecture's files (and the source archives); default: all")
+        p.add_argument("--dest", default=str(fetch.DOWNLOADS_DIR),
+                       help="bundle directory, itself usable as edge_artifact_source (default: %(default)s)")
+        p.add_argument("--versions", default=str(fetch.VERSIONS_FILE),
+                       help="pins file (default: %(default)s)")
+    fetch_cmd.add_argument("--source", default=fetch.UPSTREAM,
+                           help="where from: upstream (versions.yml URLs), a directory or an http(s) "
+                                "mirror base URL (default: %(default)s)")
     arts.set_defaults(func=_artifacts)
     return parser
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from edge_provision.artifacts.fetch import source_problem
 from edge_provision.roles import role_argument_spec, role_defaults
 
 INVENTORY_FILE = "hosts.yml"
@@ -311,6 +312,10 @@ def _host_problems(host: FleetHost) -> list[str]:
         if value not in choices:
             field_problem(name, f"unknown value {value!r} (choose one of: {', '.join(choices)})")
 
+    artifact_source = source_problem(v.get("edge_artifact_source"))
+    if artifact_source:
+        field_problem("edge_artifact_source", artifact_source)
+
     node_ip = v.get("edge_node_ip")
     if node_ip is not None and not (isinstance(node_ip, str) and _is_ip(node_ip)):
         field_problem("edge_node_ip", f"must be an IP address, found {node_ip!r}")
@@ -367,6 +372,11 @@ def _type(value: Any) -> str:
 # --- what the engines consume ---------------------------------------------------------
 
 
+def node_address(host_vars: Mapping[str, Any]) -> str:
+    """The address other nodes reach a host at: edge_node_ip, else ansible_host."""
+    return str(host_vars.get("edge_node_ip") or host_vars["ansible_host"])
+
+
 def cluster_members(hosts: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     """/etc/hosts entries for the whole fleet: ``{"name", "address"}`` per host.
 
@@ -374,7 +384,7 @@ def cluster_members(hosts: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     Ansible filter and the pyinfra deploy share this one definition.
     """
     members = [
-        {"name": str(v["inventory_hostname"]), "address": str(v.get("edge_node_ip") or v["ansible_host"])}
+        {"name": str(v["inventory_hostname"]), "address": node_address(v)}
         for v in hosts
     ]
     return sorted(members, key=lambda m: m["name"])
@@ -423,6 +433,8 @@ def pyinfra_groups(inventory_py: str | Path) -> tuple[list[tuple[str, dict[str, 
     except InventoryError as exc:
         print(exc.render(), file=sys.stderr)
         raise SystemExit(2) from None
+    fleet_dir = str(Path(inventory_py).parent.absolute())  # Ansible's inventory_dir
     return tuple(
-        [(h.name, pyinfra_data(h)) for h in fleet.group(group)] for group in NODE_GROUPS
+        [(h.name, {**pyinfra_data(h), "inventory_dir": fleet_dir}) for h in fleet.group(group)]
+        for group in NODE_GROUPS
     )
