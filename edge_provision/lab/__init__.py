@@ -8,24 +8,31 @@ edge nodes.
 
 Backends: ``container`` (default; :mod:`edge_provision.lab.containers`) runs each host as a
 privileged docker container booting systemd, with its own address on a private bridge
-network; ``vm`` is reserved for full virtual machines (:mod:`edge_provision.lab.vm`).
+network; ``vm`` (:mod:`edge_provision.lab.vm`) runs each host as a QEMU virtual machine
+(amd64 or arm64, chosen per host) with SSH on a loopback port and a second NIC on the lab's
+own switch (its ``edge_node_ip``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from edge_provision.arch import debian_arch
 from edge_provision.lab import dockerd
 from edge_provision.lab import inventory_writer as inv
 from edge_provision.lab.containers import ContainerLab, ssh_login
 from edge_provision.lab.dockerd import LabError
 from edge_provision.lab.inventory_writer import LabHost
+
+if TYPE_CHECKING:
+    from edge_provision.lab.vm import VmLab
 
 __all__ = ["BACKENDS", "Lab", "LabError", "LabHost"]
 
@@ -72,19 +79,25 @@ class Lab:
     def _containers(self) -> ContainerLab:
         return ContainerLab(self.inventory_dir)
 
-    def _vm(self) -> LabError:
-        from edge_provision.lab.vm import not_available
+    def _vms(self) -> VmLab:
+        from edge_provision.lab.vm import VmLab
 
-        return not_available()
+        return VmLab(self.inventory_dir)
 
     # -- API ----------------------------------------------------------------------------
 
-    def up(self, hosts: int) -> list[LabHost]:
-        """Start (or complete) a lab of ``hosts`` hosts and write its inventory."""
+    def up(self, hosts: int, arches: Sequence[str] | None = None) -> list[LabHost]:
+        """Start (or complete) a lab of ``hosts`` hosts and write its inventory.
+
+        ``arches`` (vm backend): one architecture for every host, or one per host.
+        """
         if not isinstance(hosts, int) or isinstance(hosts, bool) or hosts < 1:
             raise LabError(f"a lab has at least 1 host (asked for {hosts!r})")
         if self.backend == "vm":
-            raise self._vm()
+            return self._up_vms(hosts, arches)
+        if arches and set(arches) != {debian_arch()}:
+            raise LabError(f"container hosts run the machine's architecture ({debian_arch()}) only; "
+                           "use --backend vm for other architectures")
         lab = self._containers()
         with dockerd.in_use():
             runtime = dockerd.ensure_running()  # before any file is written: fail early, leave nothing
@@ -94,10 +107,26 @@ class Lab:
                 inv.write_inventory(self.inventory_dir, started, host_keys)
         return list(started)
 
+    def _up_vms(self, hosts: int, arches: Sequence[str] | None) -> list[LabHost]:
+        from edge_provision.lab.vm import parse_arches
+
+        wanted = parse_arches(arches, hosts)
+        vms = self._vms()
+        with vms.locked():
+            public_key = self._ensure_key()
+            started, host_keys = vms.up(wanted, public_key)
+            inv.write_inventory(self.inventory_dir, started, host_keys)
+            vms.wait_login(started, self.key, self.known_hosts)
+        return started
+
     def down(self) -> None:
         """Remove every host, network, volume and generated file of this lab."""
         if self.backend == "vm":
-            inv.remove_inventory(self.inventory_dir)
+            vms = self._vms()
+            with vms.locked():
+                vms.down()
+                inv.remove_inventory(self.inventory_dir)
+                vms.forget_lock()
             return
         lab = self._containers()
         with dockerd.in_use(), lab.locked():
@@ -114,7 +143,9 @@ class Lab:
 
     def hosts(self) -> list[LabHost]:
         """The lab's hosts docker knows (any state), in inventory order."""
-        if self.backend == "vm" or not dockerd.answers():
+        if self.backend == "vm":
+            return sorted((host for host, _state in self._vms().existing().values()), key=_order)
+        if not dockerd.answers():
             return []
         found = [host for host, _state in self._containers().existing().values()]
         return sorted(found, key=_order)
@@ -124,14 +155,19 @@ class Lab:
         known: dict[str, tuple[LabHost, str]] = {}
         if self.backend == "container" and dockerd.answers():
             known = self._containers().existing()
+        elif self.backend == "vm":
+            known = self._vms().existing()
         for host in self._inventory_hosts():
             known.setdefault(host.name, (host, "absent"))
 
         def row(item: tuple[LabHost, str]) -> dict[str, Any]:
             host, state = item
             reachable = state == "running" and ssh_login(self.key, self.known_hosts, host)
-            return {"name": host.name, "group": host.group, "address": host.address, "port": host.port,
-                    "backend": host.backend, "state": state, "ssh": reachable}
+            fields = {"name": host.name, "group": host.group, "address": host.address, "port": host.port,
+                      "backend": host.backend, "state": state, "ssh": reachable}
+            if host.backend == "vm":
+                fields |= {"arch": host.arch, "node_ip": host.node_ip}
+            return fields
 
         items = sorted(known.values(), key=lambda item: _order(item[0]))
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -149,7 +185,8 @@ class Lab:
                 for name, hv in (body.get("hosts") or {}).items():
                     hosts.append(LabHost(name=name, address=str(hv.get("ansible_host", "")),
                                          port=int(hv.get("ansible_port", 22)), group=group,
-                                         arch=str(hv.get("edge_arch", "")), backend=self.backend))
+                                         arch=str(hv.get("edge_arch", "")), backend=self.backend,
+                                         node_ip=str(hv.get("edge_node_ip", ""))))
             return hosts
         return []
 

@@ -34,6 +34,12 @@ class LabHost:
     group: str  # "control_plane" or "edge"
     arch: str  # "amd64" (container backend)
     backend: str  # "container" | "vm"
+    node_ip: str = ""  # edge_node_ip when other cluster members reach it elsewhere than `address` (VMs)
+
+    @property
+    def cluster_address(self) -> str:
+        """The address other fleet members use for this host (edge_node_ip, else ansible_host)."""
+        return self.node_ip or self.address
 
 
 def host_name(index: int) -> str:
@@ -67,9 +73,10 @@ def render_hosts_yml(directory: Path, hosts: Iterable[LabHost]) -> str:
     by_group: dict[str, list[str]] = {CONTROL_PLANE: [], EDGE: []}
     for host in sorted(hosts, key=lambda h: int(h.name.rsplit("-", 1)[1])):
         index = int(host.name.rsplit("-", 1)[1])
+        node_ip = f"edge_node_ip: {host.node_ip}, " if host.node_ip else ""
         by_group[host.group].append(
             f"        {host.name}: {{ansible_host: {host.address}, ansible_port: {host.port}, "
-            f"edge_arch: {host.arch}, edge_node_labels: {_flow(node_labels(index))}}}"
+            f"edge_arch: {host.arch}, {node_ip}edge_node_labels: {_flow(node_labels(index))}}}"
         )
     lines = [
         "# Written by `edge-provision lab up`; removed by `edge-provision lab down`.",
@@ -100,7 +107,10 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def write_inventory(directory: Path, hosts: list[LabHost], host_keys: dict[str, str]) -> None:
-    """Write hosts.yml, inventory.py and known_hosts (``host_keys``: address -> "type base64")."""
+    """Write hosts.yml, inventory.py and known_hosts (``host_keys``: address -> "type base64").
+
+    An address may carry a port in known_hosts syntax (``[127.0.0.1]:2201``, VM hosts).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     _write(directory / HOSTS_FILE, render_hosts_yml(directory, hosts))
     _write(directory / PYINFRA_FILE, PYINFRA_INVENTORY)
