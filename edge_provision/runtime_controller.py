@@ -9,6 +9,11 @@ edge_provision.runtime_controller``) and pyinfra (``edge_provision.deploys.runti
 * :func:`debs` -- Debian packages and their dependency closure, downloaded on the controller
   with ``apt-get download`` into the artifact cache, so nodes install them without reaching a
   mirror (the air-gapped path);
+* :func:`release_files` and :func:`release_plan` -- containerd and runc from their pinned
+  release files (``containerd_install_from: release``), fetched from the fleet's artifact source
+  and sha256-checked on the controller, and the node commands that install them;
+* :func:`engine_downloads` -- what the Wasm engine's build needs from the artifact source,
+  fetched before any node is changed, so a missing file fails the run first;
 * :func:`wasm_crun` and :func:`images` -- crun with the Wasm engine and the OCI image tarballs,
   built (or found in the cache) by ``edge_provision.artifacts.builders``.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -28,14 +34,20 @@ from typing import Any
 import tomlkit
 
 from edge_provision.artifacts import ARTIFACTS_DIR, locked, sha256_file
+from edge_provision.artifacts.fetch import UPSTREAM, ArtifactFetchError, fetch, pinned
 from edge_provision.containerd_config import ContainerdConfigError, _table, schema_for, with_wasm_handler
 
 # containerd's built-in runtime table for runc (what it uses when the config names none).
 RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
 # Bit of CAP_SYS_RESOURCE in /proc/<pid>/status CapBnd.
 CAP_SYS_RESOURCE = 24
-# Wasm engines crun can be built with, and whether this project can build that crun now.
-ENGINES_AVAILABLE = {"wasmtime": True, "wasmedge": False}
+# Wasm engines crun can be built with: wasmtime from Debian's crun source and the PyPI wheel
+# (the lab), wasmedge from the pinned release tarballs in the artifact source (production).
+ENGINES = ("wasmtime", "wasmedge")
+# What each engine's build takes from the artifact source (versions.yml entries).
+ENGINE_DOWNLOADS: dict[str, tuple[str, ...]] = {"wasmtime": (), "wasmedge": ("crun_release", "wasmedge")}
+# Release files of containerd_install_from: release (versions.yml entries), in install order.
+RELEASE_COMPONENTS = ("containerd_release", "runc_release")
 IMAGE_NAMES = ("pause", "busybox", "wasi-demo")
 
 
@@ -239,30 +251,57 @@ def _cached_deb(cache: Path, entry: Mapping[str, str] | None) -> bool:
 
 
 def check_engine(engine: str, build_on_node: bool = False) -> None:
-    """Fail clearly for what this project cannot install yet."""
+    """Fail clearly for what this project cannot install."""
     if build_on_node:
         raise RuntimeStageError(
             "wasm_runtime_build_on_node is not implemented: crun is built once on the controller "
-            "(edge_provision.artifacts.builders.crun) and shipped; set wasm_runtime_build_on_node: false"
+            "(edge_provision.artifacts.builders) and shipped; set wasm_runtime_build_on_node: false"
         )
-    if engine not in ENGINES_AVAILABLE:
-        known = ", ".join(ENGINES_AVAILABLE)
-        raise RuntimeStageError(f"unknown Wasm engine {engine!r}; choose one of {known}")
-    if not ENGINES_AVAILABLE[engine]:
-        raise RuntimeStageError(
-            f"edge_wasm_engine {engine}: crun with {engine} is not available in this lab (no builder, "
-            "no pinned release in edge_provision/artifacts/versions.yml); set edge_wasm_engine: wasmtime"
-        )
+    if engine not in ENGINES:
+        raise RuntimeStageError(f"unknown Wasm engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
-def wasm_crun(arch: str, engine: str) -> dict[str, Any]:
-    """crun built with ``engine`` for ``arch`` (cached): paths, checksums and the engine library."""
+def _fetched(names: Sequence[str], arch: str, source: str) -> list[dict[str, Any]]:
+    """The pinned downloads ``names`` for ``arch``, fetched from ``source`` and verified; one
+    error naming every file that could not be had."""
+    found, problems = [], []
+    for name in names:
+        try:
+            download = pinned(name, arch)
+            path = fetch(download, source)
+        except ArtifactFetchError as exc:
+            problems.append(str(exc))
+            continue
+        found.append({"name": name, "version": download.version, "file": download.file, "path": str(path),
+                      "sha256": download.sha256, "url": download.url})
+    if problems:
+        raise RuntimeStageError(f"edge_artifact_source {source}: " + "; ".join(problems))
+    return found
+
+
+def engine_downloads(engine: str, arch: str, source: str = UPSTREAM) -> list[dict[str, Any]]:
+    """The files ``engine``'s crun build takes from the artifact source, fetched and verified.
+
+    Called before any node is changed (the containerd role's preflight, the pyinfra deploy while
+    it prepares), so a source lacking one stops the run with its name and nothing touched."""
     check_engine(engine)
-    from edge_provision.artifacts.builders.crun import build_crun
+    return _fetched(ENGINE_DOWNLOADS[engine], arch, source)
 
-    directory = build_crun(arch=arch, engine=engine)
+
+def wasm_crun(arch: str, engine: str, source: str = UPSTREAM) -> dict[str, Any]:
+    """crun built with ``engine`` for ``arch`` (cached): paths, checksums and the engine library."""
+    engine_downloads(engine, arch, source)
+    if engine == "wasmedge":
+        from edge_provision.artifacts.builders.crun_wasmedge import build_crun_wasmedge
+
+        directory = build_crun_wasmedge(arch=arch, source=source)
+    else:
+        from edge_provision.artifacts.builders.crun import build_crun
+
+        directory = build_crun(arch=arch, engine=engine)
     manifest = json.loads((directory / "manifest.json").read_text())
-    library = manifest["runtime"]["dlopen"]
+    # The wasmtime build dlopen()s its library, the WasmEdge build links against it.
+    library = manifest["runtime"].get("library") or manifest["runtime"]["dlopen"]
     return {
         "engine": engine,
         "version": manifest["crun"]["version"],
@@ -273,6 +312,41 @@ def wasm_crun(arch: str, engine: str) -> dict[str, Any]:
         "library_sha256": manifest["files"][library]["sha256"],
         "needed": manifest["runtime"]["needed"],
     }
+
+
+# -- containerd and runc from their release files ---------------------------------------------
+
+
+def release_files(arch: str, source: str = UPSTREAM) -> list[dict[str, Any]]:
+    """containerd's release archive and runc for ``arch``, fetched and verified on the controller."""
+    return _fetched(RELEASE_COMPONENTS, arch, source)
+
+
+def release_plan(files: Sequence[Mapping[str, Any]], *, staging_dir: str, prefix: str,
+                 stamp_file: str) -> dict[str, Any]:
+    """Node commands that install the shipped release files (from :func:`release_files`).
+
+    The files wait in ``staging_dir``; each is checked against its sha256 again on the node
+    before anything is unpacked (a damaged copy stops there), containerd's archive is unpacked
+    into ``prefix`` (bin/), runc installed as ``prefix``/sbin/runc, then ``stamp_file`` records
+    what was installed (the node runs this only while its stamp differs) and the staged files
+    are removed. Returns ``{commands, stamp, stamp_file}``.
+    """
+    by_name = {str(f["name"]): f for f in files}
+    missing = [n for n in RELEASE_COMPONENTS if n not in by_name]
+    if missing:
+        raise RuntimeStageError(f"release files lack {', '.join(missing)}")
+    q = shlex.quote
+    staged = {n: f"{staging_dir}/{by_name[n]['file']}" for n in RELEASE_COMPONENTS}
+    stamp = "\n".join(f"{by_name[n]['sha256']}  {by_name[n]['file']}" for n in RELEASE_COMPONENTS)
+    commands = [
+        f"cd {q(staging_dir)} && printf '%s\\n' {q(stamp)} | sha256sum --check --strict",
+        f"tar -xzf {q(staged['containerd_release'])} -C {q(prefix)} --no-same-owner bin",
+        f"install -D -m 0755 {q(staged['runc_release'])} {q(prefix + '/sbin/runc')}",
+        f"install -d -m 0755 {q(os.path.dirname(stamp_file))} && printf '%s\\n' {q(stamp)} > {q(stamp_file)}",
+        f"rm -f {' '.join(q(p) for p in staged.values())}",
+    ]
+    return {"commands": commands, "stamp": stamp, "stamp_file": stamp_file}
 
 
 def images(names: Sequence[str], arch: str) -> list[dict[str, Any]]:
@@ -350,14 +424,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--packages", nargs="*", default=[], help="Debian packages (with their closure)")
     parser.add_argument("--images", nargs="*", default=[], help=f"images: {', '.join(IMAGE_NAMES)}")
     parser.add_argument("--engine", help="Wasm engine of crun to build or find")
+    parser.add_argument("--engine-downloads", metavar="ENGINE",
+                        help="fetch and verify what ENGINE's crun build needs, build nothing")
+    parser.add_argument("--source", default=UPSTREAM, help="artifact source (edge_artifact_source)")
+    parser.add_argument("--release", nargs=3, metavar=("STAGING_DIR", "PREFIX", "STAMP_FILE"),
+                        help="containerd and runc release files, and the node commands installing them")
     args = parser.parse_args(argv)
     try:
-        out: dict[str, Any] = {"debs": debs(args.packages, args.arch) if args.packages else [],
-                               "images": images(args.images, args.arch)}
+        out: dict[str, Any] = {}
+        if args.engine_downloads:
+            out["engine_downloads"] = engine_downloads(args.engine_downloads, args.arch, args.source)
+        if args.release:
+            files = release_files(args.arch, args.source)
+            staging, prefix, stamp_file = args.release
+            plan = release_plan(files, staging_dir=staging, prefix=prefix, stamp_file=stamp_file)
+            out["release"] = {"files": files, **plan}
+        out["debs"] = debs(args.packages, args.arch) if args.packages else []
+        out["images"] = images(args.images, args.arch)
         if args.engine:
-            out["crun"] = wasm_crun(args.arch, args.engine)
+            out["crun"] = wasm_crun(args.arch, args.engine, args.source)
         out["pause_reference"] = sandbox_image("", args.arch)
-    except (RuntimeStageError, ContainerdConfigError) as exc:
+    except (RuntimeStageError, ContainerdConfigError, ArtifactFetchError) as exc:
         print(f"runtime: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # a builder's own error class, with its step and output tail
