@@ -62,6 +62,21 @@ def debs_installed(debs: Sequence[Mapping[str, Any]], staging_dir: str) -> Comma
 
 
 @operation(is_idempotent=True)
+def release_installed(release: Mapping[str, Any], staging_dir: str) -> Commands:
+    """Ship the release files (runtime_controller.release_files) and run the commands of
+    runtime_controller.release_plan -- sha256 checked again on the node, then unpacked and
+    installed -- unless the node's stamp already names exactly these files."""
+    installed = host.get_fact(CommandOutput, argv=["cat", str(release["stamp_file"])])
+    if installed.rstrip("\n") == release["stamp"]:
+        host.noop("release files installed")
+        return
+    yield f"install -d -m 755 {shlex.quote(staging_dir)}"
+    for item in release["files"]:
+        yield from files.put._inner(src=str(item["path"]), dest=f"{staging_dir}/{item['file']}", mode="644")
+    yield from release["commands"]
+
+
+@operation(is_idempotent=True)
 def containerd_configured(config_file: str, settings: Mapping[str, Any]) -> Commands:
     """Write containerd's config with the Wasm handler when it differs, validated by
     containerd before it replaces the old file; restart containerd on a new config.

@@ -4,6 +4,7 @@ the same defaults, computed by the same Python (edge_provision.runtime_controlle
 from __future__ import annotations
 
 from functools import cache
+from io import StringIO
 from typing import Any
 
 from pyinfra.api.deploy import deploy
@@ -13,7 +14,7 @@ from pyinfra.operations import apt, files, systemd
 
 from edge_provision import runtime_controller as rc
 from edge_provision import runtime_operations as ops
-from edge_provision.roles import role_defaults, role_vars
+from edge_provision.roles import render_template, role_defaults, role_vars
 
 
 def _fleet(name: str) -> Any:
@@ -32,8 +33,20 @@ def _images(names: tuple[str, ...], arch: str) -> list[dict[str, Any]]:
 
 
 @cache
-def _crun(arch: str, engine: str) -> dict[str, Any]:
-    return rc.wasm_crun(arch, engine)
+def _crun(arch: str, engine: str, source: str) -> dict[str, Any]:
+    return rc.wasm_crun(arch, engine, source)
+
+
+@cache
+def _engine_downloads(engine: str, arch: str, source: str) -> list[dict[str, Any]]:
+    return rc.engine_downloads(engine, arch, source)
+
+
+@cache
+def _release(arch: str, source: str, staging_dir: str, prefix: str, stamp_file: str) -> dict[str, Any]:
+    found = rc.release_files(arch, source)
+    plan = rc.release_plan(found, staging_dir=staging_dir, prefix=prefix, stamp_file=stamp_file)
+    return {"files": found, **plan}
 
 
 def _controller(what: str, fetch: Any, *args: Any) -> Any:
@@ -44,6 +57,8 @@ def _controller(what: str, fetch: Any, *args: Any) -> Any:
 
 
 def _packages(v: dict[str, Any], packages: list[str], arch: str, name: str) -> None:
+    """Debian packages from the node's apt sources, or shipped from the controller (also for a
+    release install of containerd, whose neighbours still come from Debian)."""
     if v["containerd_install_from"] == "apt":
         apt.packages(name=name, packages=packages, no_recommends=True, update=True, cache_time=86400)
     else:
@@ -56,17 +71,40 @@ def _packages(v: dict[str, Any], packages: list[str], arch: str, name: str) -> N
 @deploy("containerd")
 def containerd() -> None:
     v = role_vars("containerd", host.data.dict())
-    arch = _fleet("edge_arch")
-    if v["containerd_install_from"] not in ("controller", "apt"):
-        raise DeployError(f"host {host.name}: containerd_install_from must be controller or apt, "
-                          f"not {v['containerd_install_from']!r}")
+    arch, source = _fleet("edge_arch"), _fleet("edge_artifact_source")
+    install_from = v["containerd_install_from"]
+    if install_from not in ("controller", "apt", "release"):
+        raise DeployError(f"host {host.name}: containerd_install_from must be controller, apt or release, "
+                          f"not {install_from!r}")
+    # Before any operation: what the Wasm engine's build and a release install take from the
+    # artifact source, fetched and verified, so a missing or damaged file stops the run here.
+    _controller("Wasm engine downloads", _engine_downloads, _fleet("edge_wasm_engine"), arch, source)
+    release = None
+    if install_from == "release":
+        release = _controller("release files", _release, arch, source, v["containerd_release_staging_dir"],
+                              v["containerd_release_prefix"], v["containerd_release_stamp_file"])
     images = _controller("images", _images, tuple(v["containerd_images"]), arch)
     sandbox = v["containerd_sandbox_image"]
     if sandbox is None or sandbox == "":
         sandbox = _controller("pause image", rc.sandbox_image, "", arch)
 
     ops.systemd_pid1_required(name="Check that systemd runs the host")
-    _packages(v, v["containerd_packages"], arch, "Install containerd")
+    if release is None:
+        _packages(v, v["containerd_packages"], arch, "Install containerd")
+    else:
+        ops.release_installed(
+            name="Check the sha256 of the release files again, unpack and install them",
+            release=release, staging_dir=v["containerd_release_staging_dir"],
+        )
+        unit = files.put(
+            name="Write containerd's systemd unit",
+            src=StringIO(render_template("containerd", "containerd.service.j2",
+                                         {**v, "containerd_artifacts": {"release": release}})),
+            dest=v["containerd_release_unit_file"], user="root", group="root", mode="644",
+        )
+        systemd.daemon_reload(name="Reload systemd's units", _if=unit.did_change)
+        systemd.service(name="Restart containerd on a new unit", service="containerd", restarted=True,
+                        _if=unit.did_change)
     systemd.service(name="Run containerd now and at boot", service="containerd", running=True, enabled=True)
     ops.containerd_configured(
         name="Write the config with the Wasm handler, validated by containerd first",
@@ -91,7 +129,7 @@ def containerd() -> None:
 def wasm_runtime() -> None:
     v = role_vars("wasm_runtime", host.data.dict())
     c = role_vars("containerd", host.data.dict())
-    arch, engine = _fleet("edge_arch"), _fleet("edge_wasm_engine")
+    arch, engine, source = _fleet("edge_arch"), _fleet("edge_wasm_engine"), _fleet("edge_artifact_source")
     try:
         rc.check_engine(engine, bool(v["wasm_runtime_build_on_node"]))
     except rc.RuntimeStageError as exc:
@@ -101,7 +139,7 @@ def wasm_runtime() -> None:
             f"host {host.name}: wasm_runtime_crun_path ({v['wasm_runtime_crun_path']}) differs from "
             f"containerd_wasm_binary ({c['containerd_wasm_binary']}), the Wasm handler would not find crun"
         )
-    crun = _controller("crun", _crun, arch, engine)
+    crun = _controller("crun", _crun, arch, engine, source)
     images = _controller("images", _images, tuple(v["wasm_runtime_images"]), arch)
 
     _packages(c, v["wasm_runtime_packages"], arch, "Install the libraries crun needs")
