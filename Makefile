@@ -30,3 +30,14 @@ lint: setup
 
 clean-lab:
 	.venv/bin/edge-provision lab down
+
+.PHONY: vm-tests molecule
+
+# VM tier (not part of `make test`): the lab's VM backend on real QEMU, amd64 + arm64.
+vm-tests: setup
+	.venv/bin/pytest tests/vm
+
+# Molecule scenario default on an amd64 and an arm64 VM (create, converge, idempotence,
+# verify, destroy). EDGE_MOLECULE_STAGES=host_prep limits the stages converged and verified.
+molecule: setup
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/molecule --base-config molecule/base.yml test -s default

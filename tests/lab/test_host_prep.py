@@ -98,7 +98,7 @@ def test_etc_hosts_block_lists_the_fleet(fleet: LabFleet, cold_run: EngineRun, n
     lines = fleet.sh(name, "cat /etc/hosts").splitlines()
     begin = lines.index("# BEGIN edge-provision cluster members")
     end = lines.index("# END edge-provision cluster members")
-    assert lines[begin + 1:end] == [f"{h.address} {h.name}" for h in sorted(fleet.hosts, key=lambda h: h.name)]
+    assert lines[begin + 1:end] == [f"{h.cluster_address} {h.name}" for h in sorted(fleet.hosts, key=lambda h: h.name)]
 
 
 def test_preflight_facts_reported(cold_run: EngineRun) -> None:
