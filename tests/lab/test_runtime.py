@@ -9,12 +9,20 @@ CRI handler's table in config.toml is checked as parsed back, and the CRI plugin
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
+from edge_provision.artifacts import fetch
+from edge_provision.artifacts.builders import apt_sources
+from edge_provision.artifacts.builders import crun as crun_builder
 from edge_provision.artifacts.builders.images import (
     demo_output_problems,
     pause_reference,
@@ -32,6 +40,7 @@ W = role_defaults("wasm_runtime")
 CONFIG = C["containerd_config_file"]
 CRUN = W["wasm_runtime_crun_path"]
 DEMO_ARGS = ["/wasi_demo.wasm", "50000000"]
+VERSIONS = yaml.safe_load(fetch.VERSIONS_FILE.read_text())
 @pytest.fixture(scope="module", params=["ansible", "pyinfra"])
 def engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -182,3 +191,78 @@ def test_rejected_config_keeps_containerd_running_on_the_old_one(
 
 def test_root_is_the_repository() -> None:
     assert (ROOT / "playbooks" / "runtime.yml").is_file()
+
+
+# -- the artifact source: a missing or mismatching file stops the run before any host changes ----
+
+HOST_STATE = (f"sha256sum {CONFIG} {CRUN}; systemctl show -p MainPID --value containerd; "
+              "dpkg-query -W containerd runc; ls -l /usr/local/bin /usr/local/sbin; "
+              "ls -lR /var/cache/edge-provision /var/lib/edge-provision 2>/dev/null || true")
+
+
+def flat(text: str) -> str:
+    """Output with its whitespace runs made single spaces (Ansible's callback wraps long lines)."""
+    return " ".join(text.split())
+
+
+def failed_converge(fleet: LabFleet, engine: str, overrides: dict[str, str]) -> EngineRun:
+    """A runtime converge with fleet overrides that must fail and leave every host as it was."""
+    before = {h.name: fleet.sh(h.name, HOST_STATE) for h in fleet.hosts}
+    if engine == "ansible":
+        result = converge(fleet, engine, "-e", json.dumps(overrides))
+    else:
+        result = converge(fleet, engine, *[a for k, v in overrides.items() for a in ("--data", f"{k}={v}")])
+    assert result.result.returncode != 0, result.output[-4000:]
+    for name, state in before.items():
+        assert fleet.sh(name, HOST_STATE) == state, name
+        assert fleet.testinfra(name).service("containerd").is_running
+    return result
+
+
+@pytest.fixture(scope="module")
+def crun_source_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact source holding crun's release source and nothing else: Debian's
+    crun_<version>.orig.tar.xz, the very bytes of upstream's crun-<version>.tar.xz (both have the
+    sha256 pinned as crun_release), under the release's file name."""
+    crun = fetch.pinned("crun_release", "amd64")
+    work = tmp_path_factory.mktemp("crun-debian-source")
+    apt_sources.ensure_deb_src()
+    crun_builder.apt_source(work, "crun", VERSIONS["crun"]["debian_version"], "crun.debian_version")
+    source = tmp_path_factory.mktemp("artifacts")
+    shutil.copyfile(work / f"crun_{crun.version}.orig.tar.xz", source / crun.file)
+    return source
+
+
+def test_wasmedge_fleet_without_the_wasmedge_tarball_fails_before_changing_the_hosts(
+    fleet: LabFleet, engine: str, cold_run: EngineRun, crun_source_only: Path
+) -> None:
+    arch = fleet.hosts[0].arch
+    wasmedge, crun = fetch.pinned("wasmedge", arch), fetch.pinned("crun_release", arch)
+    (fetch.DOWNLOADS_DIR / crun.file).unlink(missing_ok=True)  # so it must come from the source
+    result = failed_converge(fleet, engine, {"edge_wasm_engine": "wasmedge",
+                                             "edge_artifact_source": str(crun_source_only)})
+    output = flat(result.output)
+    assert f"cannot fetch {wasmedge.file} from {crun_source_only / wasmedge.file}: no such file" in output, output[-3000:]
+    assert "not available" not in output
+    # crun's release source was in the source and verified: only the WasmEdge tarball is named.
+    assert f"cannot fetch {crun.file}" not in output and "sha256 mismatch" not in output
+    assert fetch.sha256_file(fetch.DOWNLOADS_DIR / crun.file) == crun.sha256
+
+
+def test_release_archive_with_another_checksum_fails_and_leaves_the_hosts_unchanged(
+    fleet: LabFleet, engine: str, cold_run: EngineRun, tmp_path: Path
+) -> None:
+    arch = fleet.hosts[0].arch
+    archive, runc = fetch.pinned("containerd_release", arch), fetch.pinned("runc_release", arch)
+    source = tmp_path / "artifacts"
+    source.mkdir()
+    (source / archive.file).write_bytes(b"not containerd's release archive\n")
+    (source / runc.file).write_bytes(b"not runc\n")
+    result = failed_converge(fleet, engine, {"containerd_install_from": "release",
+                                             "edge_artifact_source": str(source)})
+    actual = hashlib.sha256(b"not containerd's release archive\n").hexdigest()
+    output = flat(result.output)
+    assert (f"sha256 mismatch for {archive.file} from {source / archive.file}: expected {archive.sha256}, "
+            f"actual {actual}") in output, output[-3000:]
+    for host in fleet.hosts:
+        assert not fleet.testinfra(host.name).file("/usr/local/bin/containerd").exists
