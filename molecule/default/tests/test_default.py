@@ -1,0 +1,86 @@
+"""Verify of scenario default: the lab tier's own checks (tests/lab), run on the scenario's VMs.
+
+The check functions are imported from tests/lab, not copied: a LabFleet over the inventory
+the VM lab wrote into Molecule's inventory directory stands in for the lab tier's fixture.
+Runtime checks run when the scenario converged the runtime stage (EDGE_MOLECULE_STAGES).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_provision.lab import Lab
+from tests.lab import test_host_prep as host_prep
+from tests.lab import test_runtime as runtime
+from tests.lab.conftest import LabFleet
+
+INVENTORY = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
+STAGES = os.environ.get("EDGE_MOLECULE_STAGES", "host_prep,runtime").split(",")
+LAB = Lab(INVENTORY, backend="vm")
+HOSTS = LAB.hosts()
+NAMES = [h.name for h in HOSTS]
+UNAME = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+@pytest.fixture(scope="module")
+def fleet() -> LabFleet:
+    return LabFleet(lab=LAB, inventory=INVENTORY, hosts=HOSTS)
+
+
+def test_every_platform_is_up() -> None:
+    assert NAMES == ["lab-1", "lab-2"], NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_machine_is_its_architecture(fleet: LabFleet, name: str) -> None:
+    arch = next(h.arch for h in HOSTS if h.name == name)
+    assert fleet.sh(name, "uname -m").strip() == UNAME[arch]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kernel_modules_listed_and_present(fleet: LabFleet, name: str) -> None:
+    host_prep.test_kernel_modules_listed_and_present(fleet, None, name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_sysctl_is_live(fleet: LabFleet, name: str) -> None:
+    host_prep.test_every_sysctl_is_live(fleet, None, name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_etc_hosts_block_lists_the_fleet(fleet: LabFleet, name: str) -> None:
+    host_prep.test_etc_hosts_block_lists_the_fleet(fleet, None, name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_swap_active(fleet: LabFleet, name: str) -> None:
+    """A VM has its own swap (unlike a container host): none may be active after host_prep."""
+    assert fleet.sh(name, "tail -n +2 /proc/swaps").strip() == ""
+
+
+if "runtime" in STAGES:
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_containerd_runs_with_the_cri_plugin(fleet: LabFleet, name: str) -> None:
+        runtime.test_containerd_runs_with_the_cri_plugin(fleet, None, name)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_crun_has_the_wasm_engine(fleet: LabFleet, name: str) -> None:
+        runtime.test_crun_has_the_wasm_engine(fleet, None, name)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_images_imported(fleet: LabFleet, name: str) -> None:
+        runtime.test_images_imported(fleet, None, name)  # type: ignore[arg-type]
+
+    # On lab-2, the arm64 edge VM.
+    def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet) -> None:
+        runtime.test_wasm_image_runs_with_crun_wasm(fleet, None)  # type: ignore[arg-type]
+
+    def test_wasm_image_fails_with_runc(fleet: LabFleet) -> None:
+        runtime.test_wasm_image_fails_with_runc(fleet, None)  # type: ignore[arg-type]
+
+    def test_busybox_runs_with_runc(fleet: LabFleet) -> None:
+        runtime.test_busybox_runs_with_runc(fleet, None)  # type: ignore[arg-type]
