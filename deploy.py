@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from pyinfra.context import host
 
+from edge_provision.deploys.cluster import cluster_stage
 from edge_provision.deploys.host_prep import host_prep
 from edge_provision.deploys.runtime import containerd, wasm_runtime
 
@@ -20,6 +21,7 @@ def runtime() -> None:
 STAGES: dict[str, Callable[[], object]] = {
     "host_prep": host_prep,
     "runtime": runtime,
+    "cluster": cluster_stage,
 }
 
 requested = host.data.get("edge_stages") or ",".join(STAGES)

@@ -79,6 +79,16 @@ set -u
 for f in /proc/sys/fs/file-max /proc/sys/fs/nr_open; do
   { mount --bind "$f" "$f" && mount -o remount,bind,ro "$f"; } || echo "edge-lab-init: cannot protect $f" >&2
 done
+# The kubelet sets kernel tunables at start (kernel.panic=10, kernel.panic_on_oops=1,
+# vm.overcommit_memory=1, ...) when they differ from what it wants; here they are the
+# machine's. Files already holding those values, bound over them, leave it nothing to write.
+mkdir -p /run/edge-lab/sysctl
+for kv in kernel.panic=10 kernel.panic_on_oops=1 vm.overcommit_memory=1 vm.panic_on_oom=0 \\
+          kernel.keys.root_maxkeys=1000000 kernel.keys.root_maxbytes=25000000; do
+  key=${kv%%=*}; f="/run/edge-lab/sysctl/$key"
+  printf '%s\\n' "${kv#*=}" > "$f"
+  mount --bind "$f" "/proc/sys/$(echo "$key" | tr . /)" || echo "edge-lab-init: cannot protect $key" >&2
+done
 # docker bind-mounts these: ordinary files instead, so tools may replace them (rename).
 for f in /etc/hosts /etc/hostname /etc/resolv.conf; do
   if awk -v f="$f" '$5 == f {m = 1} END {exit !m}' /proc/self/mountinfo; then

@@ -12,6 +12,10 @@ Three images, each a tarball for ``ctr -n k8s.io images import`` (see ``artifact
 ``edge-provision.local/pause:<pause version>``
     Kubernetes' ``build/pause/linux/pause.c`` from Debian's ``kubernetes`` source package,
     compiled ``-static -O2``; the CRI's sandbox ("pause") image.
+``edge-provision.local/<component>:v<kubernetes version>``
+    One static Kubernetes server binary (``kube-apiserver``, ``kube-controller-manager``,
+    ``kube-scheduler``, from :mod:`builders.kubernetes`) at ``/usr/local/bin/<component>``:
+    what kubeadm's static pods run when ``imageRepository`` is ``edge-provision.local``.
 
 Platform of the Wasm image. The WasmEdge guides tag Wasm images with the platform
 ``wasi/wasm``. containerd does not run those through its CRI plugin on a Linux node:
@@ -43,6 +47,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_provision import artifacts
 from edge_provision.arch import debian_arch
@@ -199,6 +204,13 @@ def image_info(tarball: Path) -> ImageInfo:
 
 
 # --------------------------------------------------------------------------- the Wasm sample
+
+
+def image_entry(name: str, tarball: Path) -> dict[str, Any]:
+    """What the roles and deploys import: name, reference, digest, tarball path, file, size, sha256."""
+    info = image_info(tarball)
+    return {"name": name, "reference": info.reference, "digest": info.digest, "path": str(tarball),
+            "file": tarball.name, "size": info.size, "sha256": info.sha256}
 
 
 def compile_wasi_demo(source: Path = WASI_DEMO_SOURCE) -> Path:
@@ -492,6 +504,61 @@ def pause_reference() -> str:
     return f"{REGISTRY}/pause:{fetch_pause_source().version}"
 
 
+# --------------------------------------------------------------------------- control plane
+
+CONTROL_PLANE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def control_plane_reference(component: str, version: str) -> str:
+    """The name kubeadm gives ``component``'s image with ``imageRepository: edge-provision.local``."""
+    return f"{REGISTRY}/{component}:v{version}"
+
+
+def build_control_plane_image(component: str, arch: str = "amd64") -> Path:
+    """Tarball of ``edge-provision.local/<component>:v<version>`` for ``arch``.
+
+    The binary comes from the Kubernetes build (:func:`builders.kubernetes.build_kubernetes`,
+    cached); kubeadm's static pod runs ``<component> --flags...``, found on ``PATH``.
+    """
+    from edge_provision.artifacts.builders.kubernetes import build_kubernetes
+
+    if component not in CONTROL_PLANE_COMPONENTS:
+        raise ImageBuildError(f"unknown control-plane component {component!r}")
+    build = build_kubernetes(arch)
+    manifest = json.loads((build / "manifest.json").read_text())
+    version = manifest["kubernetes"]["version"]
+    binary = build / component
+    inputs = {
+        component: manifest["files"][component]["sha256"],
+        "kubernetes-build": manifest["key"],
+        "zlib": oci.zlib_version(),
+    }
+    key = input_key(BUILDER_REVISION, *(f"{k}={v}" for k, v in sorted(inputs.items())))
+    reference = control_plane_reference(component, version)
+
+    def make(out: Path) -> None:
+        image = oci.build_image(
+            reference,
+            [[oci.FileEntry.executable(f"/usr/local/bin/{component}", binary.read_bytes())]],
+            config=oci.ImageConfig(
+                entrypoint=[f"/usr/local/bin/{component}"],
+                env=["PATH=/usr/local/bin:/usr/bin:/bin"],
+            ),
+            platforms=[oci.Platform.linux(arch)],
+            annotations={
+                "org.opencontainers.image.title": component,
+                "org.opencontainers.image.version": f"v{version}",
+                "org.opencontainers.image.description": (
+                    f"{component} {version} built from Debian's kubernetes "
+                    f"{manifest['kubernetes']['debian_version']}"
+                ),
+            },
+        )
+        _write_image(image, out, f"{component}.tar", inputs)
+
+    return _cached(f"{component}-image", version, arch, key, f"{component}.tar", make)
+
+
 # --------------------------------------------------------------------------- demo output
 
 
@@ -567,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = build_busybox_image()
         elif kind == "pause":
             path = build_pause_image(arch or host_arch())
+        elif kind in CONTROL_PLANE_COMPONENTS:
+            path = build_control_plane_image(kind, arch or host_arch())
         else:
             print(f"unknown image {name!r}", file=sys.stderr)
             return 2
@@ -580,15 +649,19 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "CONTROL_PLANE_COMPONENTS",
     "ImageBuildError",
     "ImageInfo",
     "build_busybox_image",
+    "build_control_plane_image",
     "build_pause_image",
     "build_wasi_demo_image",
     "compile_pause",
     "compile_wasi_demo",
+    "control_plane_reference",
     "demo_output_problems",
     "fetch_pause_source",
+    "image_entry",
     "image_info",
     "pause_reference",
     "wasi_demo_reference",

@@ -1,0 +1,315 @@
+"""Stage cluster: what both engines compute on the controller for a kubeadm cluster.
+
+Ansible (roles/kubernetes_node, roles/control_plane_kubeadm, roles/node_join_kubeadm) runs
+``python -m edge_provision.cluster <command>`` on the controller; the pyinfra deploy
+(edge_provision/deploys/cluster.py) calls the same functions.
+
+Join tokens are bootstrap tokens made through the Kubernetes API with the fleet's admin
+kubeconfig (the Secret ``kube-system/bootstrap-token-<id>`` that ``kubeadm token create``
+writes), short-lived, held in memory and handed to the joining node in a 0600 file that the
+join removes again. They are printed only by the ``token`` command, whose output Ansible
+keeps out of its logs (``no_log``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import re
+import secrets
+import string
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+KUBECONFIG_FILE = "kubeconfig"  # beside the fleet's hosts.yml
+KUBECONFIG_SOURCE_MARK = "# edge-provision: from admin.conf sha256 "
+
+# Label namespaces the kubelet refuses to set on its own Node (NodeRestriction): labels there
+# are set through the API from the control side (the workloads stage), not by --node-labels.
+_KUBELET_ALLOWED = ("kubelet.kubernetes.io", "node.kubernetes.io")
+_RESTRICTED_SUFFIXES = ("kubernetes.io", "k8s.io")
+
+TOKEN_ID_CHARS = string.ascii_lowercase + string.digits
+TOKEN_GROUP = "system:bootstrappers:kubeadm:default-node-token"
+
+
+class ClusterError(RuntimeError):
+    """A cluster step that failed, with what to do about it."""
+
+
+# --- per node values (pure) ---------------------------------------------------------------
+
+
+def node_pod_subnet(name: str, members: Iterable[str], network: str, prefix: int = 24) -> str:
+    """The pod subnet of node ``name``: the i-th /``prefix`` of ``network``, i its index in the
+    sorted cluster members. Pin a host's subnet with its own variable if membership changes."""
+    ordered = sorted(set(members))
+    if name not in ordered:
+        raise ClusterError(f"{name} is not a cluster member")
+    net = ipaddress.ip_network(network)
+    if prefix <= net.prefixlen:
+        raise ClusterError(f"pod network {network} is too small for /{prefix} node subnets")
+    subnets = net.subnets(new_prefix=prefix)
+    index = ordered.index(name)
+    for i, subnet in enumerate(subnets):
+        if i == index:
+            return str(subnet)
+    raise ClusterError(f"pod network {network} has fewer than {len(ordered)} /{prefix} subnets")
+
+
+def kubelet_node_labels(labels: Mapping[str, Any]) -> str:
+    """``--node-labels`` for the kubelet: the inventory labels it may set on its own Node."""
+    allowed = []
+    for key, value in sorted(labels.items()):
+        prefix = key.split("/", 1)[0] if "/" in key else ""
+        restricted = any(prefix == s or prefix.endswith("." + s) for s in _RESTRICTED_SUFFIXES)
+        if restricted and not any(prefix == a or prefix.endswith("." + a) for a in _KUBELET_ALLOWED):
+            continue
+        allowed.append(f"{key}={value}")
+    return ",".join(allowed)
+
+
+def ca_cert_hash(ca_pem: bytes | str) -> str:
+    """kubeadm's ``--discovery-token-ca-cert-hash``: sha256 of the CA's SubjectPublicKeyInfo."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    data = ca_pem.encode() if isinstance(ca_pem, str) else ca_pem
+    cert = x509.load_pem_x509_certificate(data)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def controller_kubeconfig(admin_conf: str, server: str) -> str:
+    """The control plane's admin.conf with ``server`` as the API address the controller uses,
+    marked with the source's sha256 (so a run can tell without reading the file whether the
+    copy is current)."""
+    doc = yaml.safe_load(admin_conf)
+    if not isinstance(doc, dict) or not doc.get("clusters"):
+        raise ClusterError("admin.conf has no clusters")
+    for entry in doc["clusters"]:
+        entry["cluster"]["server"] = server
+    source = hashlib.sha256(admin_conf.encode()).hexdigest()
+    return f"{KUBECONFIG_SOURCE_MARK}{source}\n" + yaml.safe_dump(
+        doc, default_flow_style=False, sort_keys=True
+    )
+
+
+def kubeconfig_source(path: Path) -> str | None:
+    """The admin.conf sha256 a controller kubeconfig was made from (None: absent or unmarked)."""
+    try:
+        first = path.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return first[len(KUBECONFIG_SOURCE_MARK) :] if first.startswith(KUBECONFIG_SOURCE_MARK) else None
+
+
+# A bootstrap token, <6 chars>.<16 chars> (kubeadm prints the one `kubeadm init` makes).
+_TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
+
+
+def redact_tokens(text: str) -> str:
+    return _TOKEN.sub("<token redacted>", text)
+
+
+def failure_report(output: str, lines: int = 20) -> str:
+    """The last ``lines`` non-empty lines of a failed command's output, tokens redacted."""
+    kept = [line for line in redact_tokens(output).splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+# --- controller-side artifacts -----------------------------------------------------------
+
+
+def artifacts(
+    arch: str, binaries: Sequence[str], images: Sequence[str], packages: Sequence[str]
+) -> dict[str, Any]:
+    """Kubernetes binaries and control-plane images for ``arch`` (built once, cached) and the
+    .deb files of ``packages`` with their dependency closure (empty: the node's apt)."""
+    from edge_provision import runtime_controller
+    from edge_provision.artifacts.builders import images as image_builders
+    from edge_provision.artifacts.builders.kubernetes import build_kubernetes
+
+    build = build_kubernetes(arch)
+    manifest = json.loads((build / "manifest.json").read_text())
+    unknown = sorted(set(binaries) - set(manifest["files"]))
+    if unknown:
+        raise ClusterError(
+            f"no such Kubernetes binary: {', '.join(unknown)} (built: {', '.join(manifest['files'])})"
+        )
+    return {
+        "version": manifest["kubernetes"]["version"],
+        "binaries": [
+            {"name": name, "path": str(build / name), "sha256": manifest["files"][name]["sha256"]}
+            for name in binaries
+        ],
+        "images": [
+            image_builders.image_entry(name, image_builders.build_control_plane_image(name, arch))
+            for name in images
+        ],
+        "debs": runtime_controller.debs(packages, arch) if packages else [],
+    }
+
+
+# --- the API (kubernetes client) -----------------------------------------------------------
+
+
+def api_client(kubeconfig: Path) -> Any:
+    from kubernetes import client, config
+
+    if not kubeconfig.is_file():
+        raise ClusterError(f"{kubeconfig} not found: the control plane stage writes it")
+    configuration = client.Configuration()
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig), client_configuration=configuration
+    )
+    return client.ApiClient(configuration)
+
+
+def _kubeconfig_ca(kubeconfig: Path) -> bytes:
+    doc = yaml.safe_load(kubeconfig.read_text())
+    data = doc["clusters"][0]["cluster"].get("certificate-authority-data")
+    if not data:
+        raise ClusterError(f"{kubeconfig}: no certificate-authority-data")
+    return base64.b64decode(data)
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    token: str  # <id>.<secret>: a secret
+    ca_cert_hash: str
+    expires: str  # RFC 3339
+
+    def as_dict(self) -> dict[str, str]:
+        return {"token": self.token, "ca_cert_hash": self.ca_cert_hash, "expires": self.expires}
+
+
+def create_join_token(
+    kubeconfig: Path, ttl_seconds: int, description: str = "edge-provision join"
+) -> JoinToken:
+    """A new bootstrap token (what ``kubeadm token create --ttl`` makes), expiring after
+    ``ttl_seconds``; the cluster's token cleaner deletes it then."""
+    from kubernetes import client
+
+    if ttl_seconds <= 0:
+        raise ClusterError("a join token needs a positive lifetime")
+    token_id = "".join(secrets.choice(TOKEN_ID_CHARS) for _ in range(6))
+    token_secret = "".join(secrets.choice(TOKEN_ID_CHARS) for _ in range(16))
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl_seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=f"bootstrap-token-{token_id}", namespace="kube-system"),
+        type="bootstrap.kubernetes.io/token",
+        string_data={
+            "token-id": token_id,
+            "token-secret": token_secret,
+            "expiration": expires,
+            "description": description,
+            "usage-bootstrap-authentication": "true",
+            "usage-bootstrap-signing": "true",
+            "auth-extra-groups": TOKEN_GROUP,
+        },
+    )
+    with api_client(kubeconfig) as api:
+        client.CoreV1Api(api).create_namespaced_secret("kube-system", body)
+    return JoinToken(f"{token_id}.{token_secret}", ca_cert_hash(_kubeconfig_ca(kubeconfig)), expires)
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of ``15m``, ``1h30m``, ``90s``, ``600`` (kubeadm's --ttl style)."""
+    text = str(text).strip()
+    if text.isdigit():
+        return int(text)
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or parts is None:
+        raise ClusterError(f"not a duration: {text!r} (e.g. 15m, 1h, 90s)")
+    hours, minutes, seconds = (int(p or 0) for p in parts.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def node_status(kubeconfig: Path, name: str) -> dict[str, Any]:
+    """``{"registered": bool, "ready": bool, "labels": {...}}`` of Node ``name``."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    with api_client(kubeconfig) as api:
+        try:
+            node = client.CoreV1Api(api).read_node(name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return {"registered": False, "ready": False, "labels": {}}
+            raise
+    conditions = node.status.conditions if node.status else None
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions or [])
+    labels = node.metadata.labels if node.metadata else None
+    return {"registered": True, "ready": ready, "labels": dict(labels or {})}
+
+
+def wait_node_ready(kubeconfig: Path, name: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | Exception = {}
+    while time.monotonic() < deadline:
+        try:
+            last = node_status(kubeconfig, name)
+            if last["ready"]:
+                return last
+        except Exception as exc:  # the API server may still be starting
+            last = exc
+        time.sleep(2)
+    raise ClusterError(f"node {name} not Ready after {timeout:.0f} s (last seen: {last})")
+
+
+# --- CLI for the Ansible roles ------------------------------------------------------------
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, sort_keys=True))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge_provision.cluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+    token = sub.add_parser("token", help="create a join token (prints it: keep this output out of logs)")
+    token.add_argument("--kubeconfig", type=Path, required=True)
+    token.add_argument("--ttl", default="15m")
+    ready = sub.add_parser("wait-ready", help="wait until a node is Ready")
+    ready.add_argument("--kubeconfig", type=Path, required=True)
+    ready.add_argument("--node", required=True)
+    ready.add_argument("--timeout", type=float, default=300)
+    build = sub.add_parser("artifacts", help="binaries, images and packages for a node, as JSON")
+    build.add_argument("--arch", nargs="+", required=True, help="one result per architecture")
+    build.add_argument("--binaries", nargs="*", default=[])
+    build.add_argument("--images", nargs="*", default=[])
+    build.add_argument("--packages", nargs="*", default=[])
+    status = sub.add_parser("node-status", help="a node's registration, readiness and labels")
+    status.add_argument("--kubeconfig", type=Path, required=True)
+    status.add_argument("--node", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "token":
+            _print(create_join_token(args.kubeconfig, parse_duration(args.ttl)).as_dict())
+        elif args.command == "artifacts":
+            _print({arch: artifacts(arch, args.binaries, args.images, args.packages) for arch in args.arch})
+        elif args.command == "wait-ready":
+            _print(wait_node_ready(args.kubeconfig, args.node, args.timeout))
+        else:
+            _print(node_status(args.kubeconfig, args.node))
+    except Exception as exc:  # builders and the API name their step; no traceback for Ansible's log
+        print(f"edge-provision cluster {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
