@@ -84,6 +84,13 @@ class Lab:
 
         return VmLab(self.inventory_dir)
 
+    def _holds_vms(self) -> bool:
+        """Whether the inventory directory holds a VM lab (whatever backend was asked for):
+        `down` and `status` then act on its VMs, so none is left running unseen."""
+        from edge_provision.lab.vm import STATE_DIR
+
+        return self.backend == "vm" or (self.inventory_dir / STATE_DIR).is_dir()
+
     # -- API ----------------------------------------------------------------------------
 
     def up(self, hosts: int, arches: Sequence[str] | None = None) -> list[LabHost]:
@@ -95,6 +102,9 @@ class Lab:
             raise LabError(f"a lab has at least 1 host (asked for {hosts!r})")
         if self.backend == "vm":
             return self._up_vms(hosts, arches)
+        if self._holds_vms():
+            raise LabError(f"{self.inventory_dir} holds a VM lab; use --backend vm, or remove it first "
+                           "with `edge-provision lab down`")
         if arches and set(arches) != {debian_arch()}:
             raise LabError(f"container hosts run the machine's architecture ({debian_arch()}) only; "
                            "use --backend vm for other architectures")
@@ -121,7 +131,7 @@ class Lab:
 
     def down(self) -> None:
         """Remove every host, network, volume and generated file of this lab."""
-        if self.backend == "vm":
+        if self._holds_vms():
             vms = self._vms()
             with vms.locked():
                 vms.down()
@@ -143,7 +153,7 @@ class Lab:
 
     def hosts(self) -> list[LabHost]:
         """The lab's hosts docker knows (any state), in inventory order."""
-        if self.backend == "vm":
+        if self._holds_vms():
             return sorted((host for host, _state in self._vms().existing().values()), key=_order)
         if not dockerd.answers():
             return []
@@ -153,10 +163,10 @@ class Lab:
     def status(self) -> list[dict[str, Any]]:
         """Per host: name, group, address, port, backend, docker state and SSH reachability."""
         known: dict[str, tuple[LabHost, str]] = {}
-        if self.backend == "container" and dockerd.answers():
-            known = self._containers().existing()
-        elif self.backend == "vm":
+        if self._holds_vms():
             known = self._vms().existing()
+        elif dockerd.answers():
+            known = self._containers().existing()
         for host in self._inventory_hosts():
             known.setdefault(host.name, (host, "absent"))
 

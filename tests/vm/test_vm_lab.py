@@ -136,10 +136,19 @@ def test_arch_list_must_fit_the_hosts(tmp_path: Path) -> None:
     assert not (tmp_path / "fleet").exists()
 
 
+def test_container_backend_refuses_a_vm_lab(fleet: VmFleet) -> None:
+    pids = sorted(VmLab(fleet.inventory).processes())
+    result = run([tool("edge-provision"), "lab", "up", "--hosts", "1", "--inventory-dir", str(fleet.inventory)])
+    assert result.returncode == 1
+    assert "holds a VM lab; use --backend vm" in result.stderr
+    assert sorted(VmLab(fleet.inventory).processes()) == pids
+
+
 def test_down_leaves_nothing(fleet: VmFleet) -> None:
+    """`lab down` (here without --backend: a directory holding a VM lab is one) removes it all."""
     vms = VmLab(fleet.inventory)
     assert len(vms.processes()) == 3  # two VMs and the switch
-    result = fleet.lab("down")
+    result = run([tool("edge-provision"), "lab", "down", "--inventory-dir", str(fleet.inventory)])
     assert result.returncode == 0, result.stderr
     assert vms.leftovers() == {"processes": [], "files": []}
     assert not fleet.inventory.exists()
