@@ -287,7 +287,11 @@ def run_in_build_namespace(script: Path, args: list[str], env: dict[str, str], l
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise LabError(f"cannot create the image build's user namespace; see {log_file}")
                 time.sleep(0.01)
-            _write_id_map(proc.pid)
+            try:
+                _write_id_map(proc.pid)
+            except OSError as exc:
+                raise LabError(f"cannot map ids into the image build's user namespace ({exc}); building "
+                               "lab VM images needs root (run as root or with sudo)") from exc
             proc.stdin.write(b"ready\n")
             proc.stdin.close()
             return proc.wait(timeout=timeout)
