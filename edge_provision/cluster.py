@@ -226,6 +226,17 @@ def create_join_token(
     return JoinToken(f"{token_id}.{token_secret}", ca_cert_hash(_kubeconfig_ca(kubeconfig)), expires)
 
 
+def join_token(kubeconfig: Path, ttl: str, given: str = "") -> JoinToken:
+    """``given`` (a token made elsewhere) with the cluster's CA hash, or a new token."""
+    if given:
+        if not _TOKEN.fullmatch(given):
+            raise ClusterError(
+                "node_join_kubeadm_token is not a bootstrap token (<6 chars>.<16 chars>, a-z0-9)"
+            )
+        return JoinToken(given, ca_cert_hash(_kubeconfig_ca(kubeconfig)), "")
+    return create_join_token(kubeconfig, parse_duration(ttl))
+
+
 def parse_duration(text: str) -> int:
     """Seconds of ``15m``, ``1h30m``, ``90s``, ``600`` (kubeadm's --ttl style)."""
     text = str(text).strip()
@@ -283,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = sub.add_parser("token", help="create a join token (prints it: keep this output out of logs)")
     token.add_argument("--kubeconfig", type=Path, required=True)
     token.add_argument("--ttl", default="15m")
+    token.add_argument("--given", default="", help="a token made elsewhere: only add the CA hash")
     ready = sub.add_parser("wait-ready", help="wait until a node is Ready")
     ready.add_argument("--kubeconfig", type=Path, required=True)
     ready.add_argument("--node", required=True)
@@ -298,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "token":
-            _print(create_join_token(args.kubeconfig, parse_duration(args.ttl)).as_dict())
+            _print(join_token(args.kubeconfig, args.ttl, args.given).as_dict())
         elif args.command == "artifacts":
             _print({arch: artifacts(arch, args.binaries, args.images, args.packages) for arch in args.arch})
         elif args.command == "wait-ready":

@@ -16,8 +16,8 @@ from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
 
+from pyinfra import logger
 from pyinfra.api.command import FunctionCommand
-from pyinfra.api.exceptions import OperationError
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.files import File, Sha256File
@@ -33,18 +33,25 @@ ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 
 
-def _run(target: Any, command: str, what: str) -> str:
+def _failed(target: Any, message: str) -> bool:
+    """Report a failed step of a Python callback: pyinfra then fails the operation, no traceback."""
+    target.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
+def _run(target: Any, command: str, what: str) -> bool:
     """Run ``command`` on ``target`` without echoing it or its output; on failure reset
-    kubeadm's work and raise with the output's tail, tokens redacted."""
+    kubeadm's work and report the output's tail, tokens redacted."""
     ok, output = target.run_shell_command(command, print_output=False, print_input=False)
+    if ok:
+        return True
     text = "\n".join(line.line for line in output.combined_lines)
-    if not ok:
-        target.run_shell_command("kubeadm reset --force", print_output=False, print_input=False)
-        raise OperationError(
-            f"host {target.name}: {what} failed (the node was reset; fix and re-run):\n"
-            f"{cluster.failure_report(text)}"
-        )
-    return text
+    target.run_shell_command("kubeadm reset --force", print_output=False, print_input=False)
+    return _failed(
+        target,
+        f"host {target.name}: {what} failed (the node was reset; fix and re-run):\n"
+        f"{cluster.failure_report(text)}",
+    )
 
 
 @operation(is_idempotent=True)
@@ -69,8 +76,8 @@ def kubeadm_initialised(config_file: str, skip_phases: Sequence[str]) -> Command
         f"--skip-phases={shlex.quote(','.join(skip_phases))} --skip-token-print"
     )
 
-    def init(state: Any, host: Any) -> None:
-        _run(host, command, "kubeadm init")
+    def init(state: Any, host: Any) -> bool:
+        return _run(host, command, "kubeadm init")
 
     yield FunctionCommand(init, (), {})
 
@@ -88,17 +95,18 @@ def controller_kubeconfig(kubeconfig: str, server: str) -> Commands:
         host.noop(f"{kubeconfig} is current")
         return
 
-    def fetch(state: Any, host: Any) -> None:
+    def fetch(state: Any, host: Any) -> bool:
         buffer = BytesIO()
         if not host.get_file(ADMIN_CONF, buffer, print_output=False, print_input=False):
-            raise OperationError(f"host {host.name}: cannot read {ADMIN_CONF}")
+            return _failed(host, f"host {host.name}: cannot read {ADMIN_CONF}")
         text = buffer.getvalue().decode()
         if hashlib.sha256(text.encode()).hexdigest() != source:
-            raise OperationError(f"host {host.name}: {ADMIN_CONF} changed while it was read; re-run")
+            return _failed(host, f"host {host.name}: {ADMIN_CONF} changed while it was read; re-run")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.chmod(0o600)
         path.write_text(cluster.controller_kubeconfig(text, server))
+        return True
 
     yield FunctionCommand(fetch, (), {})
 
@@ -118,11 +126,12 @@ def node_ready(kubeconfig: str, node: str, timeout: float) -> Commands:
         except Exception:  # not reachable yet: wait below
             pass
 
-    def wait(state: Any, host: Any) -> None:
+    def wait(state: Any, host: Any) -> bool:
         try:
             cluster.wait_node_ready(path, node, timeout)
         except cluster.ClusterError as exc:
-            raise OperationError(f"host {host.name}: {exc}") from None
+            return _failed(host, f"host {host.name}: {exc}")
+        return True
 
     yield FunctionCommand(wait, (), {})
 
@@ -130,6 +139,7 @@ def node_ready(kubeconfig: str, node: str, timeout: float) -> Commands:
 @operation(is_idempotent=True)
 def kubeadm_joined(
     kubeconfig: str,
+    given_token: str,
     config_file: str,
     skip_phases: Sequence[str],
     ttl: str,
@@ -148,29 +158,26 @@ def kubeadm_joined(
         f"kubeadm join --config={shlex.quote(config_file)} --skip-phases={shlex.quote(','.join(skip_phases))}"
     )
 
-    def run_join(state: Any, host: Any) -> None:
+    def run_join(state: Any, host: Any) -> bool:
         try:
-            token = cluster.create_join_token(Path(kubeconfig), cluster.parse_duration(ttl))
+            token = cluster.join_token(Path(kubeconfig), ttl, given_token)
         except Exception as exc:
-            raise OperationError(f"host {host.name}: cannot create a join token: {exc}") from None
+            return _failed(host, f"host {host.name}: cannot create a join token: {exc}")
         content = render_template(
             "node_join_kubeadm",
             "kubeadm-join.yaml.j2",
-            {
-                **template_vars,
-                "kubeadm": {**join, "token": token.token, "ca_cert_hash": token.ca_cert_hash},
-            },
+            {**template_vars, "kubeadm": {**join, "token": token.token, "ca_cert_hash": token.ca_cert_hash}},
         )
-        _run(
-            host,
-            f"install -d -m 700 {shlex.quote(directory)} && install -m 600 /dev/null "
-            f"{shlex.quote(config_file)}",
-            "preparing the join configuration",
+        prepare = (
+            f"install -d -m 700 {shlex.quote(directory)} && "
+            f"install -m 600 /dev/null {shlex.quote(config_file)}"
         )
         try:
+            if not _run(host, prepare, "preparing the join configuration"):
+                return False
             if not host.put_file(StringIO(content), config_file, print_output=False, print_input=False):
-                raise OperationError(f"host {host.name}: cannot write {config_file}")
-            _run(host, command, "kubeadm join")
+                return _failed(host, f"host {host.name}: cannot write {config_file}")
+            return _run(host, command, "kubeadm join")
         finally:
             host.run_shell_command(f"rm -f {shlex.quote(config_file)}", print_output=False, print_input=False)
 

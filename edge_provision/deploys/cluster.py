@@ -227,6 +227,7 @@ def node_join() -> None:
     ops.kubeadm_joined(
         name="Join the cluster with a new bootstrap token",
         kubeconfig=_kubeconfig(),
+        given_token=str(v["node_join_kubeadm_token"] or ""),
         config_file=v["node_join_kubeadm_config_file"],
         skip_phases=v["node_join_kubeadm_skip_phases"],
         ttl=v["node_join_kubeadm_token_ttl"],

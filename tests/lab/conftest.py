@@ -42,6 +42,8 @@ class LabFleet:
 
     def pyinfra(self, *args: str) -> EngineRun:
         result = run([tool("pyinfra"), "-y", str(self.inventory / "inventory.py"), "deploy.py", *args])
+        if result.returncode != 0:  # no results table: a failed run's changes are not counted
+            return EngineRun(result, changed=-1)
         return EngineRun(result, changed=_pyinfra_changed(result.stdout + result.stderr))
 
 

@@ -143,7 +143,6 @@ def test_images_missing() -> None:
 
 
 @pytest.mark.parametrize(("engine", "on_node", "message"), [
-    ("wasmedge", False, "not available in this lab"),
     ("wasmtime", True, "wasm_runtime_build_on_node is not implemented"),
     ("wamr", False, "unknown Wasm engine"),
 ])

@@ -1,0 +1,162 @@
+"""The cluster stage's controller-side Python (edge_provision.cluster) and its templates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge_provision import cluster
+from edge_provision.roles import render_template, role_defaults
+
+NODE = role_defaults("kubernetes_node")
+CONTROL_PLANE = role_defaults("control_plane_kubeadm")
+JOIN = role_defaults("node_join_kubeadm")
+
+
+def test_pod_subnets_follow_sorted_member_names_and_do_not_overlap() -> None:
+    members = ["lab-3", "lab-1", "cam-7", "lab-2"]
+    subnets = {m: cluster.node_pod_subnet(m, members, "10.244.0.0/16") for m in members}
+    assert subnets["cam-7"] == "10.244.0.0/24"
+    assert subnets["lab-1"] == "10.244.1.0/24"
+    assert subnets["lab-3"] == "10.244.3.0/24"
+    assert len(set(subnets.values())) == len(members)
+
+
+def test_pod_subnet_errors_name_the_problem() -> None:
+    with pytest.raises(cluster.ClusterError, match="not a cluster member"):
+        cluster.node_pod_subnet("ghost", ["lab-1"], "10.244.0.0/16")
+    with pytest.raises(cluster.ClusterError, match="fewer than 3"):
+        cluster.node_pod_subnet("c", ["a", "b", "c"], "10.244.0.0/23")
+    with pytest.raises(cluster.ClusterError, match="too small"):
+        cluster.node_pod_subnet("a", ["a"], "10.244.0.0/24", 24)
+
+
+def test_kubelet_gets_only_the_labels_it_may_set_itself() -> None:
+    labels = {
+        "device": "camera",
+        "node-role.kubernetes.io/edge": "",
+        "topology.kubernetes.io/zone": "hall-2",
+        "node.kubernetes.io/instance-type": "pi4",
+        "example.com/owner": "ops",
+    }
+    assert cluster.kubelet_node_labels(labels) == (
+        "device=camera,example.com/owner=ops,node.kubernetes.io/instance-type=pi4"
+    )
+    assert cluster.kubelet_node_labels({}) == ""
+
+
+def test_ca_cert_hash_matches_the_openssl_recipe(tmp_path: Path) -> None:
+    """kubeadm's documented recipe: the CA's public key, DER, sha256."""
+    key, cert = tmp_path / "ca.key", tmp_path / "ca.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-subj", "/CN=kubernetes", "-days", "1"], check=True,
+                   capture_output=True)
+    pubkey = subprocess.run(["openssl", "x509", "-pubkey", "-noout", "-in", str(cert)], check=True,
+                            capture_output=True).stdout
+    der = subprocess.run(["openssl", "rsa", "-pubin", "-outform", "der"], input=pubkey, check=True,
+                         capture_output=True).stdout
+    digest = subprocess.run(["sha256sum"], input=der, check=True, capture_output=True).stdout.split()[0]
+    assert cluster.ca_cert_hash(cert.read_bytes()) == "sha256:" + digest.decode()
+
+
+ADMIN_CONF = """\
+apiVersion: v1
+kind: Config
+clusters:
+- cluster:
+    certificate-authority-data: Q0E=
+    server: https://10.0.0.5:6443
+  name: edge
+contexts:
+- context: {cluster: edge, user: kubernetes-admin}
+  name: kubernetes-admin@edge
+current-context: kubernetes-admin@edge
+users:
+- name: kubernetes-admin
+  user: {client-certificate-data: Q0VSVA==, client-key-data: S0VZ}
+"""
+
+
+def test_controller_kubeconfig_points_at_the_given_server_and_records_its_source(tmp_path: Path) -> None:
+    text = cluster.controller_kubeconfig(ADMIN_CONF, "https://127.0.0.1:16443")
+    doc = yaml.safe_load(text)
+    assert doc["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:16443"
+    assert doc["users"] == yaml.safe_load(ADMIN_CONF)["users"]
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    assert cluster.kubeconfig_source(path) == hashlib.sha256(ADMIN_CONF.encode()).hexdigest()
+    path.write_text(ADMIN_CONF)
+    assert cluster.kubeconfig_source(path) is None
+    assert cluster.kubeconfig_source(tmp_path / "absent") is None
+    with pytest.raises(cluster.ClusterError):
+        cluster.controller_kubeconfig("kind: Config\n", "https://x:6443")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("15m", 900), ("1h30m", 5400), ("90s", 90), ("600", 600)])
+def test_durations(text: str, seconds: int) -> None:
+    assert cluster.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "15 minutes", "m", "-5"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(cluster.ClusterError):
+        cluster.parse_duration(text)
+
+
+def test_failure_report_redacts_tokens_and_keeps_the_tail() -> None:
+    output = "\n".join(f"line {i}" for i in range(30)) + "\n[bootstrap-token] Using token: ab12cd.0123456789abcdef\n\n"
+    report = cluster.failure_report(output, lines=3)
+    assert report == "line 28\nline 29\n[bootstrap-token] Using token: <token redacted>"
+
+
+def test_a_given_token_must_look_like_one(tmp_path: Path) -> None:
+    with pytest.raises(cluster.ClusterError, match="not a bootstrap token"):
+        cluster.join_token(tmp_path / "kubeconfig", "15m", "not-a-token")
+
+
+def _init_vars(labels: str) -> dict[str, object]:
+    return {**NODE, **CONTROL_PLANE, "kubeadm": {
+        "node_name": "cp-1", "node_ip": "192.0.2.10", "node_labels": labels, "version": "1.20.2",
+        "cert_sans": ["192.0.2.10", "cp-1"]}}
+
+
+def test_kubeadm_init_configuration() -> None:
+    docs = list(yaml.safe_load_all(render_template("control_plane_kubeadm", "kubeadm-init.yaml.j2",
+                                                   _init_vars("device=camera"))))
+    init, cluster_config, kubelet = docs
+    assert init["kind"] == "InitConfiguration"
+    assert init["nodeRegistration"]["kubeletExtraArgs"] == {"node-ip": "192.0.2.10", "node-labels": "device=camera"}
+    assert init["bootstrapTokens"][0]["ttl"] == CONTROL_PLANE["control_plane_kubeadm_init_token_ttl"]
+    assert cluster_config["imageRepository"] == "edge-provision.local"
+    assert cluster_config["kubernetesVersion"] == "v1.20.2"
+    assert cluster_config["etcd"] == {"external": {"endpoints": CONTROL_PLANE["control_plane_kubeadm_etcd_endpoints"]}}
+    assert cluster_config["apiServer"]["certSANs"] == ["192.0.2.10", "cp-1"]
+    assert kubelet == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+                       "cgroupDriver": "systemd", "failSwapOn": True}
+    no_labels = next(yaml.safe_load_all(
+        render_template("control_plane_kubeadm", "kubeadm-init.yaml.j2", _init_vars(""))))
+    assert "node-labels" not in no_labels["nodeRegistration"]["kubeletExtraArgs"]
+
+
+def test_kubeadm_join_configuration() -> None:
+    text = render_template("node_join_kubeadm", "kubeadm-join.yaml.j2", {**NODE, **JOIN, "kubeadm": {
+        "api_server_endpoint": "192.0.2.10:6443", "token": "ab12cd.0123456789abcdef",
+        "ca_cert_hash": "sha256:" + "0" * 64, "node_name": "cam-1", "node_ip": "192.0.2.21",
+        "node_labels": "device=camera"}})
+    doc = yaml.safe_load(text)
+    assert doc["discovery"]["bootstrapToken"] == {
+        "apiServerEndpoint": "192.0.2.10:6443", "token": "ab12cd.0123456789abcdef",
+        "caCertHashes": ["sha256:" + "0" * 64]}
+    assert doc["discovery"]["timeout"] == JOIN["node_join_kubeadm_discovery_timeout"]
+    assert doc["nodeRegistration"]["name"] == "cam-1"
+
+
+def test_cni_network_uses_the_node_subnet() -> None:
+    doc = json.loads(render_template("kubernetes_node", "cni.conflist.j2",
+                                     {**NODE, "kubernetes_node_pod_subnet_effective": "10.244.3.0/24"}))
+    assert doc["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.3.0/24"}]]
