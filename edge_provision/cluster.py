@@ -124,8 +124,12 @@ def redact_tokens(text: str) -> str:
     return _TOKEN.sub("<token redacted>", text)
 
 
-def failure_report(output: str, lines: int = 20) -> str:
-    """The last ``lines`` non-empty lines of a failed command's output, tokens redacted."""
+def failure_report(output: str, lines: int = 20, secrets: Sequence[str] = ()) -> str:
+    """The last ``lines`` non-empty lines of a failed command's output, tokens redacted
+    (bootstrap tokens by their shape, and each of ``secrets``, e.g. a KubeEdge token)."""
+    for secret in secrets:
+        if secret:
+            output = output.replace(secret, "<token redacted>")
     kept = [line for line in redact_tokens(output).splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
 
@@ -281,6 +285,63 @@ def wait_node_ready(kubeconfig: Path, name: str, timeout: float) -> dict[str, An
     raise ClusterError(f"node {name} not Ready after {timeout:.0f} s (last seen: {last})")
 
 
+def api_labels(labels: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The labels set through the API rather than by the node agent: the inventory labels in
+    the namespaces the kubelet may not set (see :func:`kubelet_node_labels`) and ``extra``
+    (e.g. OpenYurt's ``apps.openyurt.io/nodepool``)."""
+    own = set(kubelet_node_labels(labels).split(",")) - {""}
+    wanted = {str(k): str(v) for k, v in labels.items() if f"{k}={v}" not in own}
+    wanted.update({str(k): str(v) for k, v in (extra or {}).items()})
+    return dict(sorted(wanted.items()))
+
+
+def missing_labels(current: Mapping[str, str], wanted: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in wanted.items() if current.get(k) != v}
+
+
+def label_node(kubeconfig: Path, name: str, labels: Mapping[str, str], timeout: float) -> dict[str, Any]:
+    """Set ``labels`` on Node ``name`` through the API (waiting up to ``timeout`` for it to
+    register); ``{"changed": bool, "labels": <what was set>}``. Labels already there are left
+    alone, so a second run changes nothing."""
+    from kubernetes import client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        status = node_status(kubeconfig, name)
+        if status["registered"]:
+            break
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"node {name} did not register within {timeout:.0f} s; its labels are not set")
+        time.sleep(2)
+    todo = missing_labels(status["labels"], labels)
+    if todo:
+        with api_client(kubeconfig) as api:
+            client.CoreV1Api(api).patch_node(name, {"metadata": {"labels": todo}})
+    return {"changed": bool(todo), "labels": todo}
+
+
+K3S_NODE_PASSWORD_SECRET = "{node}.node-password.k3s"
+
+
+def forget_node_password(kubeconfig: Path, name: str) -> dict[str, Any]:
+    """Delete k3s's record of node ``name``'s password (``kube-system/<node>.node-password.k3s``)
+    so a reinstalled agent, which made a new /etc/rancher/node/password, is not refused with
+    "Node password rejected". ``{"changed": bool}``: False when there was none."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    with api_client(kubeconfig) as api:
+        try:
+            client.CoreV1Api(api).delete_namespaced_secret(
+                K3S_NODE_PASSWORD_SECRET.format(node=name), "kube-system"
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return {"changed": False}
+            raise
+    return {"changed": True}
+
+
 # --- CLI for the Ansible roles ------------------------------------------------------------
 
 
@@ -307,6 +368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = sub.add_parser("node-status", help="a node's registration, readiness and labels")
     status.add_argument("--kubeconfig", type=Path, required=True)
     status.add_argument("--node", required=True)
+    label = sub.add_parser("label", help="set node labels through the API (only the missing ones)")
+    label.add_argument("--kubeconfig", type=Path, required=True)
+    label.add_argument("--node", required=True)
+    label.add_argument("--labels", type=json.loads, required=True, help="a JSON object")
+    label.add_argument("--timeout", type=float, default=300)
+    forget = sub.add_parser("forget-node-password", help="delete k3s's node-password secret of a node")
+    forget.add_argument("--kubeconfig", type=Path, required=True)
+    forget.add_argument("--node", required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "token":
@@ -315,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print({arch: artifacts(arch, args.binaries, args.images, args.packages) for arch in args.arch})
         elif args.command == "wait-ready":
             _print(wait_node_ready(args.kubeconfig, args.node, args.timeout))
+        elif args.command == "label":
+            _print(label_node(args.kubeconfig, args.node, args.labels, args.timeout))
+        elif args.command == "forget-node-password":
+            _print(forget_node_password(args.kubeconfig, args.node))
         else:
             _print(node_status(args.kubeconfig, args.node))
     except Exception as exc:  # builders and the API name their step; no traceback for Ansible's log

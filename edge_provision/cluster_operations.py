@@ -22,7 +22,7 @@ from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.files import File, Sha256File
 
-from edge_provision import cluster
+from edge_provision import cluster, distributions
 from edge_provision.roles import render_template, role_path
 from edge_provision.runtime_facts import CommandOutput
 from edge_provision.runtime_operations import _executing, _pending
@@ -39,19 +39,31 @@ def _failed(target: Any, message: str) -> bool:
     return False
 
 
-def _run(target: Any, command: str, what: str) -> bool:
-    """Run ``command`` on ``target`` without echoing it or its output; on failure reset
-    kubeadm's work and report the output's tail, tokens redacted."""
+KUBEADM_RESET = "kubeadm reset --force"
+
+
+def _run(
+    target: Any, command: str, what: str, reset: str | None = KUBEADM_RESET, secrets: Sequence[str] = ()
+) -> bool:
+    """Run ``command`` on ``target`` without echoing it or its output; on failure undo the
+    tool's work with ``reset`` (None: nothing to undo) and report the output's tail, tokens
+    (and ``secrets``) redacted."""
     ok, output = target.run_shell_command(command, print_output=False, print_input=False)
     if ok:
         return True
     text = "\n".join(line.line for line in output.combined_lines)
-    target.run_shell_command("kubeadm reset --force", print_output=False, print_input=False)
+    if reset:
+        target.run_shell_command(reset, print_output=False, print_input=False)
+    undone = "the node was reset; " if reset else ""
     return _failed(
         target,
-        f"host {target.name}: {what} failed (the node was reset; fix and re-run):\n"
-        f"{cluster.failure_report(text)}",
+        f"host {target.name}: {what} failed ({undone}fix and re-run):\n"
+        f"{cluster.failure_report(text, secrets=secrets)}",
     )
+
+
+def _shell(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 @operation(is_idempotent=True)
@@ -83,12 +95,12 @@ def kubeadm_initialised(config_file: str, skip_phases: Sequence[str]) -> Command
 
 
 @operation(is_idempotent=True)
-def controller_kubeconfig(kubeconfig: str, server: str) -> Commands:
+def controller_kubeconfig(kubeconfig: str, server: str, admin_conf: str = ADMIN_CONF) -> Commands:
     """Copy the admin kubeconfig to the controller (0600) with ``server`` as the API address,
-    unless the copy there was made from the node's current admin.conf."""
-    source = host.get_fact(Sha256File, path=ADMIN_CONF)
+    unless the copy there was made from the node's current admin kubeconfig."""
+    source = host.get_fact(Sha256File, path=admin_conf)
     if not source:
-        yield from _pending(f"{ADMIN_CONF} does not exist yet")
+        yield from _pending(f"{admin_conf} does not exist yet")
         return
     path = Path(kubeconfig)
     if cluster.kubeconfig_source(path) == source and path.stat().st_mode & 0o077 == 0:
@@ -97,11 +109,11 @@ def controller_kubeconfig(kubeconfig: str, server: str) -> Commands:
 
     def fetch(state: Any, host: Any) -> bool:
         buffer = BytesIO()
-        if not host.get_file(ADMIN_CONF, buffer, print_output=False, print_input=False):
-            return _failed(host, f"host {host.name}: cannot read {ADMIN_CONF}")
+        if not host.get_file(admin_conf, buffer, print_output=False, print_input=False):
+            return _failed(host, f"host {host.name}: cannot read {admin_conf}")
         text = buffer.getvalue().decode()
         if hashlib.sha256(text.encode()).hexdigest() != source:
-            return _failed(host, f"host {host.name}: {ADMIN_CONF} changed while it was read; re-run")
+            return _failed(host, f"host {host.name}: {admin_conf} changed while it was read; re-run")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.chmod(0o600)
@@ -182,3 +194,184 @@ def kubeadm_joined(
             host.run_shell_command(f"rm -f {shlex.quote(config_file)}", print_output=False, print_input=False)
 
     yield FunctionCommand(run_join, (), {})
+
+
+# --- k3s, KubeEdge, OpenYurt (edge_provision.distributions) -------------------------------------
+
+
+@operation(is_idempotent=True)
+def files_present(paths: Sequence[str], timeout: float) -> Commands:
+    """Wait until every one of ``paths`` exists on the host (what a service writes once up)."""
+    missing = [p for p in paths if not host.get_fact(File, path=p)]
+    if not missing:
+        host.noop(f"{', '.join(paths)} exist")
+        return
+    tests = " && ".join(f"test -e {shlex.quote(p)}" for p in missing)
+    yield f"timeout {int(timeout)} sh -c {shlex.quote(f'until {tests}; do sleep 2; done')}"
+
+
+@operation(is_idempotent=True)
+def k3s_agent_env(
+    env_file: str, server_url: str, given_token: str, server: Any, server_token_file: str
+) -> Commands:
+    """The agent's 0600 environment file with K3S_URL and K3S_TOKEN (the given token, else the
+    server's token file read at execution over SSH, never printed). Current when the file
+    names this URL and the fingerprint of the token it would get."""
+    fingerprint_argv = ["sed", "-n", "s/^# token sha256 //p", env_file]
+    have = host.get_fact(CommandOutput, argv=fingerprint_argv).strip()
+    url = host.get_fact(CommandOutput, argv=["grep", "-x", f"K3S_URL={server_url}", env_file]).strip()
+    if given_token:
+        want = distributions.token_fingerprint(given_token)
+    else:
+        want = server.get_fact(
+            CommandOutput, argv=["sh", "-c", f"tr -d '\\n' < {shlex.quote(server_token_file)} | sha256sum"]
+        ).split(" ")[0].strip()
+        if want == hashlib.sha256(b"").hexdigest():  # no token file yet
+            want = ""
+    if want and have == want and url:
+        host.noop(f"{env_file} holds the current join")
+        return
+
+    def write(state: Any, host: Any) -> bool:
+        token = given_token
+        if not token:
+            buffer = BytesIO()
+            if not server.get_file(server_token_file, buffer, print_output=False, print_input=False):
+                return _failed(host, f"host {host.name}: cannot read {server_token_file} on {server.name}")
+            token = buffer.getvalue().decode()
+        try:
+            content = distributions.k3s_agent_env(token, server_url)
+        except distributions.DistributionError as exc:
+            return _failed(host, f"host {host.name}: {exc}")
+        prepare = f"install -m 600 /dev/null {shlex.quote(env_file)}"
+        if not _run(host, prepare, f"preparing {env_file}", reset=None):
+            return False
+        if not host.put_file(StringIO(content), env_file, print_output=False, print_input=False):
+            return _failed(host, f"host {host.name}: cannot write {env_file}")
+        return True
+
+    yield FunctionCommand(write, (), {})
+
+
+@operation(is_idempotent=True)
+def k3s_node_password_forgotten(kubeconfig: str, node: str, password_file: str) -> Commands:
+    """Delete k3s's record of the node's password when the node has none (reinstalled), so
+    the server does not reject it ("Node password rejected")."""
+    if host.get_fact(File, path=password_file):
+        host.noop(f"{password_file} is kept")
+        return
+
+    def forget(state: Any, host: Any) -> bool:
+        try:
+            cluster.forget_node_password(Path(kubeconfig), node)
+        except Exception as exc:
+            return _failed(host, f"host {host.name}: cannot forget the node's k3s password: {exc}")
+        return True
+
+    yield FunctionCommand(forget, (), {})
+
+
+@operation(is_idempotent=True)
+def node_labelled(kubeconfig: str, node: str, labels: Mapping[str, str], timeout: float) -> Commands:
+    """Set the labels missing on the Node through the API (waiting for it to register)."""
+    path = Path(kubeconfig)
+    if not labels:
+        host.noop("no labels to set through the API")
+        return
+    if not _executing() and not path.is_file():
+        yield from _pending(f"{kubeconfig} is written by the control plane stage")
+        return
+    if _executing():
+        try:
+            status = cluster.node_status(path, node)
+            if status["registered"] and not cluster.missing_labels(status["labels"], labels):
+                host.noop(f"node {node} has its labels")
+                return
+        except Exception:  # not reachable yet: wait below
+            pass
+
+    def label(state: Any, host: Any) -> bool:
+        try:
+            cluster.label_node(path, node, labels, timeout)
+        except Exception as exc:
+            return _failed(host, f"host {host.name}: {exc}")
+        return True
+
+    yield FunctionCommand(label, (), {})
+
+
+@operation(is_idempotent=True)
+def keadm_initialised(keadm: str, kubeconfig: str, advertise_address: str, extra: Sequence[str]) -> Commands:
+    """``keadm init`` unless cloudcore answers ``keadm gettoken`` (whose token stays on the host)."""
+    probe = f"{_shell(distributions.keadm_gettoken(keadm, kubeconfig))} >/dev/null 2>&1 && echo ready"
+    if host.get_fact(CommandOutput, argv=["sh", "-c", probe]).strip() == "ready":
+        host.noop("cloudcore is installed")
+        return
+    command = _shell(distributions.keadm_init(keadm, advertise_address, kubeconfig, extra))
+
+    def init(state: Any, host: Any) -> bool:
+        return _run(host, command, "keadm init", reset=None)
+
+    yield FunctionCommand(init, (), {})
+
+
+@operation(is_idempotent=True)
+def keadm_joined(
+    keadm: str, cloud: Any, cloud_kubeconfig: str, cloudcore: str, config_dir: str, joined_file: str,
+    runtime_endpoint: str, labels: Mapping[str, Any], extra: Sequence[str],
+) -> Commands:
+    """``keadm join`` with a token from ``keadm gettoken`` on the cloud host, unless the node
+    has edgecore's configuration; leftovers in ``config_dir`` are reset first (keadm refuses to
+    join otherwise), a failed join is reset."""
+    if host.get_fact(File, path=joined_file):
+        host.noop("the node has joined KubeEdge")
+        return
+    reset = _shell(distributions.keadm_reset_edge(keadm))
+
+    def join(state: Any, host: Any) -> bool:
+        gettoken = _shell(distributions.keadm_gettoken(keadm, cloud_kubeconfig))
+        ok, output = cloud.run_shell_command(gettoken, print_output=False, print_input=False)
+        if not ok:
+            text = "\n".join(line.line for line in output.combined_lines)
+            return _failed(host, f"host {host.name}: keadm gettoken on {cloud.name} failed:\n"
+                                 f"{cluster.failure_report(text)}")
+        try:
+            token = distributions.keadm_token("\n".join(line.line for line in output.stdout_lines))
+        except distributions.DistributionError as exc:
+            return _failed(host, f"host {host.name}: {exc}")
+        leftovers = f"if [ -n \"$(ls -A {shlex.quote(config_dir)} 2>/dev/null)\" ]; then {reset}; fi"
+        if not _run(host, leftovers, "resetting KubeEdge's leftovers", reset=None):
+            return False
+        argv = distributions.keadm_join(
+            keadm=keadm, cloudcore=cloudcore, token=token, node_name=host.name,
+            runtime_endpoint=runtime_endpoint, labels=labels, extra=extra,
+        )
+        return _run(host, _shell(argv), "keadm join", reset=reset, secrets=[token])
+
+    yield FunctionCommand(join, (), {})
+
+
+@operation(is_idempotent=True)
+def yurtadm_joined(
+    yurtadm: str, kubeconfig: str, given_token: str, ttl: str, server: str, cri_socket: str,
+    joined_file: str, labels: Mapping[str, Any], extra: Sequence[str],
+) -> Commands:
+    """``yurtadm join`` with a new bootstrap token and the CA hash (as kubeadm joins get them),
+    unless the node has its kubelet.conf; a failed join is reset."""
+    if host.get_fact(File, path=joined_file):
+        host.noop("the node has joined OpenYurt")
+        return
+
+    def join(state: Any, host: Any) -> bool:
+        try:
+            token = cluster.join_token(Path(kubeconfig), ttl, given_token)
+        except Exception as exc:
+            return _failed(host, f"host {host.name}: cannot create a join token: {exc}")
+        argv = distributions.yurtadm_join(
+            yurtadm=yurtadm, server=server, token=token.token, ca_cert_hash=token.ca_cert_hash,
+            cri_socket=cri_socket, labels=labels, node_name=host.name, extra=extra,
+        )
+        reset = _shell(distributions.yurtadm_reset(yurtadm))
+        return _run(host, _shell(argv), "yurtadm join", reset=reset, secrets=[token.token])
+
+    yield FunctionCommand(join, (), {})

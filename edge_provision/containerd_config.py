@@ -84,13 +84,7 @@ def with_wasm_handler(
     doc["version"] = schema.version
 
     runtimes = _table(doc, schema.runtimes)
-    wasm = _table(runtimes, (handler,))
-    wasm["runtime_type"] = "io.containerd.runc.v2"
-    wasm["pod_annotations"] = _merged(wasm.get("pod_annotations"), annotations)
-    wasm["container_annotations"] = _merged(wasm.get("container_annotations"), annotations)
-    options = _table(wasm, ("options",))
-    options["BinaryName"] = binary
-    options["SystemdCgroup"] = systemd_cgroup
+    _set_wasm_handler(runtimes, handler, binary, systemd_cgroup, annotations)
     for name in systemd_cgroup_runtimes:
         if name in runtimes:  # set the key, never redefine someone else's runtime table
             _table(runtimes[name], ("options",))["SystemdCgroup"] = systemd_cgroup
@@ -100,6 +94,38 @@ def with_wasm_handler(
     *oom_path, oom_key = schema.restrict_oom_score_adj
     _table(doc, tuple(oom_path))[oom_key] = restrict_oom_score_adj
     return tomlkit.dumps(doc)
+
+
+def wasm_handler_tables(
+    *,
+    schema: Schema,
+    handler: str,
+    binary: str,
+    systemd_cgroup: bool,
+    annotations: Sequence[str] = WASM_ANNOTATIONS,
+) -> str:
+    """Only the Wasm handler's tables, to append to a config someone else generates (k3s's
+    ``{{ template "base" . }}``): leaf table headers, no ``version`` and no parent tables, so
+    the result merges with the base document instead of redefining any of its tables."""
+    doc = tomlkit.document()
+    parent: Any = doc
+    for key in schema.runtimes:
+        parent[key] = tomlkit.table(is_super_table=True)
+        parent = parent[key]
+    _set_wasm_handler(parent, handler, binary, systemd_cgroup, annotations)
+    return tomlkit.dumps(doc)
+
+
+def _set_wasm_handler(
+    runtimes: Any, handler: str, binary: str, systemd_cgroup: bool, annotations: Sequence[str]
+) -> None:
+    wasm = _table(runtimes, (handler,))
+    wasm["runtime_type"] = "io.containerd.runc.v2"
+    wasm["pod_annotations"] = _merged(wasm.get("pod_annotations"), annotations)
+    wasm["container_annotations"] = _merged(wasm.get("container_annotations"), annotations)
+    options = _table(wasm, ("options",))
+    options["BinaryName"] = binary
+    options["SystemdCgroup"] = systemd_cgroup
 
 
 def runtime_handler(text: str, schema: Schema, handler: str) -> dict[str, Any]:

@@ -44,6 +44,9 @@ def _choices(variable: str) -> tuple[str, ...]:
 
 
 DISTRIBUTIONS = _choices("edge_cluster_distribution")
+CONTROL_PLANES = _choices("edge_cluster_control_plane")
+# Distributions whose edge nodes may join a control plane made elsewhere.
+EXISTING_CONTROL_PLANE_OK = ("kubeedge", "openyurt")
 WASM_ENGINES = _choices("edge_wasm_engine")
 ARCHITECTURES = _choices("edge_arch")
 FLEET_DEFAULTS: dict[str, Any] = {"ansible_port": 22, **role_defaults(FLEET_ROLE)}
@@ -307,10 +310,19 @@ def _host_problems(host: FleetHost) -> list[str]:
         ("edge_arch", ARCHITECTURES),
         ("edge_cluster_distribution", DISTRIBUTIONS),
         ("edge_wasm_engine", WASM_ENGINES),
+        ("edge_cluster_control_plane", CONTROL_PLANES),
     ):
         value = v.get(name)
         if value not in choices:
             field_problem(name, f"unknown value {value!r} (choose one of: {', '.join(choices)})")
+    if v.get("edge_cluster_control_plane") == "existing" and (
+        v.get("edge_cluster_distribution") not in EXISTING_CONTROL_PLANE_OK
+    ):
+        field_problem(
+            "edge_cluster_control_plane",
+            f"'existing' works with {' and '.join(EXISTING_CONTROL_PLANE_OK)} only; "
+            f"{v.get('edge_cluster_distribution')} provisions its control plane (use 'provision')",
+        )
 
     artifact_source = source_problem(v.get("edge_artifact_source"))
     if artifact_source:

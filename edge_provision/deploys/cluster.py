@@ -1,12 +1,14 @@
-"""Stage cluster for pyinfra: the same work as roles/kubernetes_node, roles/control_plane_kubeadm
-and roles/node_join_kubeadm, from the same defaults and templates, computed by the same Python
-(edge_provision.cluster)."""
+"""Stage cluster for pyinfra: the same work as playbooks/cluster.yml's roles (kubeadm:
+kubernetes_node, control_plane_kubeadm, node_join_kubeadm; k3s: k3s_node, k3s_server, k3s_agent;
+KubeEdge: kubeedge_cloud, kubeedge_edge; OpenYurt: openyurt_join), from the same defaults and
+templates, computed by the same Python (edge_provision.cluster, edge_provision.distributions)."""
 
 from __future__ import annotations
 
 from functools import cache
 from io import StringIO
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyinfra.api.deploy import deploy
 from pyinfra.api.exceptions import DeployError
@@ -14,7 +16,7 @@ from pyinfra.context import host, inventory
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
-from edge_provision import cluster
+from edge_provision import cluster, distributions
 from edge_provision import cluster_operations as ops
 from edge_provision import runtime_operations as runtime_ops
 from edge_provision.inventory import node_address
@@ -73,11 +75,6 @@ def _node_ip() -> str:
 @deploy("Kubernetes node")
 def kubernetes_node() -> None:
     v = role_vars("kubernetes_node", host.data.dict())
-    if _fleet("edge_cluster_distribution") != "kubeadm":
-        raise DeployError(
-            f"host {host.name}: edge_cluster_distribution {_fleet('edge_cluster_distribution')} "
-            "is not implemented yet; the cluster stage supports kubeadm"
-        )
     packages = tuple(v["kubernetes_node_packages"]) if _install_from() == "controller" else ()
     arts = _controller(
         "Kubernetes artifacts", _fleet("edge_arch"), tuple(v["kubernetes_node_binaries"]), (), packages
@@ -263,12 +260,229 @@ def _control_plane_ready() -> None:
     )
 
 
+# --- k3s -------------------------------------------------------------------------------------
+
+
+@cache
+def _k3s_binary(arch: str, source: str) -> dict[str, str]:
+    return distributions.k3s_binary(arch, source)
+
+
+def _control_plane() -> Any:
+    control_planes = inventory.get_group("control_plane", [])
+    if not control_planes:
+        raise DeployError(f"host {host.name}: the fleet has no control_plane host")
+    return control_planes[0]
+
+
+def _api_labels(labels: dict[str, str], timeout: Any) -> None:
+    ops.node_labelled(
+        name="Set the node's labels through the API",
+        kubeconfig=_kubeconfig(),
+        node=host.name,
+        labels=labels,
+        timeout=float(timeout),
+    )
+
+
+def _k3s_node() -> list[Any]:
+    """roles/k3s_node: the binary and the containerd template (what restarts the service)."""
+    v = role_vars("k3s_node", host.data.dict())
+    arch = _fleet("edge_arch")
+    changed = []
+    if v["k3s_node_install_binary"]:
+        try:
+            binary = _k3s_binary(arch, str(_fleet("edge_artifact_source")))
+        except Exception as exc:  # the fetcher names the file, source and reason
+            raise DeployError(f"host {host.name}: k3s binary: {exc}") from exc
+        changed.append(files.put(
+            name="Install the k3s binary", src=binary["path"], dest=f"{v['k3s_node_bin_dir']}/k3s",
+            user="root", group="root", mode="755",
+        ))
+    containerd_dir = f"{v['k3s_node_data_dir']}/agent/etc/containerd"
+    for directory in (v["k3s_node_config_file"].rsplit("/", 1)[0], containerd_dir):
+        files.directory(name=f"Make {directory}", path=directory, user="root", group="root", mode="755")
+    version = distributions.k3s_version(arch)
+    changed.append(files.put(
+        name="Write k3s's containerd template with the Wasm handler",
+        src=StringIO(distributions.k3s_containerd_template(
+            version, v["k3s_node_wasm_handler"], v["k3s_node_wasm_binary"],
+            bool(v["k3s_node_wasm_systemd_cgroup"]),
+        )),
+        dest=f"{containerd_dir}/{distributions.k3s_containerd_template_name(version)}",
+        user="root", group="root", mode="644",
+    ))
+    return changed
+
+
+def _k3s_service(unit: str, mode: str, env: Any, tls_sans: list[str], changed: list[Any]) -> None:
+    """roles/k3s_node/tasks/service.yml: config.yaml, the 0600 environment, the unit, running."""
+    v = role_vars("k3s_node", host.data.dict())
+    service = {"unit": unit, "mode": mode, "tls_sans": tls_sans}
+    config = files.put(
+        name="Write k3s's configuration",
+        src=StringIO(render_template("k3s_node", "config.yaml.j2", {
+            "k3s_node_rendered_config": distributions.k3s_config(
+                node_name=host.name, node_ip=_node_ip(), labels=_fleet("edge_node_labels"),
+                tls_sans=tls_sans, extra=v["k3s_node_extra_config"],
+            ),
+        })),
+        dest=v["k3s_node_config_file"], user="root", group="root", mode="600",
+    )
+    unit_file = files.put(
+        name=f"Write the unit of {unit}",
+        src=StringIO(render_template("k3s_node", "k3s.service.j2", {**v, "k3s_node_service": service})),
+        dest=f"/etc/systemd/system/{unit}.service", user="root", group="root", mode="644",
+    )
+    systemd.daemon_reload(name="Reload systemd's units", _if=unit_file.did_change)
+    started = systemd.service(name=f"Run {unit} now and at boot", service=unit, running=True, enabled=True)
+    systemd.service(
+        name=f"Restart {unit} for a new binary, unit, environment or configuration",
+        service=unit, restarted=True, daemon_reload=True,
+        _if=lambda: not started.did_change()
+        and any(op.did_change() for op in (*changed, env, config, unit_file)),
+    )
+
+
+@deploy("k3s server")
+def k3s_server() -> None:
+    v = role_vars("k3s_server", host.data.dict())
+    n = role_vars("k3s_node", host.data.dict())
+    changed = _k3s_node()
+    controller_url = (
+        v["k3s_server_api_server"] or f"https://{host.data.get('ansible_host')}:{n['k3s_node_api_port']}"
+    )
+    tls_sans = list(dict.fromkeys([
+        _node_ip(), str(host.data.get("ansible_host")), host.name, str(urlsplit(controller_url).hostname),
+    ]))
+    env = files.put(
+        name="Write the service's environment, 0600 (k3s)",
+        src=StringIO(distributions.k3s_server_env(str(v["k3s_server_token"] or ""))),
+        dest="/etc/systemd/system/k3s.service.env", user="root", group="root", mode="600",
+    )
+    _k3s_service("k3s", "server", env, tls_sans, changed)
+    ops.files_present(
+        name="Wait for k3s's token and admin kubeconfig",
+        paths=[f"{n['k3s_node_data_dir']}/server/token", v["k3s_server_kubeconfig_file"]],
+        timeout=float(v["k3s_server_start_timeout"]),
+    )
+    ops.controller_kubeconfig(
+        name="Keep the admin kubeconfig in the fleet directory (0600)",
+        kubeconfig=_kubeconfig(), server=controller_url, admin_conf=v["k3s_server_kubeconfig_file"],
+    )
+    _api_labels(cluster.api_labels(_fleet("edge_node_labels")), n["k3s_node_register_timeout"])
+
+
+@deploy("k3s agent")
+def k3s_agent() -> None:
+    v = role_vars("k3s_agent", host.data.dict())
+    n = role_vars("k3s_node", host.data.dict())
+    server = _control_plane()
+    changed = _k3s_node()
+    ops.k3s_node_password_forgotten(
+        name="Forget the password of a reinstalled node on the server",
+        kubeconfig=_kubeconfig(), node=host.name, password_file=v["k3s_agent_node_password_file"],
+    )
+    env = ops.k3s_agent_env(
+        name="Write the service's environment, 0600 (k3s-agent)",
+        env_file="/etc/systemd/system/k3s-agent.service.env",
+        server_url=f"https://{node_address(server.data.dict())}:{n['k3s_node_api_port']}",
+        given_token=str(v["k3s_agent_token"] or ""),
+        server=server,
+        server_token_file=f"{n['k3s_node_data_dir']}/server/token",
+    )
+    _k3s_service("k3s-agent", "agent", env, [], changed)
+    _api_labels(cluster.api_labels(_fleet("edge_node_labels")), n["k3s_node_register_timeout"])
+
+
+# --- KubeEdge ----------------------------------------------------------------------------------
+
+
+@deploy("KubeEdge cloud")
+def kubeedge_cloud() -> None:
+    v = role_vars("kubeedge_cloud", host.data.dict())
+    k = role_vars("kubeedge", host.data.dict())
+    kubeconfig = k["kubeedge_cloud_kubeconfig"]
+    files.directory(
+        name="Make the directory of the kubeconfig for keadm", path=kubeconfig.rsplit("/", 1)[0],
+        user="root", group="root", mode="700",
+    )
+    files.put(
+        name="Give keadm the fleet's admin kubeconfig (0600)", src=_kubeconfig(), dest=kubeconfig,
+        user="root", group="root", mode="600",
+    )
+    ops.keadm_initialised(
+        name="Run keadm init", keadm=k["kubeedge_keadm"], kubeconfig=kubeconfig,
+        advertise_address=_node_ip(), extra=list(v["kubeedge_cloud_init_args"]),
+    )
+
+
+@deploy("KubeEdge edge")
+def kubeedge_edge() -> None:
+    v = role_vars("kubeedge_edge", host.data.dict())
+    k = role_vars("kubeedge", host.data.dict())
+    cloud = _control_plane()
+    ops.keadm_joined(
+        name="Join KubeEdge with a token from keadm gettoken",
+        keadm=k["kubeedge_keadm"], cloud=cloud, cloud_kubeconfig=k["kubeedge_cloud_kubeconfig"],
+        cloudcore=f"{node_address(cloud.data.dict())}:{k['kubeedge_cloud_port']}",
+        config_dir=v["kubeedge_edge_config_dir"], joined_file=v["kubeedge_edge_joined_file"],
+        runtime_endpoint=v["kubeedge_edge_runtime_endpoint"], labels=_fleet("edge_node_labels"),
+        extra=list(v["kubeedge_edge_join_args"]),
+    )
+    _api_labels(cluster.api_labels(_fleet("edge_node_labels")), v["kubeedge_edge_register_timeout"])
+
+
+# --- OpenYurt ----------------------------------------------------------------------------------
+
+
+@deploy("OpenYurt join")
+def openyurt_join() -> None:
+    v = role_vars("openyurt_join", host.data.dict())
+    server = _control_plane()
+    ops.yurtadm_joined(
+        name="Join OpenYurt with a new bootstrap token",
+        yurtadm=v["openyurt_join_yurtadm"], kubeconfig=_kubeconfig(),
+        given_token=str(v["openyurt_join_token"] or ""), ttl=v["openyurt_join_token_ttl"],
+        server=f"{node_address(server.data.dict())}:{v['openyurt_join_api_port']}",
+        cri_socket=v["openyurt_join_cri_socket"], joined_file=v["openyurt_join_joined_file"],
+        labels=_fleet("edge_node_labels"), extra=list(v["openyurt_join_args"]),
+    )
+    try:
+        labels = distributions.openyurt_labels(_fleet("edge_node_labels"), v["openyurt_join_nodepool"])
+    except distributions.DistributionError as exc:
+        raise DeployError(f"host {host.name}: {exc}") from exc
+    _api_labels(labels, v["openyurt_join_register_timeout"])
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
 def cluster_stage() -> None:
-    """Every node; then the control plane initialised and Ready; then the edge nodes joined."""
+    """playbooks/cluster.yml for pyinfra: the control plane of the fleet's distribution, then
+    its edge nodes (kubeadm's also wait for the control plane to be Ready)."""
     groups = host.data.get("edge_groups") or []
-    kubernetes_node()
-    if "control_plane" in groups:
-        control_plane()
-    _control_plane_ready()
-    if "edge" in groups:
+    distribution = _fleet("edge_cluster_distribution")
+    provision = _fleet("edge_cluster_control_plane") == "provision"
+    if distribution == "k3s":
+        if "control_plane" in groups:
+            k3s_server()
+        if "edge" in groups:
+            k3s_agent()
+        return
+    if provision:  # kubeadm's control plane (kubeadm, KubeEdge, OpenYurt)
+        if distribution == "kubeadm" or "control_plane" in groups:
+            kubernetes_node()
+        if "control_plane" in groups:
+            control_plane()
+        _control_plane_ready()
+    if distribution == "kubeedge":
+        if "control_plane" in groups:
+            kubeedge_cloud()
+        if "edge" in groups:
+            kubeedge_edge()
+    elif distribution == "openyurt":
+        if "edge" in groups:
+            openyurt_join()
+    elif "edge" in groups:
         node_join()
