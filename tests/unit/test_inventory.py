@@ -99,6 +99,10 @@ MALFORMED = [
     ("unknown distribution",
      _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_cluster_distribution: microk8s}\n"),
      ["host 'e1'", "field 'edge_cluster_distribution'", "'microk8s'", "kubeadm, k3s, kubeedge, openyurt"]),
+    ("an existing control plane with k3s",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_cluster_distribution: k3s,"
+                " edge_cluster_control_plane: existing}\n"),
+     ["host 'e1'", "field 'edge_cluster_control_plane'", "kubeedge and openyurt only", "use 'provision'"]),
     ("missing address",
      _fleet(CP + "edge:\n  hosts:\n    e1: {edge_arch: arm64}\n"),
      ["host 'e1'", "field 'ansible_host'", "missing address"]),

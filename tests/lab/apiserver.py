@@ -1,0 +1,153 @@
+"""A real Kubernetes API on the controller for lab tests that have no control plane on a host.
+
+etcd (Debian's etcd-server .deb, unpacked) and kube-apiserver 1.20.2 (built by
+`edge-provision artifacts build`, the same binary the kubeadm control plane runs) listen on
+loopback with a CA and serving certificate made here, and a static admin token. The joins of
+k3s, KubeEdge and OpenYurt with stand-in tools talk to it for everything that goes through the
+API (bootstrap tokens, the CA hash, node labels, k3s's node-password Secret).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from edge_provision.artifacts.builders.kubernetes import build_kubernetes
+from edge_provision.runtime_controller import debs
+
+
+@dataclass
+class LocalApi:
+    url: str
+    kubeconfig: str  # the admin kubeconfig's text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+
+
+def _certificates(directory: Path) -> bytes:
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = _key(), _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-provision-lab-ca")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+    (directory / "ca.crt").write_bytes(ca_pem)
+    (directory / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(_pem_key(key))
+    (directory / "sa.key").write_bytes(_pem_key(_key()))
+    return ca_pem
+
+
+@contextmanager
+def local_api(directory: Path) -> Iterator[LocalApi]:
+    """etcd and kube-apiserver on loopback until the context ends (both stopped, then)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    etcd_deb = next(d for d in debs(["etcd-server"], "amd64") if d["package"] == "etcd-server")
+    subprocess.run(["dpkg-deb", "-x", etcd_deb["path"], str(directory / "etcd-root")], check=True)
+    apiserver = build_kubernetes("amd64") / "kube-apiserver"
+    ca_pem = _certificates(directory)
+    admin_token = secrets.token_hex(16)
+    (directory / "tokens.csv").write_text(f'{admin_token},admin,admin,"system:masters"\n')
+    etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
+    logs = [open(directory / name, "w") for name in ("etcd.log", "apiserver.log")]  # noqa: SIM115
+    processes = []
+    try:
+        processes.append(subprocess.Popen(
+            [str(directory / "etcd-root/usr/bin/etcd"), "--data-dir", str(directory / "etcd"),
+             "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+             "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}"],
+            stdout=logs[0], stderr=subprocess.STDOUT,
+        ))
+        processes.append(subprocess.Popen(
+            [str(apiserver), f"--etcd-servers=http://127.0.0.1:{etcd_port}", "--bind-address=127.0.0.1",
+             f"--secure-port={api_port}", "--insecure-port=0", f"--cert-dir={directory}",
+             f"--tls-cert-file={directory / 'server.crt'}", f"--tls-private-key-file={directory / 'server.key'}",
+             f"--token-auth-file={directory / 'tokens.csv'}", "--authorization-mode=RBAC",
+             f"--service-account-key-file={directory / 'sa.key'}",
+             f"--service-account-signing-key-file={directory / 'sa.key'}",
+             "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/12"],
+            stdout=logs[1], stderr=subprocess.STDOUT,
+        ))
+        url = f"https://127.0.0.1:{api_port}"
+        kubeconfig = yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "admin",
+            "clusters": [{"name": "lab", "cluster": {
+                "server": url, "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+            "users": [{"name": "admin", "user": {"token": admin_token}}],
+            "contexts": [{"name": "admin", "context": {"cluster": "lab", "user": "admin"}}],
+        })
+        _wait_ready(directory, kubeconfig, processes)
+        yield LocalApi(url=url, kubeconfig=kubeconfig)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs:
+            log.close()
+
+
+def _wait_ready(directory: Path, kubeconfig: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    from edge_provision import cluster
+
+    path = directory / "kubeconfig"
+    path.write_text(kubeconfig)
+    from kubernetes import client
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with cluster.api_client(path) as api:
+                client.CoreV1Api(api).read_namespace("kube-system")
+                return
+        except Exception as exc:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                tail = (directory / "apiserver.log").read_text()[-3000:]
+                raise RuntimeError(f"the lab API server did not come up ({exc}):\n{tail}") from exc
+            time.sleep(1)

@@ -1,0 +1,246 @@
+"""k3s, KubeEdge and OpenYurt (edge_provision.distributions and the shared parts of
+edge_provision.cluster): pins, rendered files, the exact command lines and the guards' inputs,
+the same through the Ansible filters. No host: the lab tier runs them (tests/lab/test_cluster_distros.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edge_provision import PROJECT_ROOT, cluster, distributions
+from edge_provision.artifacts.fetch import ArtifactFetchError, fetch, load_downloads, pinned
+from edge_provision.containerd_config import SCHEMAS, runtime_handler
+from edge_provision.roles import render_template, role_argument_spec, role_defaults
+
+DISTRIBUTION_ROLES = ["k3s_node", "k3s_server", "k3s_agent", "kubeedge", "kubeedge_cloud", "kubeedge_edge",
+                      "openyurt_join"]
+LABELS = {"device": "camera", "edge-provision.io/lab": "true", "node-role.kubernetes.io/edge": ""}
+# k3s's own template "base" for containerd 2, trimmed to the tables it shares with the handler.
+K3S_BASE_V3 = """version = 3
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  SystemdCgroup = true
+"""
+
+
+def _filters() -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location("cluster_filters", PROJECT_ROOT / "plugins" / "filter" / "cluster.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    filters: dict[str, Any] = module.FilterModule().filters()
+    return filters
+
+
+# --- pins ----------------------------------------------------------------------------------------
+
+
+def test_k3s_is_pinned_per_architecture_with_a_sha256() -> None:
+    found = {d.arch: d for d in load_downloads(names=["k3s"])}
+    assert sorted(found) == ["amd64", "arm64"]
+    for arch, download in found.items():
+        assert re.fullmatch(r"[0-9a-f]{64}", download.sha256), arch
+        assert download.url.startswith(
+            f"https://github.com/k3s-io/k3s/releases/download/{download.version.replace('+', '%2B')}/"
+        )
+    assert found["amd64"].file == "k3s" and found["arm64"].file == "k3s-arm64"
+    assert found["amd64"].sha256 != found["arm64"].sha256
+
+
+def test_a_k3s_binary_that_does_not_match_its_pin_is_refused(tmp_path: Path) -> None:
+    source, dest = tmp_path / "mirror", tmp_path / "downloads"
+    source.mkdir()
+    (source / "k3s").write_bytes(b"#!/bin/sh\necho not k3s\n")
+    with pytest.raises(ArtifactFetchError, match="sha256 mismatch for k3s") as error:
+        fetch(pinned("k3s", "amd64"), str(source), dest)
+    assert pinned("k3s", "amd64").sha256 in str(error.value)
+    assert not list(dest.iterdir())
+
+
+# --- k3s -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "schema"), [
+    ("v1.30.14+k3s1", 2), ("v1.31.5+k3s1", 2), ("v1.31.6+k3s1", 3), ("v1.31.14+k3s1", 3),
+    ("v1.32.1+k3s1", 2), ("v1.32.2+k3s1", 3), ("v1.33.0+k3s1", 3), ("v1.35.0+k3s1", 3),
+])
+def test_k3s_containerd_schema_follows_the_embedded_containerd(version: str, schema: int) -> None:
+    assert distributions.k3s_containerd_schema(version).version == schema
+    expected = "config-v3.toml.tmpl" if schema == 3 else "config.toml.tmpl"
+    assert distributions.k3s_containerd_template_name(version) == expected
+
+
+def test_the_pinned_k3s_reads_config_v3_toml_tmpl() -> None:
+    for arch in ("amd64", "arm64"):
+        assert distributions.k3s_containerd_template_name(distributions.k3s_version(arch)) == "config-v3.toml.tmpl"
+    with pytest.raises(distributions.DistributionError, match="not a k3s version"):
+        distributions.k3s_containerd_schema("latest")
+
+
+def test_k3s_containerd_template_adds_a_separate_wasm_handler_to_k3s_base() -> None:
+    text = distributions.k3s_containerd_template("v1.31.6+k3s1", "crun-wasm", "/usr/local/bin/crun-wasm", True)
+    assert '{{ template "base" . }}' in text
+    assert "version" not in text.split('{{ template "base" . }}', 1)[1]
+    merged = text.replace('{{ template "base" . }}', K3S_BASE_V3)
+    doc = tomllib.loads(merged)  # no table defined twice
+    runtimes = doc["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
+    assert set(runtimes) == {"runc", "crun-wasm"}
+    assert runtimes["runc"]["options"] == {"SystemdCgroup": True}
+    handler = runtime_handler(merged, SCHEMAS[3], "crun-wasm")
+    assert handler["options"] == {"BinaryName": "/usr/local/bin/crun-wasm", "SystemdCgroup": True}
+    assert handler["runtime_type"] == "io.containerd.runc.v2"
+    assert "module.wasm.image/variant" in handler["pod_annotations"]
+
+
+def test_k3s_config_yaml_holds_the_labels_the_kubelet_may_set() -> None:
+    config = distributions.k3s_config(
+        node_name="lab-2", node_ip="192.0.2.2", labels=LABELS, tls_sans=["192.0.2.1", "192.0.2.1", "cp"],
+        extra={"disable": ["traefik"]},
+    )
+    rendered = render_template("k3s_node", "config.yaml.j2", {"k3s_node_rendered_config": config})
+    assert rendered.startswith("# Managed by edge-provision")
+    assert yaml.safe_load(rendered) == {
+        "node-name": "lab-2",
+        "node-ip": "192.0.2.2",
+        "node-label": ["device=camera", "edge-provision.io/lab=true"],
+        "tls-san": ["192.0.2.1", "cp"],
+        "disable": ["traefik"],
+    }
+
+
+def test_k3s_units_run_server_and_agent_from_the_installed_binary() -> None:
+    node = role_defaults("k3s_node")
+    for unit, mode in (("k3s", "server"), ("k3s-agent", "agent")):
+        text = render_template("k3s_node", "k3s.service.j2",
+                               {**node, "k3s_node_service": {"unit": unit, "mode": mode, "tls_sans": []}})
+        assert f"ExecStart=/usr/local/bin/k3s {mode}\n" in text
+        assert f"EnvironmentFile=-/etc/systemd/system/{unit}.service.env\n" in text
+        assert "Type=notify" in text
+
+
+def test_k3s_agent_env_joins_with_url_and_token_and_a_fingerprint() -> None:
+    token = "K10abc::server:def"
+    text = distributions.k3s_agent_env(token + "\n", "https://192.0.2.1:6443")
+    lines = text.splitlines()
+    assert "K3S_URL=https://192.0.2.1:6443" in lines
+    assert f"K3S_TOKEN={token}" in lines
+    assert f"# token sha256 {distributions.token_fingerprint(token)}" in lines
+    # the fingerprint is what `tr -d '\n' < token | sha256sum` prints on the server
+    import hashlib
+    assert distributions.token_fingerprint(token + "\n") == hashlib.sha256(token.encode()).hexdigest()
+    with pytest.raises(distributions.DistributionError, match="empty"):
+        distributions.k3s_agent_env(" \n", "https://192.0.2.1:6443")
+    assert distributions.k3s_server_env("").count("\n") == 1
+    assert distributions.k3s_server_env("s3cret\n").endswith("K3S_TOKEN=s3cret\n")
+
+
+# --- KubeEdge ------------------------------------------------------------------------------------
+
+
+def test_keadm_command_lines() -> None:
+    assert distributions.keadm_init("/usr/local/bin/keadm", "192.0.2.1", "/etc/k.conf", ["--x=y"]) == [
+        "/usr/local/bin/keadm", "init", "--advertise-address=192.0.2.1", "--kube-config=/etc/k.conf", "--x=y"]
+    assert distributions.keadm_gettoken("keadm", "/etc/k.conf") == ["keadm", "gettoken", "--kube-config=/etc/k.conf"]
+    assert distributions.keadm_reset_edge("keadm") == ["keadm", "reset", "edge", "--force"]
+    assert distributions.keadm_join(
+        keadm="keadm", cloudcore="192.0.2.1:10000", token="t0k.en", node_name="lab-2",
+        runtime_endpoint="unix:///run/containerd/containerd.sock", labels=LABELS,
+    ) == [
+        "keadm", "join", "--cloudcore-ipport=192.0.2.1:10000", "--token=t0k.en", "--edgenode-name=lab-2",
+        "--remote-runtime-endpoint=unix:///run/containerd/containerd.sock",
+        "--labels=device=camera,edge-provision.io/lab=true",
+    ]
+    assert "--labels" not in " ".join(distributions.keadm_join(
+        keadm="keadm", cloudcore="c:1", token="t", node_name="n", runtime_endpoint="e", labels={}))
+
+
+def test_keadm_token_is_the_last_line_of_gettoken() -> None:
+    assert distributions.keadm_token("I1124 log line\nabc.def\n\n") == "abc.def"
+    with pytest.raises(distributions.DistributionError, match="no token"):
+        distributions.keadm_token("\n")
+
+
+# --- OpenYurt ------------------------------------------------------------------------------------
+
+
+def test_yurtadm_join_command_line() -> None:
+    assert distributions.yurtadm_join(
+        yurtadm="yurtadm", server="192.0.2.1:6443", token="abcdef.0123456789abcdef", ca_cert_hash="sha256:00",
+        cri_socket="/run/containerd/containerd.sock", labels=LABELS, node_name="lab-2",
+    ) == [
+        "yurtadm", "join", "192.0.2.1:6443", "--token=abcdef.0123456789abcdef", "--node-type=edge",
+        "--discovery-token-ca-cert-hash=sha256:00", "--cri-socket=/run/containerd/containerd.sock",
+        "--node-name=lab-2", "--node-labels=device=camera,edge-provision.io/lab=true",
+    ]
+    assert distributions.yurtadm_reset("yurtadm") == ["yurtadm", "reset", "--force"]
+
+
+def test_openyurt_node_pool_and_restricted_labels_go_through_the_api() -> None:
+    assert distributions.openyurt_labels(LABELS, "hall-2") == {
+        "apps.openyurt.io/nodepool": "hall-2", "node-role.kubernetes.io/edge": ""}
+    with pytest.raises(distributions.DistributionError, match="node pool"):
+        distributions.openyurt_labels(LABELS, "")
+
+
+def test_api_labels_are_what_the_node_agent_may_not_set() -> None:
+    assert cluster.api_labels(LABELS) == {"node-role.kubernetes.io/edge": ""}
+    assert cluster.api_labels({"device": "camera"}) == {}
+    assert cluster.missing_labels({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": ""}) == {"b": "3", "c": ""}
+
+
+def test_failure_reports_redact_given_secrets_and_bootstrap_tokens() -> None:
+    output = "join with abcdef.0123456789abcdef failed\ntoken 5f2a.eyJhbGci rejected\n"
+    report = cluster.failure_report(output, secrets=["5f2a.eyJhbGci"])
+    assert "0123456789abcdef" not in report and "eyJhbGci" not in report
+    assert report.count("<token redacted>") == 2
+
+
+# --- both engines, one source --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", DISTRIBUTION_ROLES)
+def test_defaults_and_argument_specs_agree(role: str) -> None:
+    defaults = role_defaults(role)
+    options = role_argument_spec(role)["options"]
+    assert set(defaults) == set(options)
+    prefix = f"{role}_"
+    assert all(name.startswith(prefix) for name in defaults), role
+    assert [n for n in defaults if n.endswith("_token")] == [
+        n for n, spec in options.items() if spec.get("no_log")
+    ]
+
+
+def test_filters_are_the_shared_functions() -> None:
+    filters = _filters()
+    assert filters["edge_provision_keadm_join"](
+        "keadm", "t", "c:1", "n", "e", LABELS, []
+    ) == distributions.keadm_join(keadm="keadm", cloudcore="c:1", token="t", node_name="n",
+                                  runtime_endpoint="e", labels=LABELS)
+    assert filters["edge_provision_yurtadm_join"](
+        "y", {"token": "t", "ca_cert_hash": "h"}, "s:6443", "/s", LABELS, "n", []
+    ) == distributions.yurtadm_join(yurtadm="y", server="s:6443", token="t", ca_cert_hash="h",
+                                    cri_socket="/s", labels=LABELS, node_name="n")
+    assert filters["edge_provision_k3s_containerd_template_name"]("arm64") == "config-v3.toml.tmpl"
+    assert filters["edge_provision_k3s_containerd_template"]("amd64", "h", "/b", False) == (
+        distributions.k3s_containerd_template(distributions.k3s_version("amd64"), "h", "/b", False))
+    assert filters["edge_provision_openyurt_labels"](LABELS, "p") == distributions.openyurt_labels(LABELS, "p")
+    assert filters["edge_provision_failure_report"]("x abcdef.0123456789abcdef") == "x <token redacted>"
+
+
+def test_the_cluster_playbook_runs_one_role_set_per_distribution() -> None:
+    plays = yaml.safe_load((PROJECT_ROOT / "playbooks" / "cluster.yml").read_text())
+    roles = {play["name"]: {r["role"]: r["when"] for r in play["roles"]} for play in plays}
+    assert set(roles["Control plane"]) == {"control_plane_kubeadm", "k3s_server", "kubeedge_cloud"}
+    assert set(roles["Edge nodes join"]) == {"node_join_kubeadm", "k3s_agent", "kubeedge_edge", "openyurt_join"}
+    choices = role_argument_spec("edge")["options"]["edge_cluster_distribution"]["choices"]
+    for distribution in choices:
+        assert any(distribution in str(when) for when in roles["Edge nodes join"].values()), distribution
