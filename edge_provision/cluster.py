@@ -100,7 +100,7 @@ def controller_kubeconfig(admin_conf: str, server: str) -> str:
     if not isinstance(doc, dict) or not doc.get("clusters"):
         raise ClusterError("admin.conf has no clusters")
     for entry in doc["clusters"]:
-        entry["cluster"]["server"] = server
+        entry["cluster"]["server"] = str.__str__(server)  # a plain str (Ansible hands tagged ones)
     source = hashlib.sha256(admin_conf.encode()).hexdigest()
     return f"{KUBECONFIG_SOURCE_MARK}{source}\n" + yaml.safe_dump(
         doc, default_flow_style=False, sort_keys=True

@@ -200,6 +200,15 @@ def kubeadm_joined(
 
 
 @operation(is_idempotent=True)
+def control_plane_done(control_plane: str) -> Commands:
+    """Changes nothing; orders the run. pyinfra merges each host's own order of operations, so an
+    operation that every host calls from one place is where they meet: the control plane's
+    steps come before it, the edge nodes' joins (which need its token) after it."""
+    host.noop(f"after the steps of {control_plane}")
+    yield from ()
+
+
+@operation(is_idempotent=True)
 def files_present(paths: Sequence[str], timeout: float) -> Commands:
     """Wait until every one of ``paths`` exists on the host (what a service writes once up)."""
     missing = [p for p in paths if not host.get_fact(File, path=p)]
@@ -218,14 +227,14 @@ def k3s_agent_env(
     server's token file read at execution over SSH, never printed). Current when the file
     names this URL and the fingerprint of the token it would get."""
     fingerprint_argv = ["sed", "-n", "s/^# token sha256 //p", env_file]
-    have = host.get_fact(CommandOutput, argv=fingerprint_argv).strip()
-    url = host.get_fact(CommandOutput, argv=["grep", "-x", f"K3S_URL={server_url}", env_file]).strip()
+    have = (host.get_fact(CommandOutput, argv=fingerprint_argv) or "").strip()
+    url = (host.get_fact(CommandOutput, argv=["grep", "-x", f"K3S_URL={server_url}", env_file]) or "").strip()
     if given_token:
         want = distributions.token_fingerprint(given_token)
     else:
-        want = server.get_fact(
+        want = (server.get_fact(
             CommandOutput, argv=["sh", "-c", f"tr -d '\\n' < {shlex.quote(server_token_file)} | sha256sum"]
-        ).split(" ")[0].strip()
+        ) or "").split(" ")[0].strip()
         if want == hashlib.sha256(b"").hexdigest():  # no token file yet
             want = ""
     if want and have == want and url:
@@ -304,7 +313,7 @@ def node_labelled(kubeconfig: str, node: str, labels: Mapping[str, str], timeout
 def keadm_initialised(keadm: str, kubeconfig: str, advertise_address: str, extra: Sequence[str]) -> Commands:
     """``keadm init`` unless cloudcore answers ``keadm gettoken`` (whose token stays on the host)."""
     probe = f"{_shell(distributions.keadm_gettoken(keadm, kubeconfig))} >/dev/null 2>&1 && echo ready"
-    if host.get_fact(CommandOutput, argv=["sh", "-c", probe]).strip() == "ready":
+    if (host.get_fact(CommandOutput, argv=["sh", "-c", probe]) or "").strip() == "ready":
         host.noop("cloudcore is installed")
         return
     command = _shell(distributions.keadm_init(keadm, advertise_address, kubeconfig, extra))
@@ -336,7 +345,7 @@ def keadm_joined(
             return _failed(host, f"host {host.name}: keadm gettoken on {cloud.name} failed:\n"
                                  f"{cluster.failure_report(text)}")
         try:
-            token = distributions.keadm_token("\n".join(line.line for line in output.stdout_lines))
+            token = distributions.keadm_token("\n".join(output.stdout_lines))
         except distributions.DistributionError as exc:
             return _failed(host, f"host {host.name}: {exc}")
         leftovers = f"if [ -n \"$(ls -A {shlex.quote(config_dir)} 2>/dev/null)\" ]; then {reset}; fi"

@@ -455,6 +455,10 @@ def openyurt_join() -> None:
     _api_labels(labels, v["openyurt_join_register_timeout"])
 
 
+def _control_plane_done() -> None:
+    ops.control_plane_done(name="Order: the control plane's steps first", control_plane=_control_plane().name)
+
+
 # --- the stage ---------------------------------------------------------------------------------
 
 
@@ -467,6 +471,7 @@ def cluster_stage() -> None:
     if distribution == "k3s":
         if "control_plane" in groups:
             k3s_server()
+        _control_plane_done()
         if "edge" in groups:
             k3s_agent()
         return
@@ -479,6 +484,7 @@ def cluster_stage() -> None:
     if distribution == "kubeedge":
         if "control_plane" in groups:
             kubeedge_cloud()
+        _control_plane_done()
         if "edge" in groups:
             kubeedge_edge()
     elif distribution == "openyurt":
