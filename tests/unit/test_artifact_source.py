@@ -64,7 +64,7 @@ def test_every_pinned_download_has_a_url_and_a_real_sha256_for_both_architecture
         assert len(d.sha256) == 64 and int(d.sha256, 16) >= 0, d
         by_name.setdefault(d.name, set()).add(d.arch)
     assert by_name == {"containerd_release": {"amd64", "arm64"}, "runc_release": {"amd64", "arm64"},
-                       "wasmedge": {"amd64", "arm64"}, "crun_release": {"any"}}
+                       "wasmedge": {"amd64", "arm64"}, "crun_release": {"any"}, "k3s": {"amd64", "arm64"}}
     files = [d.file for d in downloads]
     assert len(files) == len(set(files)), "a bundle holds files by name: names must be unique"
     assert {d.sha256 for d in downloads} == {
@@ -191,11 +191,11 @@ def test_upstream_unreachable_fails_per_artifact_with_name_url_and_reason(
     captured = capsys.readouterr()
     failures = [line for line in captured.err.splitlines() if line.startswith("FAILED")]
     expected = fetch.load_downloads(arch="amd64")
-    assert len(failures) == len(expected) == 4
+    assert len(failures) == len(expected) == 5
     for d, line in zip(expected, failures, strict=True):
         assert f"{d.name} {d.version} ({d.arch}): cannot fetch {d.file} from {d.url}: " in line
         assert "refused" in line.lower()
-    assert "0 of 4 artifacts fetched" in captured.out
+    assert "0 of 5 artifacts fetched" in captured.out
     assert not bundle.exists() or not [p for p in bundle.iterdir() if p.name != "manifest.json"]
 
 
