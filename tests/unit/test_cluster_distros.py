@@ -244,3 +244,105 @@ def test_the_cluster_playbook_runs_one_role_set_per_distribution() -> None:
     choices = role_argument_spec("edge")["options"]["edge_cluster_distribution"]["choices"]
     for distribution in choices:
         assert any(distribution in str(when) for when in roles["Edge nodes join"].values()), distribution
+
+
+# --- the pyinfra operations' guards (facts in, commands out) ---------------------------------------
+
+
+def _ops() -> Any:
+    from edge_provision import cluster_operations
+
+    return cluster_operations
+
+
+def _commands(op: Any, known: dict[type, Any], **kwargs: Any) -> list[str]:
+    from tests.unit.test_operations import commands
+
+    return commands(op, known, **kwargs)
+
+
+def test_keadm_join_runs_only_on_a_node_without_edgecore_config() -> None:
+    from pyinfra.facts.files import File
+
+    kwargs = {"keadm": "keadm", "cloud": None, "cloud_kubeconfig": "/k", "cloudcore": "c:10000",
+              "config_dir": "/etc/kubeedge", "joined_file": "/etc/kubeedge/config/edgecore.yaml",
+              "runtime_endpoint": "unix:///run/containerd/containerd.sock", "labels": {}, "extra": []}
+    assert _commands(_ops().keadm_joined, {File: {"mode": 644}}, **kwargs) == []
+    assert _commands(_ops().keadm_joined, {File: None}, **kwargs) == ["FunctionCommand:"]
+
+
+def test_keadm_init_runs_only_when_gettoken_does_not_answer() -> None:
+    from edge_provision.runtime_facts import CommandOutput
+
+    kwargs = {"keadm": "keadm", "kubeconfig": "/k", "advertise_address": "192.0.2.1", "extra": []}
+    assert _commands(_ops().keadm_initialised, {CommandOutput: "ready\n"}, **kwargs) == []
+    assert _commands(_ops().keadm_initialised, {CommandOutput: None}, **kwargs) == ["FunctionCommand:"]
+
+
+def test_yurtadm_join_runs_only_on_a_node_without_kubelet_conf() -> None:
+    from pyinfra.facts.files import File
+
+    kwargs = {"yurtadm": "yurtadm", "kubeconfig": "/k", "given_token": "", "ttl": "15m", "server": "s:6443",
+              "cri_socket": "/run/containerd/containerd.sock", "joined_file": "/etc/kubernetes/kubelet.conf",
+              "labels": {}, "extra": []}
+    assert _commands(_ops().yurtadm_joined, {File: {"mode": 600}}, **kwargs) == []
+    assert _commands(_ops().yurtadm_joined, {File: None}, **kwargs) == ["FunctionCommand:"]
+
+
+def test_k3s_node_password_is_forgotten_only_when_the_node_lost_it() -> None:
+    from pyinfra.facts.files import File
+
+    kwargs = {"kubeconfig": "/k", "node": "lab-2", "password_file": "/etc/rancher/node/password"}
+    assert _commands(_ops().k3s_node_password_forgotten, {File: {"mode": 600}}, **kwargs) == []
+    assert _commands(_ops().k3s_node_password_forgotten, {File: None}, **kwargs) == ["FunctionCommand:"]
+
+
+class _Server:
+    """The control-plane host as the agent's operation sees it: facts only (the fingerprint)."""
+
+    name = "lab-1"
+
+    def __init__(self, token_file_text: str) -> None:
+        self.text = token_file_text
+
+    def get_fact(self, cls: type, argv: list[str]) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.text.replace("\n", "").encode()).hexdigest() + "  -\n"
+
+
+@pytest.mark.parametrize(("env_fingerprint", "server_token", "given", "expected"), [
+    ("current", "K10a::server:b\n", "", []),               # the agent holds the server's token
+    ("stale", "K10a::server:b\n", "", ["FunctionCommand:"]),  # the server's token changed
+    ("current", "", "", ["FunctionCommand:"]),              # no server token yet: read it at execution
+    ("given", "K10a::server:b\n", "K10given", []),          # a given token, already written
+])
+def test_k3s_agent_env_is_rewritten_only_when_its_token_or_url_changed(
+    env_fingerprint: str, server_token: str, given: str, expected: list[str]
+) -> None:
+    from edge_provision.runtime_facts import CommandOutput
+
+    fingerprints = {"current": distributions.token_fingerprint("K10a::server:b"), "stale": "0" * 64,
+                    "given": distributions.token_fingerprint("K10given")}
+
+    def agent_fact(argv: list[str]) -> str:
+        if argv[0] == "sed":
+            return fingerprints[env_fingerprint] + "\n"
+        return "K3S_URL=https://192.0.2.1:6443\n"
+
+    server = _Server(server_token)
+    assert _commands(
+        _ops().k3s_agent_env, {CommandOutput: agent_fact},
+        env_file="/etc/systemd/system/k3s-agent.service.env", server_url="https://192.0.2.1:6443",
+        given_token=given, server=server, server_token_file="/var/lib/rancher/k3s/server/token",
+    ) == expected
+
+
+def test_k3s_waits_for_the_files_the_server_writes() -> None:
+    from pyinfra.facts.files import File
+
+    paths = ["/var/lib/rancher/k3s/server/token", "/etc/rancher/k3s/k3s.yaml"]
+    assert _commands(_ops().files_present, {File: {"mode": 600}}, paths=paths, timeout=300) == []
+    out = _commands(_ops().files_present, {File: None}, paths=paths, timeout=300)
+    assert out == ["timeout 300 sh -c 'until test -e /var/lib/rancher/k3s/server/token && "
+                   "test -e /etc/rancher/k3s/k3s.yaml; do sleep 2; done'"]
