@@ -4,7 +4,7 @@ Each operation first asks the API (a dry run) and reports no change when there i
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,15 @@ def _ready(kubeconfig: str) -> bool:
 
 
 @operation(is_idempotent=True)
-def node_labels(kubeconfig: str, node: str, wanted: Mapping[str, str]) -> Commands:
-    """Reconcile the labels edge-provision owns on Node ``node``."""
+def node_labels(
+    kubeconfig: str, node: str, wanted: Mapping[str, str], taints: Sequence[Mapping[str, Any]]
+) -> Commands:
+    """Reconcile the labels and taints edge-provision owns on Node ``node``."""
     if not _ready(kubeconfig):
         yield from _pending(f"{kubeconfig} is written by the cluster stage")
         return
     try:
-        needed = workloads.reconcile_labels(Path(kubeconfig), node, wanted, dry_run=True)
+        needed = workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, dry_run=True)
     except Exception:
         if _executing():
             raise
@@ -43,7 +45,7 @@ def node_labels(kubeconfig: str, node: str, wanted: Mapping[str, str]) -> Comman
 
     def reconcile(state: Any, host: Any) -> bool:
         try:
-            workloads.reconcile_labels(Path(kubeconfig), node, wanted)
+            workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints)
         except Exception as exc:
             return _failed(host, f"host {host.name}: labels of node {node}: {exc}")
         return True

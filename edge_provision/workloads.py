@@ -23,6 +23,7 @@ from edge_provision import cluster
 from edge_provision.roles import render_template, role_defaults
 
 MANAGED_LABELS_ANNOTATION = "edge-provision.io/managed-labels"
+MANAGED_TAINTS_ANNOTATION = "edge-provision.io/managed-taints"
 FIELD_MANAGER = "edge-provision"
 MANIFESTS = ("runtimeclass.yaml.j2", "wasi-demo-job.yaml.j2", "camera-deployment.yaml.j2")
 
@@ -51,23 +52,73 @@ def label_patch(
     return {"metadata": {"labels": labels, "annotations": {MANAGED_LABELS_ANNOTATION: record}}}
 
 
+def _taint_id(taint: Mapping[str, Any]) -> str:
+    return f"{taint['key']}:{taint['effect']}"
+
+
+def taint_patch(
+    current: Sequence[Mapping[str, Any]], annotations: Mapping[str, str], wanted: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """The patch that makes ``wanted`` the taints edge-provision owns (key:effect recorded in an
+    annotation): others' taints are kept, owned ones dropped from the inventory removed."""
+    owned = {t for t in annotations.get(MANAGED_TAINTS_ANNOTATION, "").split(",") if t}
+    want = [
+        {
+            "key": str(t["key"]),
+            "effect": str(t["effect"]),
+            **({"value": str(t["value"])} if t.get("value") else {}),
+        }
+        for t in wanted
+    ]
+    want_ids = {_taint_id(t) for t in want}
+    kept = [dict(t) for t in current if _taint_id(t) not in owned | want_ids]
+    taints = kept + want
+    record = ",".join(sorted(want_ids))
+
+    def norm(items: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+        return sorted((str(t["key"]), str(t.get("value") or ""), str(t["effect"])) for t in items)
+
+    if norm(taints) == norm(current) and annotations.get(MANAGED_TAINTS_ANNOTATION, "") == record:
+        return None
+    return {"spec": {"taints": taints}, "metadata": {"annotations": {MANAGED_TAINTS_ANNOTATION: record}}}
+
+
 def wanted_labels(inventory_labels: Mapping[str, Any], wasm_label: str, engine: str) -> dict[str, str]:
     return {**{str(k): str(v) for k, v in inventory_labels.items()}, wasm_label: engine}
 
 
 def reconcile_labels(
-    kubeconfig: Path, node: str, wanted: Mapping[str, str], *, dry_run: bool = False
+    kubeconfig: Path,
+    node: str,
+    wanted: Mapping[str, str],
+    taints: Sequence[Mapping[str, Any]] = (),
+    *,
+    dry_run: bool = False,
 ) -> bool:
-    """Apply :func:`label_patch` to Node ``node``; return whether it changed (would change)."""
+    """Apply :func:`label_patch` and :func:`taint_patch` to Node ``node``; return whether it
+    changed (would change)."""
     from kubernetes import client
 
     with cluster.api_client(kubeconfig) as api:
         core: Any = client.CoreV1Api(api)
-        meta = core.read_node(node).metadata
-        patch = label_patch(meta.labels or {}, meta.annotations or {}, wanted)
-        if patch is not None and not dry_run:
-            core.patch_node(node, patch)
-    return patch is not None
+        obj = core.read_node(node)
+        annotations = obj.metadata.annotations or {}
+        current_taints = [
+            {k: v for k, v in t.to_dict().items() if k in ("key", "value", "effect") and v}
+            for t in obj.spec.taints or []
+        ]
+        patches = [
+            p
+            for p in (
+                label_patch(obj.metadata.labels or {}, annotations, wanted),
+                taint_patch(current_taints, annotations, taints),
+            )
+            if p
+        ]
+        if patches and not dry_run:
+            for patch in patches:
+                core.patch_node(node, patch)
+    return bool(patches)
 
 
 # --- manifests ------------------------------------------------------------------------------
@@ -266,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels.add_argument("--kubeconfig", type=Path, required=True)
     labels.add_argument("--node", required=True)
     labels.add_argument("--labels", required=True, help="JSON object of the wanted labels")
+    labels.add_argument("--taints", default="[]", help="JSON list of the wanted taints")
     labels.add_argument("--check", action="store_true", help="report, change nothing")
     render = sub.add_parser("manifests", help="the rendered manifests, as a JSON list")
     render.add_argument("--vars", required=True, help="JSON object of the workloads role's variables")

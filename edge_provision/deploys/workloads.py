@@ -3,12 +3,15 @@ templates, through the same Python (edge_provision.workloads)."""
 
 from __future__ import annotations
 
+import json
+
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host
 
 from edge_provision import cluster, workloads
 from edge_provision import workload_operations as ops
-from edge_provision.roles import role_defaults
+from edge_provision.roles import role_defaults, role_path
+from edge_provision.runtime_facts import CommandOutput
 
 
 def _kubeconfig() -> str:
@@ -21,14 +24,18 @@ def workloads_stage() -> None:
     the cluster-wide manifests (after every node's labels: the operation is shared by all hosts)."""
     v = workloads.role_variables(host.data.dict())
     engine = host.data.get("edge_wasm_engine", role_defaults("edge")["edge_wasm_engine"])
-    wanted = workloads.wanted_labels(
-        host.data.get("edge_node_labels") or {}, v["workloads_wasm_label"], engine
-    )
+    labels = dict(host.data.get("edge_node_labels") or {})
+    if str(v["workloads_detect_devices"]).lower() in ("true", "yes", "1", "on"):  # --data gives strings
+        script = role_path("workloads", "files", "devices.sh").read_text()
+        detected = json.loads(host.get_fact(CommandOutput, argv=["sh", "-c", script, "devices"]) or "{}")
+        labels = {**detected, **labels}  # inventory labels win
+    wanted = workloads.wanted_labels(labels, v["workloads_wasm_label"], engine)
     ops.node_labels(
-        name="Reconcile the labels edge-provision owns",
+        name="Reconcile the labels and taints edge-provision owns",
         kubeconfig=_kubeconfig(),
         node=host.name,
         wanted=wanted,
+        taints=list(host.data.get("edge_node_taints") or []),
     )
     if "control_plane" in (host.data.get("edge_groups") or []):
         ops.applied(name="Apply the RuntimeClass and the samples", kubeconfig=_kubeconfig(), variables=v)

@@ -221,10 +221,44 @@ def test_opt_in_device_detection_labels_a_node_with_a_gpio_chip(runs: ClusterRun
     try:
         runs.fleet.ansible_playbook("--tags", "workloads", "-e", "workloads_detect_devices=true").ok()
         assert _core(runs).read_node("lab-1").metadata.labels.get("edge-provision.io/gpio") == "true"
+        same = runs.fleet.pyinfra("--data", "edge_stages=workloads", "--data", "workloads_detect_devices=true")
+        assert same.ok().changed == 0  # pyinfra detects the same device and proposes the same label
     finally:
         runs.fleet.sh("lab-1", "rm -f /dev/gpiochip0")
     runs.fleet.ansible_playbook("--tags", "workloads").ok()
     assert "edge-provision.io/gpio" not in _core(runs).read_node("lab-1").metadata.labels
+
+
+def _edit_edge_host(runs: ClusterRuns, name: str, **values: object) -> None:
+    hosts_file = runs.fleet.inventory / "hosts.yml"
+    doc = yaml.safe_load(hosts_file.read_text())
+    host = doc["all"]["children"]["edge"]["hosts"][name]
+    for key, value in values.items():
+        if value is None:
+            host.pop(key, None)
+        else:
+            host[key] = value
+    hosts_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_inventory_taints_are_set_and_removed_others_kept(runs: ClusterRuns) -> None:
+    core = _core(runs)
+    foreign = {"key": "example.com/maintenance", "effect": "PreferNoSchedule"}
+    core.patch_node("lab-3", {"spec": {"taints": [foreign]}})
+    ours = {"key": "dedicated", "value": "sensors", "effect": "PreferNoSchedule"}
+    _edit_edge_host(runs, "lab-3", edge_node_taints=[ours])
+    try:
+        runs.fleet.ansible_playbook("--tags", "workloads").ok()
+        taints = [t.to_dict() for t in core.read_node("lab-3").spec.taints or []]
+        assert {"key": "dedicated", "value": "sensors", "effect": "PreferNoSchedule", "time_added": None} in taints
+        assert any(t["key"] == "example.com/maintenance" for t in taints), taints
+        assert runs.fleet.pyinfra("--data", "edge_stages=workloads").ok().changed == 0
+    finally:
+        _edit_edge_host(runs, "lab-3", edge_node_taints=None)
+    runs.fleet.ansible_playbook("--tags", "workloads").ok()
+    keys = [t.key for t in core.read_node("lab-3").spec.taints or []]
+    assert keys == ["example.com/maintenance"]
+    core.patch_node("lab-3", {"spec": {"taints": []}})
 
 
 def test_moving_the_camera_label_in_the_inventory_moves_the_container_sample(runs: ClusterRuns) -> None:

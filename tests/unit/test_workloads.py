@@ -80,3 +80,26 @@ def test_device_detection_proposes_labels(tmp_path: Path) -> None:
     (tmp_path / "sys" / "class" / "bluetooth" / "hci0").mkdir(parents=True)
     assert _detect(tmp_path) == {"device": "camera", "edge-provision.io/gpio": "true",
                                  "edge-provision.io/serial": "true", "edge-provision.io/bluetooth": "true"}
+
+
+T = workloads.MANAGED_TAINTS_ANNOTATION
+MASTER = {"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}
+
+
+def test_taints_are_added_beside_others_and_recorded() -> None:
+    patch = workloads.taint_patch([MASTER], {}, [{"key": "dedicated", "value": "camera", "effect": "NoSchedule"}])
+    assert patch == {"spec": {"taints": [MASTER, {"key": "dedicated", "effect": "NoSchedule", "value": "camera"}]},
+                     "metadata": {"annotations": {T: "dedicated:NoSchedule"}}}
+
+
+def test_taints_in_place_need_nothing() -> None:
+    current = [MASTER, {"key": "dedicated", "value": "camera", "effect": "NoSchedule"}]
+    assert workloads.taint_patch(current, {T: "dedicated:NoSchedule"},
+                                 [{"key": "dedicated", "value": "camera", "effect": "NoSchedule"}]) is None
+    assert workloads.taint_patch([MASTER], {}, []) is None
+
+
+def test_owned_taints_dropped_from_the_inventory_are_removed_others_kept() -> None:
+    current = [MASTER, {"key": "dedicated", "effect": "NoSchedule"}]
+    patch = workloads.taint_patch(current, {T: "dedicated:NoSchedule"}, [])
+    assert patch == {"spec": {"taints": [MASTER]}, "metadata": {"annotations": {T: ""}}}
