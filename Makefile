@@ -6,11 +6,13 @@ HOSTS ?= 3
 setup:
 	@scripts/setup.sh
 
-# Lab up, both stages provisioned on the lab fleet, then what the fleet looks like.
+# Lab up, every stage provisioned on the lab fleet (host_prep, runtime, cluster, workloads), then
+# the lab hosts and the cluster's nodes with their workloads.
 demo: setup
 	.venv/bin/edge-provision lab up --hosts $(HOSTS)
 	.venv/bin/ansible-playbook -i inventories/lab playbooks/site.yml
 	.venv/bin/edge-provision lab status
+	.venv/bin/edge-provision status -i inventories/lab
 
 # Both tiers: unit (seconds) and lab (real hosts over SSH).
 test: setup

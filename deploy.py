@@ -11,6 +11,7 @@ from pyinfra.context import host
 from edge_provision.deploys.cluster import cluster_stage
 from edge_provision.deploys.host_prep import host_prep
 from edge_provision.deploys.runtime import containerd, wasm_runtime
+from edge_provision.deploys.workloads import workloads_stage
 
 
 def runtime() -> None:
@@ -22,6 +23,7 @@ STAGES: dict[str, Callable[[], object]] = {
     "host_prep": host_prep,
     "runtime": runtime,
     "cluster": cluster_stage,
+    "workloads": workloads_stage,
 }
 
 requested = host.data.get("edge_stages") or ",".join(STAGES)

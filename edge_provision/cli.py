@@ -117,6 +117,21 @@ def _artifacts(args: argparse.Namespace) -> int:
     return 0 if all(state in ("verified", "missing") for _, state in status) else 1
 
 
+def _status(args: argparse.Namespace) -> int:
+    from edge_provision import cluster, status
+
+    kubeconfig = Path(args.inventory) / cluster.KUBECONFIG_FILE
+    if Path(args.inventory).name == "hosts.yml":
+        kubeconfig = Path(args.inventory).parent / cluster.KUBECONFIG_FILE
+    try:
+        rows = status.fleet_status(kubeconfig)
+    except Exception as exc:  # no kubeconfig yet, API unreachable: say so, no traceback
+        print(f"status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(rows, indent=2) if args.json else status.render(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-provision", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a fleet inventory; changes nothing")
     check.add_argument("-i", "--inventory", required=True, help="fleet directory or its hosts.yml")
     check.set_defaults(func=_check)
+
+    state = sub.add_parser("status", help="the fleet's nodes: Ready, versions, labels, workloads")
+    state.add_argument("-i", "--inventory", default=str(DEFAULT_LAB_INVENTORY), help="fleet directory")
+    state.add_argument("--json", action="store_true")
+    state.set_defaults(func=_status)
 
     lab = sub.add_parser("lab", help="disposable local hosts to provision")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)

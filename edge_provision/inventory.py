@@ -340,7 +340,28 @@ def _host_problems(host: FleetHost) -> list[str]:
             problem = label_problem(key, value)
             if problem:
                 field_problem("edge_node_labels", problem)
+
+    taints = v.get("edge_node_taints", [])
+    if not isinstance(taints, list):
+        field_problem("edge_node_taints", f"must be a list of {{key, value, effect}}, found {_type(taints)}")
+    else:
+        for taint in taints:
+            problem = taint_problem(taint)
+            if problem:
+                field_problem("edge_node_taints", problem)
     return problems
+
+
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def taint_problem(taint: Any) -> str | None:
+    """Why ``taint`` is not a valid Kubernetes node taint, or None."""
+    if not isinstance(taint, dict) or set(taint) - {"key", "value", "effect"}:
+        return f"a taint is a mapping with key, value (optional) and effect, found {taint!r}"
+    if taint.get("effect") not in TAINT_EFFECTS:
+        return f"taint effect {taint.get('effect')!r} must be one of {', '.join(TAINT_EFFECTS)}"
+    return label_problem(taint.get("key"), str(taint.get("value", "")))
 
 
 def label_problem(key: Any, value: Any) -> str | None:

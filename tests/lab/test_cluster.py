@@ -1,4 +1,4 @@
-"""Stage cluster on three fresh lab hosts: a real kubeadm control plane and two edge nodes that
+"""Stages cluster and workloads on three fresh lab hosts: a real kubeadm control plane and two edge nodes that
 join with bootstrap tokens, one through each engine (the whole chain: host_prep, runtime,
 cluster).
 
@@ -11,18 +11,24 @@ that output. A second run of each engine changes nothing.
 from __future__ import annotations
 
 import base64
+import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
-from edge_provision import cluster
+from edge_provision import cluster, workloads
+from edge_provision.artifacts.builders.images import demo_output_problems
 from edge_provision.roles import role_defaults
+from tests.conftest import run, tool
 from tests.lab.conftest import EngineRun, LabFleet
 
 LAB_HOSTS = 3
+WORKLOADS = workloads.role_variables({"edge_wasm_engine": "wasmtime"})
 UNKNOWN_TOKEN = "abcdef.0123456789abcdef"  # well formed, never made in this cluster
 JOIN_CONFIG = role_defaults("node_join_kubeadm")["node_join_kubeadm_config_file"]
 # The kubelet's kernel tunables; the lab keeps it from writing the machine's (see lab/image.py).
@@ -110,10 +116,10 @@ def test_admin_kubeconfig_is_private_and_reaches_the_api(runs: ClusterRuns) -> N
 
 
 def test_bad_token_join_fails_clearly_and_leaves_the_node_clean(runs: ClusterRuns) -> None:
-    for run, host in ((runs.bad_ansible, "lab-2"), (runs.bad_pyinfra, "lab-3")):
-        assert run.result.returncode != 0, run.output[-3000:]
-        assert f"host {host}:" in run.output and "the node was reset" in run.output, run.output[-3000:]
-        assert "couldn't validate the identity of the API Server" in run.output, run.output[-3000:]
+    for bad, host in ((runs.bad_ansible, "lab-2"), (runs.bad_pyinfra, "lab-3")):
+        assert bad.result.returncode != 0, bad.output[-3000:]
+        assert f"host {host}:" in bad.output and "the node was reset" in bad.output, bad.output[-3000:]
+        assert "couldn't validate the identity of the API Server" in bad.output, bad.output[-3000:]
     for host, files in runs.clean_after_bad.items():
         assert files == {"kubelet.conf": False, "join config": False, "kubelet running": False}, host
 
@@ -155,3 +161,134 @@ def test_second_ansible_run_changes_nothing(runs: ClusterRuns) -> None:
 
 def test_second_pyinfra_run_changes_nothing(runs: ClusterRuns) -> None:
     assert runs.fleet.pyinfra("--limit", "lab-3").ok().changed == 0
+
+
+# --- workloads (after the second runs above: these change the fleet) ------------------------
+
+
+def test_every_node_carries_the_wasm_label_recorded_as_owned(runs: ClusterRuns) -> None:
+    for node in _core(runs).list_node().items:
+        assert node.metadata.labels.get("edge-provision.io/wasm") == "wasmtime", node.metadata.name
+        owned = node.metadata.annotations[workloads.MANAGED_LABELS_ANNOTATION].split(",")
+        assert "edge-provision.io/wasm" in owned and "edge-provision.io/lab" in owned
+
+
+def test_wasm_job_runs_on_a_wasm_node_with_the_wasm_handler_and_prints_the_demo(runs: ClusterRuns) -> None:
+    result = workloads.job_result(runs.kubeconfig, "default", WORKLOADS["workloads_wasm_job"], 120)
+    assert result["succeeded"] and result["runtime_class"] == "crun-wasm", result
+    rc = client.NodeV1Api(cluster.api_client(runs.kubeconfig)).read_runtime_class("crun-wasm")
+    assert rc.handler == role_defaults("containerd")["containerd_wasm_handler"]
+    node = _core(runs).read_node(result["node"])
+    assert node.metadata.labels["edge-provision.io/wasm"] == "wasmtime"
+    assert demo_output_problems(result["log"], args=["/wasi_demo.wasm", "1", "2", "3"]) == [], result["log"]
+    assert "A_TEST: hello" in result["log"].splitlines()
+
+
+def test_container_sample_runs_only_on_the_camera_node(runs: ClusterRuns) -> None:
+    assert workloads.deployment_nodes(runs.kubeconfig, "default", "camera-app", 120) == ["lab-2"]
+
+
+def test_a_pod_asking_for_a_label_nobody_has_stays_pending(runs: ClusterRuns) -> None:
+    core = _core(runs)
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="wants-thermometer"),
+        spec=client.V1PodSpec(
+            containers=[client.V1Container(name="c", image="edge-provision.local/busybox:1.35.0",
+                                           image_pull_policy="Never", command=["sleep", "60"])],
+            affinity=client.V1Affinity(node_affinity=client.V1NodeAffinity(
+                required_during_scheduling_ignored_during_execution=client.V1NodeSelector(node_selector_terms=[
+                    client.V1NodeSelectorTerm(match_expressions=[client.V1NodeSelectorRequirement(
+                        key="device", operator="In", values=["thermometer"])])])))))
+    core.create_namespaced_pod("default", pod)
+    try:
+        reason = None
+        for _ in range(30):
+            status = core.read_namespaced_pod("wants-thermometer", "default").status
+            scheduled = [c for c in status.conditions or [] if c.type == "PodScheduled"]
+            if scheduled:
+                reason = scheduled[0].reason
+                break
+            time.sleep(1)
+        assert status.phase == "Pending" and reason == "Unschedulable", status
+    finally:
+        core.delete_namespaced_pod("wants-thermometer", "default", grace_period_seconds=0)
+
+
+def test_opt_in_device_detection_labels_a_node_with_a_gpio_chip(runs: ClusterRuns) -> None:
+    """A real character device /dev/gpiochip0 (major 254) on lab-1; with workloads_detect_devices
+    the node gets edge-provision.io/gpio=true; without it, the next run removes it again."""
+    runs.fleet.sh("lab-1", "mknod /dev/gpiochip0 c 254 0")
+    try:
+        runs.fleet.ansible_playbook("--tags", "workloads", "-e", "workloads_detect_devices=true").ok()
+        assert _core(runs).read_node("lab-1").metadata.labels.get("edge-provision.io/gpio") == "true"
+        same = runs.fleet.pyinfra("--data", "edge_stages=workloads", "--data", "workloads_detect_devices=true")
+        assert same.ok().changed == 0  # pyinfra detects the same device and proposes the same label
+    finally:
+        runs.fleet.sh("lab-1", "rm -f /dev/gpiochip0")
+    runs.fleet.ansible_playbook("--tags", "workloads").ok()
+    assert "edge-provision.io/gpio" not in _core(runs).read_node("lab-1").metadata.labels
+
+
+def _edit_edge_host(runs: ClusterRuns, name: str, **values: object) -> None:
+    hosts_file = runs.fleet.inventory / "hosts.yml"
+    doc = yaml.safe_load(hosts_file.read_text())
+    host = doc["all"]["children"]["edge"]["hosts"][name]
+    for key, value in values.items():
+        if value is None:
+            host.pop(key, None)
+        else:
+            host[key] = value
+    hosts_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_inventory_taints_are_set_and_removed_others_kept(runs: ClusterRuns) -> None:
+    core = _core(runs)
+    foreign = {"key": "example.com/maintenance", "effect": "PreferNoSchedule"}
+    core.patch_node("lab-3", {"spec": {"taints": [foreign]}})
+    ours = {"key": "dedicated", "value": "sensors", "effect": "PreferNoSchedule"}
+    _edit_edge_host(runs, "lab-3", edge_node_taints=[ours])
+    try:
+        runs.fleet.ansible_playbook("--tags", "workloads").ok()
+        taints = [t.to_dict() for t in core.read_node("lab-3").spec.taints or []]
+        assert {"key": "dedicated", "value": "sensors", "effect": "PreferNoSchedule", "time_added": None} in taints
+        assert any(t["key"] == "example.com/maintenance" for t in taints), taints
+        assert runs.fleet.pyinfra("--data", "edge_stages=workloads").ok().changed == 0
+    finally:
+        _edit_edge_host(runs, "lab-3", edge_node_taints=None)
+    runs.fleet.ansible_playbook("--tags", "workloads").ok()
+    keys = [t.key for t in core.read_node("lab-3").spec.taints or []]
+    assert keys == ["example.com/maintenance"]
+    core.patch_node("lab-3", {"spec": {"taints": []}})
+
+
+def test_moving_the_camera_label_in_the_inventory_moves_the_container_sample(runs: ClusterRuns) -> None:
+    """device=camera moves from lab-2 to lab-3 in hosts.yml; a label someone else put on lab-2
+    stays; a re-run (Ansible, then pyinfra finds nothing left to do) moves the pod."""
+    core = _core(runs)
+    core.patch_node("lab-2", {"metadata": {"labels": {"example.com/owner": "ops"}}})
+    hosts_file = runs.fleet.inventory / "hosts.yml"
+    doc = yaml.safe_load(hosts_file.read_text())
+    edge = doc["all"]["children"]["edge"]["hosts"]
+    edge["lab-3"]["edge_node_labels"]["device"] = edge["lab-2"]["edge_node_labels"].pop("device")
+    hosts_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    moved = runs.fleet.ansible_playbook("--tags", "workloads").ok()
+    assert moved.changed >= 2, moved.output[-3000:]  # the labels task, the pod replaced
+    labels = {n.metadata.name: n.metadata.labels for n in core.list_node().items}
+    assert "device" not in labels["lab-2"] and labels["lab-3"]["device"] == "camera"
+    assert labels["lab-2"]["example.com/owner"] == "ops"
+    assert workloads.deployment_nodes(runs.kubeconfig, "default", "camera-app", 180) == ["lab-3"]
+    assert runs.fleet.pyinfra("--data", "edge_stages=workloads").ok().changed == 0
+
+
+def test_status_command_reports_each_node(runs: ClusterRuns) -> None:
+    result = run([tool("edge-provision"), "status", "-i", str(runs.fleet.inventory), "--json"])
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert sorted(rows) == ["lab-1", "lab-2", "lab-3"]
+    for row in rows.values():
+        assert row["ready"] and row["kubelet"] == "v1.20.2" and row["wasm_engine"] == "wasmtime", row
+        assert row["container_runtime"].startswith("containerd://"), row
+    camera = [name for name, row in rows.items() if row["labels"].get("device") == "camera"]
+    assert camera and any(w.startswith("camera-app") for w in rows[camera[0]]["workloads"]), rows
+    table = run([tool("edge-provision"), "status", "-i", str(runs.fleet.inventory)])
+    assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("NODE"), table.stderr

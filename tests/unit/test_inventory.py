@@ -154,6 +154,12 @@ MALFORMED = [
     ("node address not an IP",
      _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_ip: gateway}\n"),
      ["host 'e1'", "field 'edge_node_ip'", "must be an IP address"]),
+    ("taint with an unknown effect",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_taints: [{key: a, effect: Never}]}\n"),
+     ["host 'e1'", "field 'edge_node_taints'", "effect 'Never' must be one of"]),
+    ("taints not a list",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_taints: {key: a}}\n"),
+     ["host 'e1'", "field 'edge_node_taints'", "must be a list"]),
 ]
 
 

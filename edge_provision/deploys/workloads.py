@@ -1,0 +1,47 @@
+"""Stage workloads for pyinfra: the same work as roles/workloads, from the same defaults and
+templates, through the same Python (edge_provision.workloads)."""
+
+from __future__ import annotations
+
+import json
+
+from pyinfra.api.deploy import deploy
+from pyinfra.context import host
+
+from edge_provision import cluster, workloads
+from edge_provision import workload_operations as ops
+from edge_provision.roles import role_defaults, role_path
+from edge_provision.runtime_facts import CommandOutput
+
+
+def _kubeconfig() -> str:
+    return f"{host.data.get('inventory_dir')}/{cluster.KUBECONFIG_FILE}"
+
+
+@deploy("Workloads")
+def workloads_stage() -> None:
+    """Every node reconciles its own labels; then the control plane host applies and verifies
+    the cluster-wide manifests (after every node's labels: the operation is shared by all hosts)."""
+    v = workloads.role_variables(host.data.dict())
+    engine = host.data.get("edge_wasm_engine", role_defaults("edge")["edge_wasm_engine"])
+    labels = dict(host.data.get("edge_node_labels") or {})
+    if str(v["workloads_detect_devices"]).lower() in ("true", "yes", "1", "on"):  # --data gives strings
+        script = role_path("workloads", "files", "devices.sh").read_text()
+        detected = json.loads(host.get_fact(CommandOutput, argv=["sh", "-c", script, "devices"]) or "{}")
+        labels = {**detected, **labels}  # inventory labels win
+    wanted = workloads.wanted_labels(labels, v["workloads_wasm_label"], engine)
+    ops.node_labels(
+        name="Reconcile the labels and taints edge-provision owns",
+        kubeconfig=_kubeconfig(),
+        node=host.name,
+        wanted=wanted,
+        taints=list(host.data.get("edge_node_taints") or []),
+    )
+    if "control_plane" in (host.data.get("edge_groups") or []):
+        ops.applied(name="Apply the RuntimeClass and the samples", kubeconfig=_kubeconfig(), variables=v)
+        ops.misplaced_replaced(
+            name="Replace container-sample pods on nodes that lost its label",
+            kubeconfig=_kubeconfig(),
+            variables=v,
+        )
+        ops.verified(name="Verify the samples", kubeconfig=_kubeconfig(), variables=v)

@@ -1,0 +1,65 @@
+"""``edge-provision status``: each node of a fleet as the Kubernetes API sees it (Ready, kubelet and
+container runtime versions, Wasm engine, labels, the sample workloads running there), read with
+the fleet's admin kubeconfig (inventories/<fleet>/kubeconfig)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edge_provision import cluster, workloads
+
+# Labels every node has; left out of the table (--json keeps them).
+_COMMON_PREFIXES = ("kubernetes.io/", "beta.kubernetes.io/", "node-role.kubernetes.io/")
+
+
+def fleet_status(kubeconfig: Path) -> list[dict[str, Any]]:
+    from kubernetes import client
+
+    wasm_label = str(workloads.role_variables({})["workloads_wasm_label"])
+    with cluster.api_client(kubeconfig) as api:
+        core: Any = client.CoreV1Api(api)
+        nodes = core.list_node().items
+        pods = core.list_pod_for_all_namespaces(label_selector="app.kubernetes.io/name").items
+    running: dict[str, list[str]] = {}
+    for pod in pods:
+        if pod.spec.node_name and pod.status.phase in ("Running", "Succeeded"):
+            name = pod.metadata.labels["app.kubernetes.io/name"]
+            running.setdefault(pod.spec.node_name, []).append(f"{name} ({pod.status.phase})")
+    rows = []
+    for node in sorted(nodes, key=lambda n: n.metadata.name):
+        labels = node.metadata.labels or {}
+        info = node.status.node_info
+        ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+        rows.append(
+            {
+                "name": node.metadata.name,
+                "ready": ready,
+                "roles": sorted(
+                    k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/")
+                ),
+                "kubelet": info.kubelet_version,
+                "container_runtime": info.container_runtime_version,
+                "architecture": info.architecture,
+                "wasm_engine": labels.get(wasm_label, ""),
+                "labels": dict(sorted(labels.items())),
+                "workloads": sorted(running.get(node.metadata.name, [])),
+            }
+        )
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'NODE':10} {'READY':6} {'KUBELET':9} {'RUNTIME':20} {'WASM':9} {'LABELS':38} WORKLOADS"]
+    for r in rows:
+        own = ",".join(
+            f"{k}={v}"
+            for k, v in r["labels"].items()
+            if not k.startswith(_COMMON_PREFIXES) and k != "edge-provision.io/wasm"
+        )
+        lines.append(
+            f"{r['name']:10} {'yes' if r['ready'] else 'NO':6} {r['kubelet']:9} "
+            f"{r['container_runtime']:20} {r['wasm_engine'] or '-':9} {own or '-':38} "
+            f"{', '.join(r['workloads']) or '-'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""pyinfra operations of the workloads stage: API work done at execution time on the controller
+(``FunctionCommand``), with the functions the Ansible role calls (edge_provision.workloads).
+Each operation first asks the API (a dry run) and reports no change when there is none."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api.command import FunctionCommand
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+
+from edge_provision import workloads
+from edge_provision.cluster_operations import _failed
+from edge_provision.runtime_operations import _executing, _pending
+
+Commands = Generator[Any, None, None]
+
+
+def _ready(kubeconfig: str) -> bool:
+    """Whether the API can be asked now (at execution; at prepare time only when the cluster exists)."""
+    return _executing() or Path(kubeconfig).is_file()
+
+
+@operation(is_idempotent=True)
+def node_labels(
+    kubeconfig: str, node: str, wanted: Mapping[str, str], taints: Sequence[Mapping[str, Any]]
+) -> Commands:
+    """Reconcile the labels and taints edge-provision owns on Node ``node``."""
+    if not _ready(kubeconfig):
+        yield from _pending(f"{kubeconfig} is written by the cluster stage")
+        return
+    try:
+        needed = workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, dry_run=True)
+    except Exception:
+        if _executing():
+            raise
+        yield from _pending(f"node {node} is not registered yet")
+        return
+    if not needed:
+        host.noop(f"node {node} has its labels")
+        return
+
+    def reconcile(state: Any, host: Any) -> bool:
+        try:
+            workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints)
+        except Exception as exc:
+            return _failed(host, f"host {host.name}: labels of node {node}: {exc}")
+        return True
+
+    yield FunctionCommand(reconcile, (), {})
+
+
+@operation(is_idempotent=True)
+def applied(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
+    """Server-side apply the RuntimeClass and the samples."""
+    if not _ready(kubeconfig):
+        yield from _pending(f"{kubeconfig} is written by the cluster stage")
+        return
+    docs = workloads.manifests(variables)
+    changes = workloads.apply(Path(kubeconfig), docs, dry_run=True)
+    if not changes:
+        host.noop("manifests applied")
+        return
+
+    def apply(state: Any, host: Any) -> bool:
+        try:
+            workloads.apply(Path(kubeconfig), docs)
+        except Exception as exc:
+            return _failed(host, f"host {host.name}: applying {', '.join(changes)}: {exc}")
+        return True
+
+    yield FunctionCommand(apply, (), {})
+
+
+@operation(is_idempotent=True)
+def misplaced_replaced(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
+    """Delete container-sample pods on nodes that lost its label, so they are placed again."""
+    if not _ready(kubeconfig):
+        yield from _pending(f"{kubeconfig} is written by the cluster stage")
+        return
+    pods = workloads.misplaced_pods(Path(kubeconfig), variables)
+    if not pods:
+        host.noop("container sample placed by its label")
+        return
+
+    def replace(state: Any, host: Any) -> bool:
+        try:
+            workloads.misplaced_pods(Path(kubeconfig), variables, delete=True)
+        except Exception as exc:
+            return _failed(host, f"host {host.name}: replacing {', '.join(pods)}: {exc}")
+        return True
+
+    yield FunctionCommand(replace, (), {})
+
+
+@operation(is_idempotent=True)
+def verified(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
+    """Fail unless the Wasm Job completed with the demo's output and the container sample runs."""
+    if not _executing():
+        return  # nothing to ask before the run
+        yield
+    try:
+        result = workloads.verify(Path(kubeconfig), variables, float(variables["workloads_timeout"]))
+    except Exception as exc:
+        _failed(host, f"host {host.name}: samples: {exc}")
+        raise
+    where = ", ".join(result["container_nodes"])
+    host.noop(f"samples: Wasm Job on {result['wasm_job']['node']}, container on {where}")

@@ -1,0 +1,105 @@
+"""The workloads stage's Python (edge_provision.workloads) and manifests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge_provision import workloads
+from edge_provision.roles import role_path
+
+A = workloads.MANAGED_LABELS_ANNOTATION
+
+
+def test_labels_are_added_and_the_owned_keys_recorded() -> None:
+    patch = workloads.label_patch({"kubernetes.io/os": "linux"}, {}, {"device": "camera", "edge-provision.io/wasm": "wasmtime"})
+    assert patch == {"metadata": {"labels": {"device": "camera", "edge-provision.io/wasm": "wasmtime"},
+                                  "annotations": {A: "device,edge-provision.io/wasm"}}}
+
+
+def test_nothing_to_do_when_labels_and_record_match() -> None:
+    assert workloads.label_patch({"device": "camera", "x": "1"}, {A: "device"}, {"device": "camera"}) is None
+
+
+def test_dropped_owned_labels_are_removed_but_foreign_ones_kept() -> None:
+    current = {"device": "camera", "example.com/owner": "ops", "zone": "a"}
+    patch = workloads.label_patch(current, {A: "device,zone"}, {"zone": "b"})
+    assert patch == {"metadata": {"labels": {"zone": "b", "device": None}, "annotations": {A: "zone"}}}
+
+
+def test_a_label_someone_else_set_is_taken_over_only_when_the_inventory_names_it() -> None:
+    patch = workloads.label_patch({"device": "gpio"}, {}, {"device": "camera"})
+    assert patch is not None and patch["metadata"]["labels"] == {"device": "camera"}
+    assert workloads.label_patch({"device": "gpio"}, {}, {}) is None
+
+
+def test_wanted_labels_add_the_wasm_engine() -> None:
+    assert workloads.wanted_labels({"device": "camera"}, "edge-provision.io/wasm", "wasmtime") == {
+        "device": "camera", "edge-provision.io/wasm": "wasmtime"}
+
+
+def test_manifests() -> None:
+    v = workloads.role_variables({"edge_wasm_engine": "wasmedge", "workloads_wasm_image": "r.example/w:1",
+                                  "workloads_container_image": "r.example/c:1"})
+    runtime_class, job, deployment = workloads.manifests(v)
+    assert runtime_class["handler"] == "crun-wasm"
+    assert runtime_class["scheduling"]["nodeSelector"] == {"edge-provision.io/wasm": "wasmedge"}
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {"module.wasm.image/variant": "compat-smart"}
+    assert pod["spec"]["runtimeClassName"] == "crun-wasm"
+    assert pod["spec"]["containers"][0]["image"] == "r.example/w:1"
+    assert pod["spec"]["containers"][0]["args"] == ["1", "2", "3"]
+    terms = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "device", "operator": "In", "values": ["camera"]}]}]
+
+
+@pytest.mark.parametrize("key", ["workloads_namespace", "edge_wasm_engine"])
+def test_role_variables_take_fleet_overrides(key: str) -> None:
+    assert workloads.role_variables({key: "x", "unrelated": 1})[key] == "x"
+    assert "unrelated" not in workloads.role_variables({"unrelated": 1})
+
+
+def _detect(root: Path) -> dict[str, str]:
+    script = role_path("workloads", "files", "devices.sh").read_text()
+    result = subprocess.run(["sh", "-c", script, "devices", str(root)], capture_output=True, text=True, check=True)
+    detected: dict[str, str] = json.loads(result.stdout)
+    return detected
+
+
+def test_device_detection_proposes_labels(tmp_path: Path) -> None:
+    assert _detect(tmp_path) == {}
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "video0").touch()
+    (tmp_path / "dev" / "ttyUSB1").touch()
+    assert _detect(tmp_path) == {"device": "camera", "edge-provision.io/serial": "true"}
+    (tmp_path / "dev" / "gpiochip0").touch()
+    (tmp_path / "sys" / "class" / "bluetooth" / "hci0").mkdir(parents=True)
+    assert _detect(tmp_path) == {"device": "camera", "edge-provision.io/gpio": "true",
+                                 "edge-provision.io/serial": "true", "edge-provision.io/bluetooth": "true"}
+
+
+T = workloads.MANAGED_TAINTS_ANNOTATION
+MASTER = {"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}
+
+
+def test_taints_are_added_beside_others_and_recorded() -> None:
+    patch = workloads.taint_patch([MASTER], {}, [{"key": "dedicated", "value": "camera", "effect": "NoSchedule"}])
+    assert patch == {"spec": {"taints": [MASTER, {"key": "dedicated", "effect": "NoSchedule", "value": "camera"}]},
+                     "metadata": {"annotations": {T: "dedicated:NoSchedule"}}}
+
+
+def test_taints_in_place_need_nothing() -> None:
+    current = [MASTER, {"key": "dedicated", "value": "camera", "effect": "NoSchedule"}]
+    assert workloads.taint_patch(current, {T: "dedicated:NoSchedule"},
+                                 [{"key": "dedicated", "value": "camera", "effect": "NoSchedule"}]) is None
+    assert workloads.taint_patch([MASTER], {}, []) is None
+
+
+def test_owned_taints_dropped_from_the_inventory_are_removed_others_kept() -> None:
+    current = [MASTER, {"key": "dedicated", "effect": "NoSchedule"}]
+    patch = workloads.taint_patch(current, {T: "dedicated:NoSchedule"}, [])
+    assert patch == {"spec": {"taints": [MASTER]}, "metadata": {"annotations": {T: ""}}}
