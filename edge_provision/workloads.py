@@ -117,6 +117,8 @@ def reconcile_labels(
         ]
         if patches and not dry_run:
             for patch in patches:
+                if "spec" in patch:  # the whole taint list: only over the version it was computed from
+                    patch["metadata"]["resourceVersion"] = obj.metadata.resource_version
                 core.patch_node(node, patch)
     return bool(patches)
 
@@ -333,7 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "labels":
             changed = reconcile_labels(
-                args.kubeconfig, args.node, json.loads(args.labels), dry_run=args.check
+                args.kubeconfig,
+                args.node,
+                json.loads(args.labels),
+                json.loads(args.taints),
+                dry_run=args.check,
             )
             print(json.dumps({"changed": changed}))
         elif args.command == "replace-misplaced":
