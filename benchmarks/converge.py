@@ -58,6 +58,10 @@ def main() -> None:
                 command = engine_command(engine, inventory, args.stages)
                 figures[f"{engine}: cold converge (s)"] = timed(command)
                 figures[f"{engine}: no-op converge (s)"] = timed(command)
+                if "workloads" in args.stages.split(","):  # a cluster with the samples: pod start
+                    pod_start = [sys.executable, "-m", "benchmarks.pod_start",
+                                 "--kubeconfig", str(inventory / "kubeconfig"), "--runs", "5"]
+                    subprocess.run(pod_start, cwd=PROJECT_ROOT, check=False)
             finally:
                 start = time.monotonic()
                 lab.down()
