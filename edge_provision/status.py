@@ -1,6 +1,7 @@
 """``edge-provision status``: each node of a fleet as the Kubernetes API sees it (Ready, kubelet and
-container runtime versions, Wasm engine, labels, the sample workloads running there), read with
-the fleet's admin kubeconfig (inventories/<fleet>/kubeconfig)."""
+container runtime versions, crun's version and Wasm engine as the workloads stage recorded them,
+labels, the sample workloads running there), read with the fleet's admin kubeconfig
+(inventories/<fleet>/kubeconfig)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def fleet_status(kubeconfig: Path) -> list[dict[str, Any]]:
                 ),
                 "kubelet": info.kubelet_version,
                 "container_runtime": info.container_runtime_version,
+                "crun": (node.metadata.annotations or {}).get(workloads.CRUN_ANNOTATION, ""),
                 "architecture": info.architecture,
                 "wasm_engine": labels.get(wasm_label, ""),
                 "labels": dict(sorted(labels.items())),
@@ -50,7 +52,9 @@ def fleet_status(kubeconfig: Path) -> list[dict[str, Any]]:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'NODE':10} {'READY':6} {'KUBELET':9} {'RUNTIME':20} {'WASM':9} {'LABELS':38} WORKLOADS"]
+    lines = [
+        f"{'NODE':10} {'READY':6} {'KUBELET':9} {'RUNTIME':20} {'CRUN':22} {'WASM':9} {'LABELS':38} WORKLOADS"
+    ]
     for r in rows:
         own = ",".join(
             f"{k}={v}"
@@ -59,7 +63,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         )
         lines.append(
             f"{r['name']:10} {'yes' if r['ready'] else 'NO':6} {r['kubelet']:9} "
-            f"{r['container_runtime']:20} {r['wasm_engine'] or '-':9} {own or '-':38} "
+            f"{r['container_runtime']:20} {r['crun'] or '-':22} {r['wasm_engine'] or '-':9} {own or '-':38} "
             f"{', '.join(r['workloads']) or '-'}"
         )
     return "\n".join(lines)

@@ -26,14 +26,14 @@ def _ready(kubeconfig: str) -> bool:
 
 @operation(is_idempotent=True)
 def node_labels(
-    kubeconfig: str, node: str, wanted: Mapping[str, str], taints: Sequence[Mapping[str, Any]]
+    kubeconfig: str, node: str, wanted: Mapping[str, str], taints: Sequence[Mapping[str, Any]], crun: str
 ) -> Commands:
-    """Reconcile the labels and taints edge-provision owns on Node ``node``."""
+    """Reconcile the labels, taints and crun record edge-provision owns on Node ``node``."""
     if not _ready(kubeconfig):
         yield from _pending(f"{kubeconfig} is written by the cluster stage")
         return
     try:
-        needed = workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, dry_run=True)
+        needed = workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, crun, dry_run=True)
     except Exception:
         if _executing():
             raise
@@ -45,7 +45,7 @@ def node_labels(
 
     def reconcile(state: Any, host: Any) -> bool:
         try:
-            workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints)
+            workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, crun)
         except Exception as exc:
             return _failed(host, f"host {host.name}: labels of node {node}: {exc}")
         return True

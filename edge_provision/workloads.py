@@ -24,8 +24,16 @@ from edge_provision.roles import render_template, role_defaults
 
 MANAGED_LABELS_ANNOTATION = "edge-provision.io/managed-labels"
 MANAGED_TAINTS_ANNOTATION = "edge-provision.io/managed-taints"
+# crun's version and Wasm engine on the node ("1.8.1 +WASM:wasmtime"), for `edge-provision status`:
+# the CRI reports containerd's version only.
+CRUN_ANNOTATION = "edge-provision.io/crun"
 FIELD_MANAGER = "edge-provision"
-MANIFESTS = ("runtimeclass.yaml.j2", "wasi-demo-job.yaml.j2", "camera-deployment.yaml.j2")
+MANIFESTS = (
+    "runtimeclass.yaml.j2",
+    "wasi-demo-job.yaml.j2",
+    "wasi-demo-deployment.yaml.j2",
+    "camera-deployment.yaml.j2",
+)
 
 
 class WorkloadError(RuntimeError):
@@ -83,6 +91,25 @@ def taint_patch(
     return {"spec": {"taints": taints}, "metadata": {"annotations": {MANAGED_TAINTS_ANNOTATION: record}}}
 
 
+def crun_summary(version_output: str) -> str:
+    """``<version> +WASM:<engine>`` from ``crun --version`` ("" when there is no crun)."""
+    version = ""
+    engines: list[str] = []
+    for line in version_output.splitlines():
+        if line.startswith("crun version "):
+            version = line.split()[2]
+        engines += [word for word in line.split() if word.startswith("+WASM:")]
+    return " ".join([version, *engines]) if version else ""
+
+
+def annotation_patch(annotations: Mapping[str, str], crun: str) -> dict[str, Any] | None:
+    """The patch that records ``crun`` (:func:`crun_summary`) on a node; removes the record when
+    the node has no crun. None when it is up to date."""
+    if annotations.get(CRUN_ANNOTATION) == (crun or None):
+        return None
+    return {"metadata": {"annotations": {CRUN_ANNOTATION: crun or None}}}
+
+
 def wanted_labels(inventory_labels: Mapping[str, Any], wasm_label: str, engine: str) -> dict[str, str]:
     return {**{str(k): str(v) for k, v in inventory_labels.items()}, wasm_label: engine}
 
@@ -92,11 +119,12 @@ def reconcile_labels(
     node: str,
     wanted: Mapping[str, str],
     taints: Sequence[Mapping[str, Any]] = (),
+    crun: str = "",
     *,
     dry_run: bool = False,
 ) -> bool:
-    """Apply :func:`label_patch` and :func:`taint_patch` to Node ``node``; return whether it
-    changed (would change)."""
+    """Apply :func:`label_patch`, :func:`taint_patch` and :func:`annotation_patch` to Node
+    ``node``; return whether it changed (would change)."""
     from kubernetes import client
 
     with cluster.api_client(kubeconfig) as api:
@@ -112,6 +140,7 @@ def reconcile_labels(
             for p in (
                 label_patch(obj.metadata.labels or {}, annotations, wanted),
                 taint_patch(current_taints, annotations, taints),
+                annotation_patch(annotations, crun),
             )
             if p
         ]
@@ -249,8 +278,11 @@ def job_result(kubeconfig: Path, namespace: str, job: str, timeout: float) -> di
     }
 
 
-def deployment_nodes(kubeconfig: Path, namespace: str, deployment: str, timeout: float) -> list[str]:
-    """Wait until Deployment ``deployment`` is fully available; the nodes its pods run on."""
+def deployment_pods(
+    kubeconfig: Path, namespace: str, deployment: str, timeout: float, *, logs: bool = False
+) -> list[dict[str, Any]]:
+    """Wait until Deployment ``deployment`` is fully available; its running pods (name, node,
+    runtime class, and with ``logs`` the log), by node."""
     from kubernetes import client
 
     deadline = time.monotonic() + timeout
@@ -275,30 +307,62 @@ def deployment_nodes(kubeconfig: Path, namespace: str, deployment: str, timeout:
                 )
             time.sleep(2)
         selector = ",".join(f"{k}={v}" for k, v in dep.spec.selector.match_labels.items())
-        pods = core.list_namespaced_pod(namespace, label_selector=selector).items
-    return sorted(
-        p.spec.node_name for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp
-    )
+        pods = [
+            {
+                "name": p.metadata.name,
+                "node": p.spec.node_name,
+                "runtime_class": p.spec.runtime_class_name,
+            }
+            for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+            if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+        ]
+        for pod in pods if logs else ():
+            pod["log"] = core.read_namespaced_pod_log(pod["name"], namespace)
+    return sorted(pods, key=lambda p: (str(p["node"]), str(p["name"])))
+
+
+def deployment_nodes(kubeconfig: Path, namespace: str, deployment: str, timeout: float) -> list[str]:
+    """Wait until Deployment ``deployment`` is fully available; the nodes its pods run on."""
+    return [str(p["node"]) for p in deployment_pods(kubeconfig, namespace, deployment, timeout)]
+
+
+def wasm_output_problems(log: str, variables: Mapping[str, Any], *, heartbeat: bool = False) -> list[str]:
+    """What a Wasm sample's log lacks: every demo line for the sample's arguments (then the
+    heartbeat lines with ``heartbeat``), and each of the sample's environment variables."""
+    from edge_provision.artifacts.builders.images import demo_output_problems
+
+    args = ["/wasi_demo.wasm", *variables["workloads_wasm_args"]]
+    problems = demo_output_problems(log, args=args, heartbeat=heartbeat)
+    return problems + [
+        f"env {k}={v} not listed"
+        for k, v in variables["workloads_wasm_env"].items()
+        if f"{k}: {v}" not in log.splitlines()
+    ]
 
 
 def verify(kubeconfig: Path, variables: Mapping[str, Any], timeout: float) -> dict[str, Any]:
-    """The Wasm Job completed with every demo line; the container Deployment is available."""
-    from edge_provision.artifacts.builders.images import demo_output_problems
-
+    """The Wasm Job completed with every demo line; the Wasm Deployment is available and each of
+    its pods printed the demo and a heartbeat (so it runs on, rather than completed); the
+    container Deployment is available."""
     ns = str(variables["workloads_namespace"])
     job = job_result(kubeconfig, ns, str(variables["workloads_wasm_job"]), timeout)
-    problems = demo_output_problems(job["log"], args=["/wasi_demo.wasm", *variables["workloads_wasm_args"]])
-    problems += [
-        f"env {k}={v} not listed"
-        for k, v in variables["workloads_wasm_env"].items()
-        if f"{k}: {v}" not in job["log"].splitlines()
-    ]
+    problems = wasm_output_problems(job["log"], variables)
     if not job["succeeded"] or problems:
         raise WorkloadError(
             f"Wasm Job on {job['node']}: {job['phase']}; {'; '.join(problems) or job['log'][-500:]}"
         )
+    wasm_deployment = str(variables["workloads_wasm_deployment"])
+    wasm_pods = deployment_pods(kubeconfig, ns, wasm_deployment, timeout, logs=True)
+    for pod in wasm_pods:
+        problems = wasm_output_problems(pod["log"], variables, heartbeat=True)
+        if problems:
+            raise WorkloadError(f"Wasm Deployment pod {pod['name']} on {pod['node']}: {'; '.join(problems)}")
     nodes = deployment_nodes(kubeconfig, ns, str(variables["workloads_container_deployment"]), timeout)
-    return {"wasm_job": {k: job[k] for k in ("node", "phase", "runtime_class")}, "container_nodes": nodes}
+    return {
+        "wasm_job": {k: job[k] for k in ("node", "phase", "runtime_class")},
+        "wasm_deployment_nodes": [p["node"] for p in wasm_pods],
+        "container_nodes": nodes,
+    }
 
 
 def role_variables(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels.add_argument("--node", required=True)
     labels.add_argument("--labels", required=True, help="JSON object of the wanted labels")
     labels.add_argument("--taints", default="[]", help="JSON list of the wanted taints")
+    labels.add_argument("--crun-version", default="", help="output of the node's `crun --version`")
     labels.add_argument("--check", action="store_true", help="report, change nothing")
     render = sub.add_parser("manifests", help="the rendered manifests, as a JSON list")
     render.add_argument("--vars", required=True, help="JSON object of the workloads role's variables")
@@ -339,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.node,
                 json.loads(args.labels),
                 json.loads(args.taints),
+                crun_summary(args.crun_version),
                 dry_run=args.check,
             )
             print(json.dumps({"changed": changed}))

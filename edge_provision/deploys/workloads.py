@@ -30,12 +30,14 @@ def workloads_stage() -> None:
         detected = json.loads(host.get_fact(CommandOutput, argv=["sh", "-c", script, "devices"]) or "{}")
         labels = {**detected, **labels}  # inventory labels win
     wanted = workloads.wanted_labels(labels, v["workloads_wasm_label"], engine)
+    crun = host.get_fact(CommandOutput, argv=[v["workloads_crun_path"], "--version"])
     ops.node_labels(
         name="Reconcile the labels and taints edge-provision owns",
         kubeconfig=_kubeconfig(),
         node=host.name,
         wanted=wanted,
         taints=list(host.data.get("edge_node_taints") or []),
+        crun=workloads.crun_summary(crun),
     )
     if "control_plane" in (host.data.get("edge_groups") or []):
         ops.applied(name="Apply the RuntimeClass and the samples", kubeconfig=_kubeconfig(), variables=v)

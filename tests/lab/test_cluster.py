@@ -184,6 +184,22 @@ def test_wasm_job_runs_on_a_wasm_node_with_the_wasm_handler_and_prints_the_demo(
     assert "A_TEST: hello" in result["log"].splitlines()
 
 
+def test_wasm_deployment_keeps_running_on_wasm_nodes_with_the_wasm_handler(runs: ClusterRuns) -> None:
+    """The long-running Wasm sample: Running (not Completed) under the Wasm handler, never
+    restarted, its log the demo followed by heartbeats."""
+    pods = workloads.deployment_pods(
+        runs.kubeconfig, "default", WORKLOADS["workloads_wasm_deployment"], 120, logs=True
+    )
+    assert len(pods) == WORKLOADS["workloads_wasm_replicas"], pods
+    core = _core(runs)
+    for pod in pods:
+        assert pod["runtime_class"] == "crun-wasm", pod
+        assert core.read_node(pod["node"]).metadata.labels["edge-provision.io/wasm"] == "wasmtime"
+        assert workloads.wasm_output_problems(pod["log"], WORKLOADS, heartbeat=True) == [], pod["log"]
+        status = core.read_namespaced_pod(pod["name"], "default").status
+        assert status.phase == "Running" and status.container_statuses[0].restart_count == 0, status
+
+
 def test_container_sample_runs_only_on_the_camera_node(runs: ClusterRuns) -> None:
     assert workloads.deployment_nodes(runs.kubeconfig, "default", "camera-app", 120) == ["lab-2"]
 
@@ -288,7 +304,9 @@ def test_status_command_reports_each_node(runs: ClusterRuns) -> None:
     for row in rows.values():
         assert row["ready"] and row["kubelet"] == "v1.20.2" and row["wasm_engine"] == "wasmtime", row
         assert row["container_runtime"].startswith("containerd://"), row
+        assert row["crun"] == "1.8.1 +WASM:wasmtime", row  # recorded from each node's crun --version
     camera = [name for name, row in rows.items() if row["labels"].get("device") == "camera"]
     assert camera and any(w.startswith("camera-app") for w in rows[camera[0]]["workloads"]), rows
+    assert any("wasi-demo-heartbeat (Running)" in row["workloads"] for row in rows.values()), rows
     table = run([tool("edge-provision"), "status", "-i", str(runs.fleet.inventory)])
     assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("NODE"), table.stderr

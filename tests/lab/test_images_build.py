@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -80,6 +81,64 @@ def test_wasi_demo_output_has_every_expected_line(built: dict[str, Path], tmp_pa
     stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
     assert images.demo_output_problems(stdout, args=args, env=env, stderr=stderr) == [], stdout + stderr
     assert list(root.iterdir()) == []  # the demo file was written, read back and removed
+
+
+# The demo under wasmtime in a child process, so a module that never exits can be stopped.
+_RUN_DEMO = """
+import sys, wasmtime
+cfg = wasmtime.WasiConfig()
+cfg.argv = ["/wasi_demo.wasm"]
+cfg.env = [("WASI_DEMO_HEARTBEAT_SECONDS", sys.argv[3])]
+cfg.preopen_dir(sys.argv[2], "/")
+cfg.inherit_stdout()
+cfg.inherit_stderr()
+engine = wasmtime.Engine()
+linker = wasmtime.Linker(engine)
+linker.define_wasi()
+store = wasmtime.Store(engine)
+store.set_wasi(cfg)
+instance = linker.instantiate(store, wasmtime.Module.from_file(engine, sys.argv[1]))
+try:
+    instance.exports(store)["_start"](store)
+except wasmtime.ExitTrap as exit_:
+    sys.exit(exit_.code)
+"""
+
+
+def _demo_process(wasm: Path, root: Path, heartbeat: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUN_DEMO, str(wasm), str(root), heartbeat],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_wasi_demo_heartbeat_mode_prints_the_demo_then_beats_until_stopped(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    """The long-running sample (the Wasm Deployment): after the demo's lines, one heartbeat per
+    interval, and no exit."""
+    demo = _demo_process(built["wasm"], tmp_path, "1")
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            demo.wait(timeout=3.5)
+    finally:
+        demo.kill()
+    stdout, stderr = demo.communicate()
+    assert images.demo_output_problems(stdout, args=["/wasi_demo.wasm"], stderr=stderr, heartbeat=True) == []
+    beats = [line for line in stdout.splitlines() if line.startswith("Heartbeat ")]
+    assert 3 <= len(beats) <= 5, stdout  # the first at once, then one a second
+    assert images.demo_output_problems(stdout, args=["/wasi_demo.wasm"], stderr=stderr) != []
+
+
+@pytest.mark.parametrize("heartbeat", ["0", "90000", "5s"])
+def test_wasi_demo_rejects_a_bad_heartbeat_interval(built: dict[str, Path], tmp_path: Path, heartbeat: str) -> None:
+    demo = _demo_process(built["wasm"], tmp_path, heartbeat)
+    stdout, stderr = demo.communicate(timeout=30)
+    assert demo.returncode == 2, (stdout, stderr)
+    assert stderr == f"wasi_demo: WASI_DEMO_HEARTBEAT_SECONDS must be 1..86400, not {heartbeat}\n"
+    assert stdout == ""
 
 
 def _index_and_manifests(

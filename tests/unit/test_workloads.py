@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_provision import workloads
-from edge_provision.roles import role_path
+from edge_provision.roles import role_defaults, role_path
 
 A = workloads.MANAGED_LABELS_ANNOTATION
 
@@ -44,7 +44,7 @@ def test_wanted_labels_add_the_wasm_engine() -> None:
 def test_manifests() -> None:
     v = workloads.role_variables({"edge_wasm_engine": "wasmedge", "workloads_wasm_image": "r.example/w:1",
                                   "workloads_container_image": "r.example/c:1"})
-    runtime_class, job, deployment = workloads.manifests(v)
+    runtime_class, job, _wasm_deployment, deployment = workloads.manifests(v)
     assert runtime_class["handler"] == "crun-wasm"
     assert runtime_class["scheduling"]["nodeSelector"] == {"edge-provision.io/wasm": "wasmedge"}
     pod = job["spec"]["template"]
@@ -55,6 +55,78 @@ def test_manifests() -> None:
     terms = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "device", "operator": "In", "values": ["camera"]}]}]
+
+
+def test_wasm_deployment_runs_the_demo_in_heartbeat_mode_on_the_wasm_handler() -> None:
+    v = workloads.role_variables({"workloads_wasm_heartbeat_seconds": 5, "workloads_wasm_replicas": 2})
+    docs = {d["metadata"]["name"]: d for d in workloads.manifests(v)}
+    wasm = docs["wasi-demo-heartbeat"]
+    assert wasm["kind"] == "Deployment" and wasm["spec"]["replicas"] == 2
+    pod = wasm["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {"module.wasm.image/variant": "compat-smart"}
+    assert pod["spec"]["runtimeClassName"] == "crun-wasm"
+    assert wasm["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == docs["wasi-demo"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["args"] == ["1", "2", "3"]
+    assert container["env"] == [{"name": "WASI_DEMO_HEARTBEAT_SECONDS", "value": "5"},
+                                {"name": "A_TEST", "value": "hello"}]
+
+
+DEMO_LOG = """Random number: 12
+Random bytes: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+Printed from wasi: This is from a main function
+This is from a main function
+The env vars are as follows.
+A_TEST: hello
+The args are as follows.
+/wasi_demo.wasm
+1
+2
+3
+File content is This is in a file
+"""
+
+
+def test_wasm_output_problems_accepts_the_demo_and_names_what_is_missing() -> None:
+    v = workloads.role_variables({})
+    assert workloads.wasm_output_problems(DEMO_LOG, v) == []
+    assert workloads.wasm_output_problems(DEMO_LOG.replace("A_TEST: hello\n", ""), v) == [
+        "env A_TEST=hello not listed"]
+    assert workloads.wasm_output_problems(DEMO_LOG.replace("3\n", ""), v) != []
+
+
+def test_heartbeat_output_needs_the_demo_then_counted_beats() -> None:
+    v = workloads.role_variables({})
+    assert workloads.wasm_output_problems(DEMO_LOG, v, heartbeat=True) != []  # no beat yet
+    beating = DEMO_LOG + "Heartbeat 1\nHeartbeat 2\n"
+    assert workloads.wasm_output_problems(beating, v, heartbeat=True) == []
+    assert workloads.wasm_output_problems(beating, v) != []  # a Job's demo ends at the file line
+    assert workloads.wasm_output_problems(DEMO_LOG + "Heartbeat 2\n", v, heartbeat=True) != []
+    assert workloads.wasm_output_problems(beating + "oops\n", v, heartbeat=True) != []
+
+
+@pytest.mark.parametrize(("output", "summary"), [
+    ("crun version 1.8.1\ncommit: abc\nrundir: /run/crun\nspec: 1.0.0\n"
+     "+SYSTEMD +SELINUX +APPARMOR +CAP +SECCOMP +EBPF +WASM:wasmtime +YAJL\n", "1.8.1 +WASM:wasmtime"),
+    ("crun version 1.8.1\n+SYSTEMD +CAP +SECCOMP +YAJL\n", "1.8.1"),
+    ("", ""),
+])
+def test_crun_summary(output: str, summary: str) -> None:
+    assert workloads.crun_summary(output) == summary
+
+
+def test_crun_annotation_is_set_changed_and_removed_only_when_it_differs() -> None:
+    key = workloads.CRUN_ANNOTATION
+    assert workloads.annotation_patch({}, "1.8.1 +WASM:wasmtime") == {
+        "metadata": {"annotations": {key: "1.8.1 +WASM:wasmtime"}}}
+    assert workloads.annotation_patch({key: "1.8.1 +WASM:wasmtime"}, "1.8.1 +WASM:wasmtime") is None
+    assert workloads.annotation_patch({key: "1.8.1 +WASM:wasmtime"}, "") == {"metadata": {"annotations": {key: None}}}
+    assert workloads.annotation_patch({}, "") is None
+
+
+def test_workloads_crun_path_is_the_runtime_stages_crun() -> None:
+    assert role_defaults("workloads")["workloads_crun_path"] == role_defaults("wasm_runtime")["wasm_runtime_crun_path"]
 
 
 @pytest.mark.parametrize("key", ["workloads_namespace", "edge_wasm_engine"])

@@ -54,7 +54,7 @@ from edge_provision.arch import debian_arch
 from edge_provision.artifacts import build_dir, input_key, oci, sha256_file
 
 REGISTRY = "edge-provision.local"
-WASI_DEMO_VERSION = "0.1.0"
+WASI_DEMO_VERSION = "0.2.0"
 WASI_DEMO_SOURCE = Path(__file__).resolve().parent.parent / "wasi_demo" / "wasi_demo.c"
 WASM_PLATFORMS = ("amd64", "arm64", "armhf")  # Debian arch names; see the module doc
 WASM_VARIANT_ANNOTATION = "module.wasm.image/variant"
@@ -572,6 +572,7 @@ def demo_output_problems(
     args: Sequence[str],
     env: Mapping[str, str] | None = None,
     stderr: str | None = None,
+    heartbeat: bool = False,
 ) -> list[str]:
     """What is wrong with an output of wasi_demo ([] when every expected line is there).
 
@@ -579,6 +580,8 @@ def demo_output_problems(
     ``env``, the env section must list exactly those variables, in any order; without, it
     only has to be there (a container runtime adds PATH, HOSTNAME, KUBERNETES_*, ...).
     ``stderr`` None means stdout and stderr come interleaved in ``stdout`` (``kubectl logs``).
+    ``heartbeat``: the output of the heartbeat mode, whose lines ``Heartbeat 1``, ``Heartbeat 2``,
+    ... follow the file line.
     """
     lines = stdout.splitlines()
     problems: list[str] = []
@@ -618,7 +621,13 @@ def demo_output_problems(
     end = args_at + 1 + len(args)
     if lines[args_at + 1 : end] != list(args):
         problems.append(f"args lines {lines[args_at + 1 : end]} != {list(args)}")
-    if lines[end:] != [DEMO_FILE_LINE]:
+    if heartbeat:
+        beats = [f"Heartbeat {k}" for k in range(1, len(lines) - end)]
+        if lines[end : end + 2] != [DEMO_FILE_LINE, "Heartbeat 1"] or lines[end + 1 :] != beats:
+            problems.append(
+                f"after the args: {lines[end : end + 4]}..., want {DEMO_FILE_LINE!r}, Heartbeat 1, 2, ..."
+            )
+    elif lines[end:] != [DEMO_FILE_LINE]:
         problems.append(f"after the args: {lines[end:]}, want [{DEMO_FILE_LINE!r}]")
     return problems
 

@@ -20,6 +20,14 @@
  * It is removed again afterwards. Exit status 0 on success; on any failure one line
  * "wasi_demo: <what>: <error>" on stderr and a non-zero status.
  *
+ * Long-running mode (the sample Deployment): with WASI_DEMO_HEARTBEAT_SECONDS=<n> (1..86400)
+ * the demo does not exit after its lines but prints
+ *
+ *   stdout  Heartbeat <k>                   k = 1, 2, ... every n seconds (wasi poll_oneoff)
+ *
+ * forever, the first one at once. Any other value is an error (exit 2), so a typo in a
+ * manifest shows as a crash loop rather than a pod that quietly completes.
+ *
  * Build (Debian: clang lld wasi-libc libclang-rt-14-dev-wasm32):
  *   clang --target=wasm32-wasi --sysroot=/usr/share/wasi-sysroot -O2 -Wall -Wextra \
  *         -o wasi_demo.wasm wasi_demo.c
@@ -117,7 +125,40 @@ static int round_trip_file(void) {
     return 0;
 }
 
+/* 0: no heartbeat (unset or empty); -1: invalid; else the interval in seconds. */
+static long heartbeat_seconds(void) {
+    const char *text = getenv("WASI_DEMO_HEARTBEAT_SECONDS");
+    char *end;
+    long seconds;
+
+    if (!text || !*text)
+        return 0;
+    errno = 0;
+    seconds = strtol(text, &end, 10);
+    if (errno || *end || seconds < 1 || seconds > 86400)
+        return -1;
+    return seconds;
+}
+
+static int heartbeat(long seconds) {
+    for (unsigned long beat = 1;; beat++) {
+        printf("Heartbeat %lu\n", beat);
+        if (fflush(stdout) != 0)
+            return fail("heartbeat");
+        /* wasi-libc's sleep() is one poll_oneoff clock subscription. */
+        sleep((unsigned)seconds);
+    }
+}
+
 int main(int argc, char **argv) {
+    long interval = heartbeat_seconds();
+
+    if (interval < 0) {
+        fprintf(stderr, "wasi_demo: WASI_DEMO_HEARTBEAT_SECONDS must be 1..86400, not %s\n",
+                getenv("WASI_DEMO_HEARTBEAT_SECONDS"));
+        return 2;
+    }
+
     if (show_random() != 0)
         return 1;
 
@@ -131,5 +172,7 @@ int main(int argc, char **argv) {
 
     if (round_trip_file() != 0)
         return 1;
+    if (interval > 0)
+        return heartbeat(interval);
     return fflush(stdout) == 0 ? 0 : 1;
 }
