@@ -37,7 +37,7 @@ def workloads_stage() -> None:
         node=host.name,
         wanted=wanted,
         taints=list(host.data.get("edge_node_taints") or []),
-        crun=workloads.crun_summary(crun),
+        crun=workloads.crun_summary(crun or ""),
     )
     if "control_plane" in (host.data.get("edge_groups") or []):
         ops.applied(name="Apply the RuntimeClass and the samples", kubeconfig=_kubeconfig(), variables=v)
