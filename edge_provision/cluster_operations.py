@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,20 @@ def _failed(target: Any, message: str) -> bool:
     """Report a failed step of a Python callback: pyinfra then fails the operation, no traceback."""
     target.log_styled(message, fg="red", log_func=logger.error)
     return False
+
+
+def python_step(what: str, step: Callable[[], object]) -> FunctionCommand:
+    """The command that calls ``step`` on the controller when the operation executes; an
+    exception fails the operation with "host <name>: <what>: <error>" and no traceback."""
+
+    def call(state: Any, host: Any) -> bool:
+        try:
+            step()
+        except Exception as exc:
+            return _failed(host, f"host {host.name}: {what}: {exc}")
+        return True
+
+    return FunctionCommand(call, (), {})
 
 
 KUBEADM_RESET = "kubeadm reset --force"
@@ -138,14 +152,7 @@ def node_ready(kubeconfig: str, node: str, timeout: float) -> Commands:
         except Exception:  # not reachable yet: wait below
             pass
 
-    def wait(state: Any, host: Any) -> bool:
-        try:
-            cluster.wait_node_ready(path, node, timeout)
-        except cluster.ClusterError as exc:
-            return _failed(host, f"host {host.name}: {exc}")
-        return True
-
-    yield FunctionCommand(wait, (), {})
+    yield python_step(f"node {node} Ready", lambda: cluster.wait_node_ready(path, node, timeout))
 
 
 @operation(is_idempotent=True)
@@ -270,14 +277,9 @@ def k3s_node_password_forgotten(kubeconfig: str, node: str, password_file: str) 
         host.noop(f"{password_file} is kept")
         return
 
-    def forget(state: Any, host: Any) -> bool:
-        try:
-            cluster.forget_node_password(Path(kubeconfig), node)
-        except Exception as exc:
-            return _failed(host, f"host {host.name}: cannot forget the node's k3s password: {exc}")
-        return True
-
-    yield FunctionCommand(forget, (), {})
+    yield python_step(
+        "forgetting the node's k3s password", lambda: cluster.forget_node_password(Path(kubeconfig), node)
+    )
 
 
 @operation(is_idempotent=True)
@@ -299,14 +301,7 @@ def node_labelled(kubeconfig: str, node: str, labels: Mapping[str, str], timeout
         except Exception:  # not reachable yet: wait below
             pass
 
-    def label(state: Any, host: Any) -> bool:
-        try:
-            cluster.label_node(path, node, labels, timeout)
-        except Exception as exc:
-            return _failed(host, f"host {host.name}: {exc}")
-        return True
-
-    yield FunctionCommand(label, (), {})
+    yield python_step(f"labels of node {node}", lambda: cluster.label_node(path, node, labels, timeout))
 
 
 @operation(is_idempotent=True)

@@ -8,12 +8,11 @@ from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyinfra.api.command import FunctionCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
 from edge_provision import workloads
-from edge_provision.cluster_operations import _failed
+from edge_provision.cluster_operations import _failed, python_step
 from edge_provision.runtime_operations import _executing, _pending
 
 Commands = Generator[Any, None, None]
@@ -43,14 +42,10 @@ def node_labels(
         host.noop(f"node {node} has its labels")
         return
 
-    def reconcile(state: Any, host: Any) -> bool:
-        try:
-            workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, crun)
-        except Exception as exc:
-            return _failed(host, f"host {host.name}: labels of node {node}: {exc}")
-        return True
-
-    yield FunctionCommand(reconcile, (), {})
+    yield python_step(
+        f"labels of node {node}",
+        lambda: workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, crun),
+    )
 
 
 @operation(is_idempotent=True)
@@ -65,14 +60,7 @@ def applied(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
         host.noop("manifests applied")
         return
 
-    def apply(state: Any, host: Any) -> bool:
-        try:
-            workloads.apply(Path(kubeconfig), docs)
-        except Exception as exc:
-            return _failed(host, f"host {host.name}: applying {', '.join(changes)}: {exc}")
-        return True
-
-    yield FunctionCommand(apply, (), {})
+    yield python_step(f"applying {', '.join(changes)}", lambda: workloads.apply(Path(kubeconfig), docs))
 
 
 @operation(is_idempotent=True)
@@ -86,14 +74,10 @@ def misplaced_replaced(kubeconfig: str, variables: Mapping[str, Any]) -> Command
         host.noop("container sample placed by its label")
         return
 
-    def replace(state: Any, host: Any) -> bool:
-        try:
-            workloads.misplaced_pods(Path(kubeconfig), variables, delete=True)
-        except Exception as exc:
-            return _failed(host, f"host {host.name}: replacing {', '.join(pods)}: {exc}")
-        return True
-
-    yield FunctionCommand(replace, (), {})
+    yield python_step(
+        f"replacing {', '.join(pods)}",
+        lambda: workloads.misplaced_pods(Path(kubeconfig), variables, delete=True),
+    )
 
 
 @operation(is_idempotent=True)

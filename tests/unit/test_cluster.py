@@ -160,3 +160,30 @@ def test_cni_network_uses_the_node_subnet() -> None:
     doc = json.loads(render_template("kubernetes_node", "cni.conflist.j2",
                                      {**NODE, "kubernetes_node_pod_subnet_effective": "10.244.3.0/24"}))
     assert doc["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.3.0/24"}]]
+
+
+class _Target:
+    """What python_step's callback touches of a pyinfra Host: its name and its log."""
+
+    name = "lab-9"
+
+    def __init__(self) -> None:
+        self.logged: list[str] = []
+
+    def log_styled(self, message: str, **_: object) -> None:
+        self.logged.append(message)
+
+
+def test_python_step_runs_at_execution_and_reports_a_failure_without_traceback() -> None:
+    from edge_provision.cluster_operations import python_step
+
+    calls: list[str] = []
+    ok = python_step("counting", lambda: calls.append("ran"))
+    target = _Target()
+    assert ok.function(None, target) is True and calls == ["ran"] and target.logged == []
+
+    def broken() -> None:
+        raise cluster.ClusterError("the API said no")
+
+    assert python_step("labels of node lab-9", broken).function(None, target) is False
+    assert target.logged == ["host lab-9: labels of node lab-9: the API said no"]
