@@ -1,0 +1,43 @@
+"""Molecule tier: ``molecule test`` of each scenario on real QEMU VMs (amd64 and arm64).
+
+Each test runs a scenario's whole sequence (destroy, syntax, create, converge, idempotence,
+verify, destroy) exactly as ``make molecule SCENARIO=<name>`` does, and passes only when
+Molecule does. Molecule's own output goes to a log file (its path and tail are in the failure
+message); the wall time of each step is printed at the end of the pytest run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import BIN, ROOT
+from tests.molecule.conftest import STEP_TIMES
+from tests.molecule.steps import step_times
+
+pytestmark = pytest.mark.molecule
+
+TAIL_LINES = 60
+
+
+@pytest.mark.parametrize("scenario", ["default", "cluster"])
+def test_molecule_scenario_passes(scenario: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    log = tmp_path_factory.mktemp("molecule") / f"{scenario}.log"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1", "PY_COLORS": "0"}
+    env.pop("EDGE_MOLECULE_STAGES", None)  # the scenario's own stages
+    started = time.monotonic()
+    with log.open("w") as out:
+        result = subprocess.run(
+            [str(BIN / "molecule"), "--base-config", "molecule/base.yml", "test", "-s", scenario],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
+        )
+    text = log.read_text(errors="replace")
+    STEP_TIMES[scenario] = (time.monotonic() - started, step_times(text))
+    tail = "\n".join(text.splitlines()[-TAIL_LINES:])
+    assert result.returncode == 0, f"molecule test -s {scenario} failed (log: {log}):\n{tail}"
+    steps = [s.step for s in STEP_TIMES[scenario][1]]
+    for step in ("create", "converge", "idempotence", "verify", "destroy"):
+        assert step in steps, f"molecule test -s {scenario} ran no {step} step (log: {log})"
