@@ -423,9 +423,14 @@ def images(names: Sequence[str], arch: str) -> list[dict[str, Any]]:
 
 
 def sandbox_image(configured: Any, arch: str) -> Any:
-    """The CRI sandbox image: ``configured`` (as given), or the lab's pause image when empty."""
+    """The CRI sandbox image: ``configured`` (as given), or the lab's pause image when empty.
+
+    Only its name: the same for every ``arch``, read from the pause source without building the
+    image (the image itself comes with :func:`images`)."""
     if configured is None or configured == "":
-        return str(images(["pause"], arch)[0]["reference"])
+        from edge_provision.artifacts.builders import images as builders
+
+        return builders.pause_reference()
     return configured
 
 
