@@ -196,7 +196,10 @@ def ensure_root(arches: Sequence[str] = ARCHES) -> BuildRoot:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         log_file = dest.parent / f"{dest.name}.log"
-        cmd = mmdebstrap_command(partial / "root", native, sources, arches)
+        # In a mount namespace of its own: the mounts mmdebstrap makes in the root (/dev, /proc, /sys)
+        # vanish with it, even when it is killed.
+        cmd = ["unshare", "--mount", "--propagation", "private", "--",
+               *mmdebstrap_command(partial / "root", native, sources, arches)]
         log.info("making the build root %s (mmdebstrap, %s); log: %s", dest.name, ",".join(arches), log_file)
         started = time.monotonic()
         with log_file.open("w") as out:
