@@ -227,3 +227,23 @@ def test_busybox_image_takes_the_binary_of_the_nodes_architecture(
         images.build_busybox_image("amd64")
     with pytest.raises(images.ImageBuildError, match="has no /bin/sh"):
         images.deb_member(deb, "/bin/sh")
+
+
+def test_ensure_root_runs_mmdebstrap_in_its_own_mount_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("edge_provision.artifacts.CACHE_DIR", tmp_path)
+    monkeypatch.setattr("edge_provision.lab.image.apt_sources", lambda: SOURCES)
+    monkeypatch.setattr(build_root, "native_arch", lambda: "amd64")
+    seen: list[list[str]] = []
+
+    def fail(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 2)
+
+    monkeypatch.setattr(build_root.subprocess, "run", fail)
+    with pytest.raises(build_root.BuildRootError, match="mmdebstrap exited with 2"):
+        build_root.ensure_root()
+    assert seen[0][:5] == ["unshare", "--mount", "--propagation", "private", "--"]
+    assert seen[0][5] == "mmdebstrap"
+    assert [p.name for p in (tmp_path / "build-root").iterdir() if p.is_dir()] == [], "no partial root kept"
