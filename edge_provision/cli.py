@@ -90,7 +90,7 @@ def _artifacts(args: argparse.Namespace) -> int:
         builders: dict[str, Callable[[], Path]] = {
             "crun (Wasm)": lambda: crun.build_crun(args.arch),
             "wasi-demo image": images.build_wasi_demo_image,
-            "busybox image": images.build_busybox_image,
+            "busybox image": lambda: images.build_busybox_image(args.arch),
             "pause image": lambda: images.build_pause_image(args.arch),
             "kubernetes": lambda: kubernetes.build_kubernetes(args.arch),
         }

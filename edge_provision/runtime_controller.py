@@ -27,13 +27,14 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
-from edge_provision.artifacts import ARTIFACTS_DIR, locked, sha256_file
+from edge_provision.artifacts import ARTIFACTS_DIR, CACHE_DIR, locked, sha256_file
 from edge_provision.artifacts.fetch import UPSTREAM, ArtifactFetchError, fetch, pinned
 from edge_provision.containerd_config import ContainerdConfigError, _table, schema_for, with_wasm_handler
 
@@ -154,25 +155,68 @@ def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
 
 
 
-def _qualified(package: str, arch: str, native: str) -> str:
-    return package if arch == native else f"{package}:{arch}"
+# apt's view of one architecture: a private state (lists, package cache, an empty dpkg status)
+# under <cache>/apt/<arch>/ and a private sources.list holding this machine's distribution `deb`
+# entries (signatures are checked with the machine's keyrings, as for any apt run). The machine's
+# own apt state and its dpkg architectures are left alone: no `dpkg --add-architecture`. Every
+# architecture, the controller's own included, goes through the same options.
+APT_LISTS_MAX_AGE = 6 * 3600  # seconds before the private lists are refreshed (apt-get update)
+
+
+def apt_dir(arch: str) -> Path:
+    return CACHE_DIR / "apt" / arch
+
+
+def apt_options(arch: str) -> list[str]:
+    """``-o`` options giving apt the private view of ``arch`` (see :func:`apt_dir`)."""
+    base = apt_dir(arch)
+    options = {
+        "APT::Architecture": arch,
+        "APT::Architectures": arch,
+        "Dir::State": f"{base}/state",
+        "Dir::State::status": f"{base}/state/status",
+        "Dir::Cache": f"{base}/cache",
+        "Dir::Etc::SourceList": f"{base}/sources.list",
+        "Dir::Etc::SourceParts": f"{base}/sources.list.d",
+        "Acquire::Languages": "none",
+        "APT::Sandbox::User": "root",
+    }
+    return [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
+
+
+def apt_sources_list(entries: Sequence[str]) -> str:
+    header = "# Written by edge-provision (runtime_controller.apt_options): this machine's deb entries.\n"
+    return header + "".join(f"{entry}\n" for entry in entries)
+
+
+def _apt_update(arch: str, force: bool = False) -> None:
+    """Prepare the private apt state of ``arch``; ``apt-get update`` it when new, stale or ``force``."""
+    from edge_provision.lab.image import apt_sources
+
+    base = apt_dir(arch)
+    for sub in ("state/lists/partial", "cache/archives/partial", "sources.list.d"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    (base / "state" / "status").touch()
+    entries = apt_sources()
+    if not entries:
+        raise RuntimeStageError("no apt sources in /etc/apt/sources.list*: downloading packages needs "
+                                "a Debian mirror")
+    sources = base / "sources.list"
+    text = apt_sources_list(entries)
+    stamp = base / "state" / "updated"
+    if not sources.is_file() or sources.read_text() != text:
+        sources.write_text(text)
+        force = True
+    if force or not stamp.is_file() or time.time() - stamp.stat().st_mtime > APT_LISTS_MAX_AGE:
+        _run(["apt-get", "update", "-q", *apt_options(arch)], f"apt-get update ({arch} package lists)")
+        stamp.touch()
 
 
 def dependency_closure(packages: Sequence[str], arch: str) -> list[str]:
     """``packages`` and everything they Depend/Pre-Depend on, recursively (no Recommends)."""
-    native = _run(["dpkg", "--print-architecture"], "controller architecture").strip()
-    if arch != native:
-        foreign = _run(["dpkg", "--print-foreign-architectures"], "controller architectures").split()
-        if arch not in foreign:
-            raise RuntimeStageError(
-                f"the controller ({native}) cannot download {arch} packages: run "
-                f"`dpkg --add-architecture {arch} && apt-get update` on it, or use "
-                "containerd_install_from: apt"
-            )
     out = _run(
-        ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
-         "--no-breaks", "--no-replaces", "--no-enhances",
-         *(_qualified(p, arch, native) for p in packages)],
+        ["apt-cache", *apt_options(arch), "depends", "--recurse", "--no-recommends", "--no-suggests",
+         "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *packages],
         "resolve package dependencies",
     )
     names = []
@@ -184,8 +228,8 @@ def dependency_closure(packages: Sequence[str], arch: str) -> list[str]:
     return names
 
 
-def _candidates(names: Sequence[str], arch: str, native: str) -> dict[str, str]:
-    out = _run(["apt-cache", "show", "--no-all-versions", *(_qualified(n, arch, native) for n in names)],
+def _candidates(names: Sequence[str], arch: str) -> dict[str, str]:
+    out = _run(["apt-cache", *apt_options(arch), "show", "--no-all-versions", *names],
                "read candidate versions")
     versions: dict[str, str] = {}
     package = ""
@@ -196,9 +240,8 @@ def _candidates(names: Sequence[str], arch: str, native: str) -> dict[str, str]:
             versions[package] = line.split(": ", 1)[1].strip()
     missing = [n for n in names if n not in versions]
     if missing:
-        raise RuntimeStageError(f"no installable version of {', '.join(missing)} in the controller's apt "
-                                "lists "
-                            "(run apt-get update on the controller)")
+        raise RuntimeStageError(f"no installable {arch} version of {', '.join(missing)} in the apt lists "
+                                f"of {apt_dir(arch)}")
     return versions
 
 
@@ -206,14 +249,24 @@ def debs(packages: Sequence[str], arch: str) -> list[dict[str, str]]:
     """The .deb files of ``packages`` and their dependency closure for ``arch``.
 
     Downloaded with ``apt-get download`` (apt checks every file against the signed indexes)
-    into ``<cache>/artifacts/debs/<arch>/``, reused while the candidate version is unchanged.
-    Returns one ``{package, version, path, sha256}`` per package, in dependency-closure order.
+    through :func:`apt_options` into ``<cache>/artifacts/debs/<arch>/``, reused while the
+    candidate version is unchanged. Returns one ``{package, version, path, sha256}`` per
+    package, in dependency-closure order.
     """
-    native = _run(["dpkg", "--print-architecture"], "controller architecture").strip()
-    closure = dependency_closure(packages, arch)
-    versions = _candidates(closure, arch, native)
     cache = ARTIFACTS_DIR / "debs" / arch
     cache.mkdir(parents=True, exist_ok=True)
+    with locked(apt_dir(arch).with_suffix(".lock")):
+        _apt_update(arch)
+        try:
+            return _debs(packages, arch, cache)
+        except RuntimeStageError:  # lists older than the mirror (a point release moved a version)
+            _apt_update(arch, force=True)
+            return _debs(packages, arch, cache)
+
+
+def _debs(packages: Sequence[str], arch: str, cache: Path) -> list[dict[str, str]]:
+    closure = dependency_closure(packages, arch)
+    versions = _candidates(closure, arch)
     result = []
     with locked(cache / ".lock"):
         index_file = cache / "index.json"
@@ -221,8 +274,8 @@ def debs(packages: Sequence[str], arch: str) -> list[dict[str, str]]:
         wanted = [n for n in closure if not _cached_deb(cache, index.get(f"{n}={versions[n]}"))]
         if wanted:
             with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-                _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
-                      *(f"{_qualified(n, arch, native)}={versions[n]}" for n in wanted)],
+                wanted_versions = [f"{n}={versions[n]}" for n in wanted]
+                _run(["apt-get", "download", "-q", *apt_options(arch), *wanted_versions],
                      "download packages", cwd=Path(tmp))
                 for deb in sorted(Path(tmp).glob("*.deb")):
                     fields = _run(["dpkg-deb", "--show", "--showformat=${Package}\\t${Version}", str(deb)],
@@ -358,10 +411,7 @@ def images(names: Sequence[str], arch: str) -> list[dict[str, Any]]:
         if name == "pause":
             path = builders.build_pause_image(arch)
         elif name == "busybox":
-            if arch != builders.host_arch():
-                raise RuntimeStageError(f"the busybox image is built from the controller's busybox-static; "
-                                    f"it is {builders.host_arch()}, the node {arch}")
-            path = builders.build_busybox_image()
+            path = builders.build_busybox_image(arch)
         elif name == "wasi-demo":
             path = builders.build_wasi_demo_image()
         else:
@@ -373,9 +423,14 @@ def images(names: Sequence[str], arch: str) -> list[dict[str, Any]]:
 
 
 def sandbox_image(configured: Any, arch: str) -> Any:
-    """The CRI sandbox image: ``configured`` (as given), or the lab's pause image when empty."""
+    """The CRI sandbox image: ``configured`` (as given), or the lab's pause image when empty.
+
+    Only its name: the same for every ``arch``, read from the pause source without building the
+    image (the image itself comes with :func:`images`)."""
     if configured is None or configured == "":
-        return str(images(["pause"], arch)[0]["reference"])
+        from edge_provision.artifacts.builders import images as builders
+
+        return builders.pause_reference()
     return configured
 
 

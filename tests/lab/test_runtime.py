@@ -129,10 +129,12 @@ def test_images_imported(fleet: LabFleet, cold_run: EngineRun, name: str) -> Non
     assert any(r.startswith("edge-provision.local/busybox:") for r in refs)
 
 
-def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, cold_run: EngineRun) -> None:
+# `name` has a default (pytest passes no fixture for it): the lab tier runs these on lab-2, the
+# Molecule scenario (molecule/default/tests) on each of its VMs.
+def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, cold_run: EngineRun, name: str = "lab-2") -> None:
     started = time.monotonic()
     rc, stdout, stderr = ctr_run(
-        fleet, "lab-2",
+        fleet, name,
         f"--runc-binary {CRUN} --annotation module.wasm.image/variant=compat-smart --env GREETING=hello "
         f"{wasi_demo_reference()} wasm-{time.time_ns()} {shlex.join(DEMO_ARGS)}",
     )
@@ -142,16 +144,16 @@ def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, cold_run: EngineRun) ->
     assert "GREETING: hello" in stdout.splitlines()
 
 
-def test_wasm_image_fails_with_runc(fleet: LabFleet, cold_run: EngineRun) -> None:
-    rc, stdout, stderr = ctr_run(fleet, "lab-2", f"{wasi_demo_reference()} plain-{time.time_ns()} {shlex.join(DEMO_ARGS)}")
+def test_wasm_image_fails_with_runc(fleet: LabFleet, cold_run: EngineRun, name: str = "lab-2") -> None:
+    rc, stdout, stderr = ctr_run(fleet, name, f"{wasi_demo_reference()} plain-{time.time_ns()} {shlex.join(DEMO_ARGS)}")
     assert rc != 0
     assert "exec format error" in stdout + stderr
 
 
-def test_busybox_runs_with_runc(fleet: LabFleet, cold_run: EngineRun) -> None:
-    ref = next(r for r in fleet.sh("lab-2", f"ctr -n {C['containerd_namespace']} images ls -q").split()
+def test_busybox_runs_with_runc(fleet: LabFleet, cold_run: EngineRun, name: str = "lab-2") -> None:
+    ref = next(r for r in fleet.sh(name, f"ctr -n {C['containerd_namespace']} images ls -q").split()
                if r.startswith("edge-provision.local/busybox:"))
-    rc, stdout, stderr = ctr_run(fleet, "lab-2", f"{ref} busybox-{time.time_ns()} echo container works")
+    rc, stdout, stderr = ctr_run(fleet, name, f"{ref} busybox-{time.time_ns()} echo container works")
     assert (rc, stdout.strip()) == (0, "container works"), stderr
 
 

@@ -16,7 +16,8 @@ directory and the result is renamed into place atomically; a lock file serialise
 builders of the same key.
 
 Only one engine per binary: a crun built with two engines tries WasmEdge first.
-Only native builds work now (amd64 on amd64); ``arch`` is there for the arm64 cross-build to come.
+Every architecture is built in the builders' root (:mod:`builders.build_root`): the controller's own
+natively, arm64 with Debian's cross toolchain (``--host=aarch64-linux-gnu``), by the same steps.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import yaml
 
 from edge_provision.arch import debian_arch
 from edge_provision.artifacts import build_dir, input_key, locked, sha256_file
-from edge_provision.artifacts.builders import apt_sources
+from edge_provision.artifacts.builders import apt_sources, build_root
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ VERSIONS_FILE = HERE.parent / "versions.yml"
 HEADER_FILE = HERE / "wasmtime_c_api.h"
 
 # Bump when the build steps change in a way that changes the output (the cache key includes it).
-BUILDER_REVISION = "1"
+BUILDER_REVISION = "2"  # 2: built in the build root (builders/build_root.py), any arch
 
 ENGINES = ("wasmtime",)
 
@@ -202,9 +203,11 @@ def verify_sha256(path: Path, expected: str, *, step: str = "verify wheel checks
     return actual
 
 
-def cache_key(arch: str, engine: str, pins: Pins) -> str:
+def cache_key(arch: str, engine: str, pins: Pins, root_key: str | None = None) -> str:
+    """Hash of every input of the build; ``root_key`` (default: the current one) names the build root."""
     return input_key(
         BUILDER_REVISION,
+        f"build-root={root_key if root_key is not None else build_root.current_key()}",
         arch,
         engine,
         pins.crun_version,
@@ -249,18 +252,7 @@ def build_crun(arch: str = "amd64", engine: str = "wasmtime", *, versions_file: 
     if cached_build(dest) is not None:
         return dest
 
-    def check_arch() -> None:
-        host = _host_arch()
-        if arch != host:
-            raise ArtifactBuildError(
-                "check arguments", f"cross-building crun for {arch} on {host} is not implemented yet "
-                "(build natively on an arm64 host, or add a cross toolchain to this builder)"
-            )
-
-    return staged_build(
-        dest, cached_build, lambda work, out: _build(work, out, arch, engine, pins, key),
-        precheck=check_arch,
-    )
+    return staged_build(dest, cached_build, lambda work, out: _build(work, out, arch, engine, pins, key))
 
 
 def staged_build(
@@ -310,15 +302,21 @@ def staged_build(
 def _build(work: Path, out: Path, arch: str, engine: str, pins: Pins, key: str) -> None:
     started = time.monotonic()
     info = ARCHES[arch]
-
+    root = _step_build_root()
     _step_deb_src()
-    _step_build_deps()
+
+    def at(path: Path) -> str:
+        return build_root.inside(path, work)
+
+    def in_root(step: str, cmd: Sequence[str], cwd: Path = work, env: Mapping[str, str] | None = None, *,
+                read_only: bool = False) -> str:
+        return _run(step, root.command(cmd, work=work, cwd=at(cwd), env=env, read_only=read_only))
 
     # -- sources -------------------------------------------------------------------------
-    source_dir = _step_apt_source(work, pins)
+    source_dir = _step_apt_source(work, pins, in_root)
     wheel = _step_download_wheel(work, pins, info)
     wheel_member = f"wasmtime/{info.wheel_dir}/_libwasmtime.so"
-    lib = out / "libwasmtime.so"
+    lib = work / "libwasmtime.so"
     try:
         with zipfile.ZipFile(wheel) as zf, zf.open(wheel_member) as src, lib.open("wb") as dst:
             shutil.copyfileobj(src, dst)
@@ -326,44 +324,61 @@ def _build(work: Path, out: Path, arch: str, engine: str, pins: Pins, key: str) 
         raise ArtifactBuildError(
             "extract libwasmtime", f"cannot extract {wheel_member} from {wheel.name}: {exc}"
         ) from exc
-    lib.chmod(0o644)
-    _step_check_exports(lib)
+    _step_check_exports(in_root("check libwasmtime exports", [root.tool(arch, "nm"), "-D", "--defined-only",
+                                                                at(lib)]), lib.name)
+    shutil.copy2(lib, out / lib.name)
+    (out / lib.name).chmod(0o644)
 
-    # -- configure & make ------------------------------------------------------------------
+    # -- configure & make (in the build root, the same commands for every architecture) -----------
     include = source_dir / INCLUDE_SUBDIR
     include.mkdir()
     shutil.copy2(HEADER_FILE, include / HEADER_FILE.name)
     for shim in HEADER_SHIMS:
         (include / shim).write_text(f'/* edge-provision shim */\n#include "{HEADER_FILE.name}"\n')
 
-    env = _build_env(source_dir)
+    env = build_env(arch, root.pkg_config_libdir(arch))
+    with contextlib.suppress(ArtifactBuildError):
+        epoch = in_root("dpkg-parsechangelog", ["dpkg-parsechangelog", "-STimestamp"], source_dir, env)
+        epoch = epoch.strip()
+        if epoch.isdigit():
+            env["SOURCE_DATE_EPOCH"] = epoch
     flags = {
-        name: _run("dpkg-buildflags", ["dpkg-buildflags", "--get", name], cwd=source_dir, env=env).strip()
+        name: in_root("dpkg-buildflags", ["dpkg-buildflags", "--get", name], source_dir, env).strip()
         for name in ("CPPFLAGS", "CFLAGS", "LDFLAGS")
     }
     configure_args = [
         *CONFIGURE_FLAGS[engine],
-        f"CPPFLAGS=-I{include} {flags['CPPFLAGS']}",
+        *cross_args(root.triplet(root.native), root.triplet(arch)),
+        f"CPPFLAGS=-I{at(include)} {flags['CPPFLAGS']}",
         f"CFLAGS={flags['CFLAGS']}",
         f"LDFLAGS={flags['LDFLAGS']}",
     ]
-    _run("configure", ["./configure", *configure_args], cwd=source_dir, env=env)
+    in_root("configure", ["./configure", *configure_args], source_dir, env)
     jobs = f"-j{os.environ.get('EDGE_PROVISION_BUILD_JOBS', '2')}"
     # `make crun` alone races: crun's sources compile while libocispec's generator is still writing
     # the headers they include (BUILT_SOURCES only apply to `make all`), and git-version.h is one
     # of those BUILT_SOURCES. Build libocispec and the header first, then the binary only.
-    _run("make libocispec", ["make", jobs, "-C", "libocispec"], cwd=source_dir, env=env)
-    _run("make git-version.h", ["make", "git-version.h"], cwd=source_dir, env=env)
-    _run("make crun", ["make", jobs, "crun"], cwd=source_dir, env=env)
+    in_root("make libocispec", ["make", jobs, "-C", "libocispec"], source_dir, env)
+    in_root("make git-version.h", ["make", "git-version.h"], source_dir, env)
+    in_root("make crun", ["make", jobs, "crun"], source_dir, env)
+    in_root("strip", [root.tool(arch, "strip"), "--strip-unneeded", "crun"], source_dir, env)
 
+    # -- checks (a foreign binary runs through qemu-user in the root) ------------------------------
+    # crun re-executes itself from a read-only bind mount of /proc/self/exe unless it already runs
+    # from a read-only file system; under qemu-user /proc/self/exe is qemu, so the check runs with
+    # the work directory mounted read-only.
+    version_output = _step_check_version(
+        in_root("check crun --version", [*root.emulator(arch), at(source_dir / "crun"), "--version"],
+                source_dir, read_only=True),
+        pins, engine,
+    )
     crun = out / "crun"
     shutil.copy2(source_dir / "crun", crun)
-    _run("strip", ["strip", "--strip-unneeded", str(crun)], cwd=source_dir, env=env)
     crun.chmod(0o755)
-
-    # -- checks ------------------------------------------------------------------------------
-    version_output = _step_check_version(crun, pins, engine)
-    needed = _needed_libraries(crun, env)
+    if b"libwasmtime.so" not in crun.read_bytes():
+        raise ArtifactBuildError("check crun --version", "the binary does not dlopen libwasmtime.so",
+                                 version_output)
+    needed = needed_from_readelf(in_root("readelf", ["readelf", "-d", "-W", "crun"], source_dir))
 
     source_files = {
         p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.is_file() and p.name.startswith("crun_")
@@ -391,7 +406,8 @@ def _build(work: Path, out: Path, arch: str, engine: str, pins: Pins, key: str) 
             "header_sha256": sha256_file(HEADER_FILE),
             "functions_used_by_crun": list(CRUN_WASMTIME_FUNCTIONS),
         },
-        "configure_flags": [arg.replace(str(source_dir), "$SRCDIR") for arg in configure_args],
+        "configure_flags": [arg.replace(at(source_dir), "$SRCDIR") for arg in configure_args],
+        "build_root": {"key": root.key, "native": root.native, "host": root.triplet(arch)},
         "deb_build_maint_options": DEB_BUILD_MAINT_OPTIONS,
         "stripped": True,
         "runtime": {
@@ -445,12 +461,16 @@ def _step_build_deps(packages: Sequence[str] = BUILD_DEPS) -> None:
         )
 
 
-def apt_source(work: Path, package: str, debian_version: str, pin: str) -> None:
+def apt_source(
+    work: Path, package: str, debian_version: str, pin: str, *, download_only: bool = False
+) -> None:
     """``apt-get source package=debian_version`` into ``work``; ``pin`` names its versions.yml key.
 
     A deb-src entry whose Sources index is not downloaded yet gets one ``apt-get update``.
+    ``download_only``: the files only (apt has checked them), unpacked by the caller.
     """
-    cmd = ["apt-get", "source", "-q", "--only-source", f"{package}={debian_version}"]
+    cmd = ["apt-get", "source", "-q", "--only-source", *(["--download-only"] if download_only else []),
+           f"{package}={debian_version}"]
     try:
         _run("apt-get source", cmd, cwd=work, env=_apt_env())
     except ArtifactBuildError as first:
@@ -471,8 +491,13 @@ def apt_source(work: Path, package: str, debian_version: str, pin: str) -> None:
             ) from exc
 
 
-def _step_apt_source(work: Path, pins: Pins) -> Path:
-    apt_source(work, "crun", pins.crun_debian_version, "crun.debian_version")
+def _step_apt_source(work: Path, pins: Pins, in_root: Callable[..., str]) -> Path:
+    """Downloaded on the machine (apt checks it against the signed Sources index), unpacked in the root."""
+    apt_source(work, "crun", pins.crun_debian_version, "crun.debian_version", download_only=True)
+    dscs = sorted(work.glob(f"crun_{pins.crun_debian_version.split(':')[-1]}.dsc"))
+    if not dscs:
+        raise ArtifactBuildError("apt-get source", f"no crun .dsc in {work}")
+    in_root("dpkg-source", ["dpkg-source", "--no-check", "-x", dscs[0].name, f"crun-{pins.crun_version}"])
     source_dir = work / f"crun-{pins.crun_version}"
     if not (source_dir / "configure").is_file():
         raise ArtifactBuildError("apt-get source", f"no unpacked source tree with configure at {source_dir}")
@@ -497,33 +522,60 @@ def _step_download_wheel(work: Path, pins: Pins, info: ArchInfo) -> Path:
     return wheel
 
 
-def _step_check_exports(lib: Path) -> None:
-    output = _run("check libwasmtime exports", ["nm", "-D", "--defined-only", str(lib)])
-    exported = {line.split()[-1] for line in output.splitlines() if line.strip()}
+def _step_check_exports(nm_output: str, library: str) -> None:
+    """``nm -D --defined-only`` output of libwasmtime must define every function crun calls."""
+    exported = {line.split()[-1] for line in nm_output.splitlines() if line.strip()}
     missing = [name for name in CRUN_WASMTIME_FUNCTIONS if name not in exported]
     if missing:
         raise ArtifactBuildError(
-            "check libwasmtime exports", f"{lib.name} lacks functions crun calls: {', '.join(missing)}"
+            "check libwasmtime exports", f"{library} lacks functions crun calls: {', '.join(missing)}"
         )
 
 
-def _step_check_version(crun: Path, pins: Pins, engine: str) -> str:
+def _step_check_version(output: str, pins: Pins, engine: str) -> str:
+    """``crun --version`` output must name the pinned version and exactly the one engine."""
     step = "check crun --version"
-    output = _run(step, [str(crun), "--version"])
     if f"crun version {pins.crun_version}" not in output:
         raise ArtifactBuildError(step, f"expected crun version {pins.crun_version}", output)
     features = next((line for line in output.splitlines() if line.startswith("+")), "")
     engines = [word for word in features.split() if word.startswith("+WASM:")]
     if engines != [f"+WASM:{engine}"]:
         raise ArtifactBuildError(step, f"expected exactly one engine, +WASM:{engine}; got {engines}", output)
-    if b"libwasmtime.so" not in crun.read_bytes():
-        raise ArtifactBuildError(step, "the binary does not dlopen libwasmtime.so", output)
     return output.strip()
 
 
-def _needed_libraries(binary: Path, env: Mapping[str, str]) -> list[str]:
-    output = _run("readelf", ["readelf", "-d", "-W", str(binary)], env=env)
+def needed_from_readelf(output: str) -> list[str]:
     return [line.split("[", 1)[1].rstrip("]") for line in output.splitlines() if "(NEEDED)" in line]
+
+
+def _needed_libraries(binary: Path, env: Mapping[str, str]) -> list[str]:
+    return needed_from_readelf(_run("readelf", ["readelf", "-d", "-W", str(binary)], env=env))
+
+
+def cross_args(build_triplet: str, host_triplet: str) -> list[str]:
+    """configure's toolchain arguments: the same for a native (build == host) and a cross build."""
+    return [f"--build={build_triplet}", f"--host={host_triplet}", f"CC={host_triplet}-gcc",
+            "PKG_CONFIG=pkg-config"]
+
+
+def build_env(arch: str, pkg_config_libdir: str) -> dict[str, str]:
+    """The build's environment in the root: Debian's toolchain, hardening and flags for ``arch``."""
+    return {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C",
+        "TZ": "UTC",
+        "HOME": build_root.WORK_MOUNT,
+        "DEB_BUILD_MAINT_OPTIONS": DEB_BUILD_MAINT_OPTIONS,
+        "DEB_HOST_ARCH": arch,  # dpkg-buildflags: the flags for the architecture built for
+        "PKG_CONFIG_LIBDIR": pkg_config_libdir,
+    }
+
+
+def _step_build_root() -> build_root.BuildRoot:
+    try:
+        return build_root.ensure_root()
+    except build_root.BuildRootError as exc:
+        raise ArtifactBuildError("build root", str(exc)) from exc
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -558,24 +610,6 @@ def _run(
 
 def _apt_env() -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
-
-
-def _build_env(source_dir: Path) -> dict[str, str]:
-    """A clean environment: Debian's toolchain and python3 only (no pyenv/venv shims on PATH)."""
-    env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "LC_ALL": "C",
-        "TZ": "UTC",
-        "HOME": str(source_dir),
-        "DEB_BUILD_MAINT_OPTIONS": DEB_BUILD_MAINT_OPTIONS,
-    }
-    with contextlib.suppress(ArtifactBuildError):
-        epoch = _run(
-            "dpkg-parsechangelog", ["dpkg-parsechangelog", "-STimestamp"], cwd=source_dir, env=env
-        ).strip()
-        if epoch.isdigit():
-            env["SOURCE_DATE_EPOCH"] = epoch
-    return env
 
 
 def _host_arch() -> str:

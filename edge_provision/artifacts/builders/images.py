@@ -36,6 +36,7 @@ there for CRI-O (which does) and for people reading the image.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -63,17 +64,12 @@ WASM_CFLAGS = ("--target=wasm32-wasi", "-O2", "-Wall", "-Wextra", "-Werror", "-W
 PAUSE_CFLAGS = ("-static", "-O2", "-Wall", "-Werror", "-s")
 BUSYBOX_APPLETS = ("sh", "echo", "sleep", "cat")
 BUSYBOX_PATH = Path("/bin/busybox")
+BUSYBOX_PACKAGE = "busybox-static"
 PAUSE_SOURCE_PACKAGE = "kubernetes"
 PAUSE_MEMBERS = ("build/pause/linux/pause.c", "build/pause/Makefile")
 # Bump when a builder's output changes for the same inputs (it is part of every cache key).
 BUILDER_REVISION = "1"
 
-# Debian architecture -> the gcc that builds static binaries for it (and its Debian packages).
-CROSS_GCC = {
-    "amd64": ("x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu libc6-dev-amd64-cross"),
-    "arm64": ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu libc6-dev-arm64-cross"),
-    "armhf": ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"),
-}
 # ELF e_machine -> Debian architecture (for checking what a binary really is).
 _ELF_MACHINES = {62: "amd64", 183: "arm64", 40: "armhf", 3: "i386", 243: "riscv64", 21: "ppc64el"}
 _TOOL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C"}
@@ -287,21 +283,46 @@ def build_wasi_demo_image(platforms: Sequence[str] = WASM_PLATFORMS) -> Path:
 # --------------------------------------------------------------------------- busybox
 
 
-def build_busybox_image(busybox: Path = BUSYBOX_PATH) -> Path:
-    """Tarball of ``edge-provision.local/busybox:<version>`` from Debian's busybox-static.
+def busybox_deb(arch: str) -> tuple[Path, str]:
+    """Debian's busybox-static .deb for ``arch`` and its version, downloaded on the controller with
+    ``apt-get download`` (``runtime_controller.debs``: apt checks it against the signed indexes)."""
+    from edge_provision import runtime_controller
 
-    The platform is read from the binary itself (its ELF machine), so the image is for
-    whatever architecture the installed busybox-static is built for.
+    for deb in runtime_controller.debs([BUSYBOX_PACKAGE], arch):
+        if deb["package"] == BUSYBOX_PACKAGE:
+            return Path(deb["path"]), deb["version"]
+    raise ImageBuildError(f"apt-get download yielded no {BUSYBOX_PACKAGE} for {arch}")
+
+
+def deb_member(deb: Path, member: str) -> bytes:
+    """The file ``member`` (an absolute path) of a .deb's data archive (``dpkg-deb --fsys-tarfile``)."""
+    proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=False,
+                          env=_TOOL_ENV)
+    if proc.returncode != 0:
+        error = proc.stderr.decode(errors="replace")
+        raise ImageBuildError(f"dpkg-deb --fsys-tarfile {deb.name} failed: {error}")
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+        for entry in tar:
+            if entry.name.lstrip(".") == member and entry.isfile():
+                f = tar.extractfile(entry)
+                if f is not None:
+                    return f.read()
+    raise ImageBuildError(f"{deb.name} has no {member}")
+
+
+def build_busybox_image(arch: str | None = None) -> Path:
+    """Tarball of ``edge-provision.local/busybox:<version>`` for ``arch`` (default: the controller's)
+    from Debian's busybox-static of that architecture (:func:`busybox_deb`); the binary's own ELF
+    machine is checked against ``arch``.
     """
-    pkg_version = package_version("busybox-static")
-    if not pkg_version:
-        raise ImageBuildError("busybox-static is not installed: apt-get install busybox-static")
-    if not busybox.is_file():
-        raise ImageBuildError(f"{busybox} not found")
-    data = busybox.read_bytes()
-    arch, static = elf_info(data)
-    if not static:
-        raise ImageBuildError(f"{busybox} is dynamically linked: is it busybox-static's?")
+    arch = arch or host_arch()
+    deb, pkg_version = busybox_deb(arch)
+    data = deb_member(deb, str(BUSYBOX_PATH))
+    built_arch, static = elf_info(data)
+    if built_arch != arch or not static:
+        raise ImageBuildError(
+            f"{deb.name}: {BUSYBOX_PATH} is {built_arch}, static={static}; wanted static {arch}"
+        )
     version = upstream_version(pkg_version)
     reference = f"{REGISTRY}/busybox:{version}"
     inputs = {
@@ -436,30 +457,28 @@ def _extract_members(tarball: Path, wanted: Sequence[str]) -> dict[str, bytes]:
     return found
 
 
-def _gcc_for(arch: str) -> str:
-    if arch == host_arch():
-        return "gcc"
-    if arch not in CROSS_GCC:
-        raise ImageBuildError(f"no cross compiler known for {arch!r}")
-    gcc, packages = CROSS_GCC[arch]
-    if shutil.which(gcc, path=_TOOL_ENV["PATH"]) is None:
-        raise ImageBuildError(f"{gcc} not found: apt-get install {packages}")
-    return gcc
-
-
 def compile_pause(arch: str = "amd64", source: PauseSource | None = None) -> Path:
-    """A static ``pause`` binary for ``arch`` (Debian arch name), cached."""
+    """A static ``pause`` binary for ``arch`` (Debian arch name), cached.
+
+    Compiled in the builders' root (:mod:`builders.build_root`) with ``<triplet>-gcc``: the same
+    command for every architecture, the controller's own included.
+    """
+    from edge_provision.artifacts.builders import build_root
+
     source = source or fetch_pause_source()
-    gcc = _gcc_for(arch)
-    gcc_version = _run([gcc, "--version"], what=f"{gcc} --version").splitlines()[0]
+    try:
+        root = build_root.ensure_root()
+        gcc = root.tool(arch, "gcc")
+    except build_root.BuildRootError as exc:
+        raise ImageBuildError(f"pause for {arch}: {exc}") from exc
     define = f"-DVERSION=v{source.version}-kubernetes-{source.kubernetes_version}"
     flags = (*PAUSE_CFLAGS, define)
-    libc = package_version("libc6-dev") if gcc == "gcc" else package_version(f"libc6-dev-{arch}-cross")
-    key = input_key(BUILDER_REVISION, sha256_file(source.pause_c), gcc_version, libc, *flags)
+    key = input_key(BUILDER_REVISION, sha256_file(source.pause_c), f"build-root={root.key}", gcc, *flags)
 
     def make(out: Path) -> None:
         shutil.copyfile(source.pause_c, out / "pause.c")
-        _run([gcc, *flags, "-o", "pause", "pause.c"], cwd=out, what=f"{gcc} pause.c")
+        _run(root.command([gcc, *flags, "-o", "pause", "pause.c"], work=out),
+             what=f"{gcc} pause.c (build root)")
         (out / "pause.c").unlink()
         built_arch, static = elf_info((out / "pause").read_bytes())
         if built_arch != arch or not static:
@@ -640,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kind == "wasi-demo":
             path = build_wasi_demo_image()
         elif kind == "busybox":
-            path = build_busybox_image()
+            path = build_busybox_image(arch or host_arch())
         elif kind == "pause":
             path = build_pause_image(arch or host_arch())
         elif kind in CONTROL_PLANE_COMPONENTS:

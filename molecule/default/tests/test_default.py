@@ -75,12 +75,15 @@ if "runtime" in STAGES:
     def test_images_imported(fleet: LabFleet, name: str) -> None:
         runtime.test_images_imported(fleet, None, name)  # type: ignore[arg-type]
 
-    # On lab-2, the arm64 edge VM.
-    def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet) -> None:
-        runtime.test_wasm_image_runs_with_crun_wasm(fleet, None)  # type: ignore[arg-type]
+    # On every VM: the amd64 one and the arm64 one (crun cross-built, arm64 images and .debs).
+    @pytest.mark.parametrize("name", NAMES)
+    def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, name: str) -> None:
+        runtime.test_wasm_image_runs_with_crun_wasm(fleet, None, name)  # type: ignore[arg-type]
 
-    def test_wasm_image_fails_with_runc(fleet: LabFleet) -> None:
-        runtime.test_wasm_image_fails_with_runc(fleet, None)  # type: ignore[arg-type]
+    @pytest.mark.parametrize("name", NAMES)
+    def test_wasm_image_fails_with_runc(fleet: LabFleet, name: str) -> None:
+        runtime.test_wasm_image_fails_with_runc(fleet, None, name)  # type: ignore[arg-type]
 
-    def test_busybox_runs_with_runc(fleet: LabFleet) -> None:
-        runtime.test_busybox_runs_with_runc(fleet, None)  # type: ignore[arg-type]
+    @pytest.mark.parametrize("name", NAMES)
+    def test_busybox_runs_with_runc(fleet: LabFleet, name: str) -> None:
+        runtime.test_busybox_runs_with_runc(fleet, None, name)  # type: ignore[arg-type]
