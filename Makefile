@@ -14,9 +14,10 @@ demo: setup
 	.venv/bin/edge-provision lab status
 	.venv/bin/edge-provision status -i inventories/lab
 
-# Both tiers: unit (seconds) and lab (real hosts over SSH).
+# Every tier, fastest first, one pytest summary: unit (seconds), lab (real hosts over SSH),
+# VM (the lab's QEMU backend, amd64 + arm64), Molecule (`molecule test` of each scenario on VMs).
 test: setup
-	.venv/bin/pytest tests/unit tests/lab
+	.venv/bin/pytest tests/unit tests/lab tests/vm tests/molecule
 
 unit: setup
 	.venv/bin/pytest tests/unit
@@ -35,7 +36,7 @@ clean-lab:
 
 .PHONY: vm-tests molecule
 
-# VM tier (not part of `make test`): the lab's VM backend on real QEMU, amd64 + arm64.
+# VM tier alone: the lab's VM backend on real QEMU, amd64 + arm64.
 vm-tests: setup
 	.venv/bin/pytest tests/vm
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.molecule
 TAIL_LINES = 60
 
 
-@pytest.mark.parametrize("scenario", ["default", "cluster"])
+@pytest.mark.parametrize("scenario", ["default"])
 def test_molecule_scenario_passes(scenario: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     log = tmp_path_factory.mktemp("molecule") / f"{scenario}.log"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1", "PY_COLORS": "0"}
