@@ -52,12 +52,22 @@ def test_manifests() -> None:
     assert pod["spec"]["runtimeClassName"] == "crun-wasm"
     assert pod["spec"]["containers"][0]["image"] == "r.example/w:1"
     assert pod["spec"]["containers"][0]["args"] == ["1", "2", "3"]
+    assert "nodeSelector" not in pod["spec"]  # any node the RuntimeClass selects
     terms = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "device", "operator": "In", "values": ["camera"]}]}]
 
 
-@pytest.mark.parametrize("key", ["workloads_namespace", "edge_wasm_engine"])
+def test_wasm_sample_node_selector_places_its_pod() -> None:
+    v = workloads.role_variables({"workloads_wasm_node_selector": {"edge-provision.io/wasm-sample": "true"},
+                                  "workloads_wasm_image": "r.example/w:1", "workloads_container_image": "r.example/c:1"})
+    _runtime_class, job, deployment = workloads.manifests(v)
+    assert job["spec"]["template"]["spec"]["nodeSelector"] == {"edge-provision.io/wasm-sample": "true"}
+    assert job["spec"]["template"]["spec"]["runtimeClassName"] == "crun-wasm"
+    assert "nodeSelector" not in deployment["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("key", ["workloads_namespace", "edge_wasm_engine", "workloads_wasm_node_selector"])
 def test_role_variables_take_fleet_overrides(key: str) -> None:
     assert workloads.role_variables({key: "x", "unrelated": 1})[key] == "x"
     assert "unrelated" not in workloads.role_variables({"unrelated": 1})
