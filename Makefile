@@ -34,13 +34,20 @@ lint: setup
 clean-lab:
 	.venv/bin/edge-provision lab down
 
-.PHONY: vm-tests molecule
+.PHONY: vm-tests molecule molecule-cluster
 
 # VM tier alone: the lab's VM backend on real QEMU, amd64 + arm64.
 vm-tests: setup
 	.venv/bin/pytest tests/vm
 
-# Molecule scenario default on an amd64 and an arm64 VM (create, converge, idempotence,
-# verify, destroy). EDGE_MOLECULE_STAGES=host_prep limits the stages converged and verified.
+# A Molecule scenario on an amd64 and an arm64 VM (create, converge, idempotence, verify,
+# destroy): SCENARIO=default (host_prep, runtime) or SCENARIO=cluster (every stage: kubeadm control
+# plane on amd64, the arm64 node joins and runs the Wasm sample). EDGE_MOLECULE_STAGES limits the
+# stages converged and verified.
+SCENARIO ?= default
+
 molecule: setup
-	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/molecule --base-config molecule/base.yml test -s default
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/molecule --base-config molecule/base.yml test -s $(SCENARIO)
+
+molecule-cluster:
+	$(MAKE) molecule SCENARIO=cluster

@@ -35,6 +35,7 @@ class LabHost:
     arch: str  # "amd64" (container backend)
     backend: str  # "container" | "vm"
     node_ip: str = ""  # edge_node_ip when other cluster members reach it elsewhere than `address` (VMs)
+    api_server: str = ""  # control_plane_kubeadm_api_server: the controller's way to the API server (VMs)
 
     @property
     def cluster_address(self) -> str:
@@ -74,9 +75,10 @@ def render_hosts_yml(directory: Path, hosts: Iterable[LabHost]) -> str:
     for host in sorted(hosts, key=lambda h: int(h.name.rsplit("-", 1)[1])):
         index = int(host.name.rsplit("-", 1)[1])
         node_ip = f"edge_node_ip: {host.node_ip}, " if host.node_ip else ""
+        api = f"control_plane_kubeadm_api_server: {_q(host.api_server)}, " if host.api_server else ""
         by_group[host.group].append(
             f"        {host.name}: {{ansible_host: {host.address}, ansible_port: {host.port}, "
-            f"edge_arch: {host.arch}, {node_ip}edge_node_labels: {_flow(node_labels(index))}}}"
+            f"edge_arch: {host.arch}, {node_ip}{api}edge_node_labels: {_flow(node_labels(index))}}}"
         )
     lines = [
         "# Written by `edge-provision lab up`; removed by `edge-provision lab down`.",

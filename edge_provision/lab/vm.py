@@ -10,6 +10,9 @@ through a throw-away qcow2 overlay, with the kernel and initrd given to QEMU dir
 - TCG only (``-accel tcg,thread=multi,tb-size=256``; KVM is not usable here), modest memory;
 - NIC 1: QEMU user-mode networking, restricted to the VM (``restrict=on``) except SSH,
   forwarded from a loopback port: the inventory's ``ansible_host`` 127.0.0.1 + ``ansible_port``;
+  on the control plane (host 1) also the API server's port 6443, from another loopback port the
+  inventory names as ``control_plane_kubeadm_api_server`` (the controller's kubeconfig, the
+  workloads stage);
 - NIC 2: the lab's own ``vde_switch`` (Debian's vde2), a static address from the kernel
   command line: VM-to-VM traffic, and each host's ``edge_node_ip`` (every user-mode NIC
   is 10.0.2.15, so that address cannot identify a node);
@@ -48,6 +51,7 @@ STATE_DIR = ".vm"
 SWITCH = "vde"
 LAB_SUBNET = "192.168.77"  # on the lab's own switch only; host N is .(10+N)
 LAB_PREFIX = 24
+API_SERVER_PORT = 6443  # kubernetes_node_api_port's default
 MEMORY_MB = int(os.environ.get("EDGE_PROVISION_VM_MEMORY_MB", "1024"))
 CPUS = int(os.environ.get("EDGE_PROVISION_VM_CPUS", "2"))
 OVERLAY_SIZE = "8G"  # the root file system grows to it at first boot (x-systemd.growfs)
@@ -78,10 +82,20 @@ class VmSpec:
     lab_mac: str
     user_mac: str
     image: str  # base image directory (cache key)
+    api_port: int = 0  # loopback port forwarded to the VM's API server port (control plane only)
 
     def host(self) -> LabHost:
+        api_server = f"https://127.0.0.1:{self.api_port}" if self.api_port else ""
         return LabHost(name=self.name, address="127.0.0.1", port=self.ssh_port,
-                       group=inv.host_group(self.index), arch=self.arch, backend="vm", node_ip=self.node_ip)
+                       group=inv.host_group(self.index), arch=self.arch, backend="vm", node_ip=self.node_ip,
+                       api_server=api_server)
+
+    def user_netdev(self) -> str:
+        """NIC 1: user-mode networking, closed but for SSH (and the API server on the control plane)."""
+        forwards = [f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"]
+        if self.api_port:
+            forwards.append(f"hostfwd=tcp:127.0.0.1:{self.api_port}-:{API_SERVER_PORT}")
+        return ",".join(["user", "id=user", "restrict=on", *forwards])
 
 
 def parse_arches(arches: Sequence[str] | None, count: int) -> list[str]:
@@ -222,7 +236,7 @@ class VmLab:
             "-kernel", str(base.kernel), "-initrd", str(base.initrd), "-append", append,
             "-drive", f"if=none,id=root,format=qcow2,cache=unsafe,discard=unmap,file={overlay}",
             "-device", "virtio-blk-pci,drive=root",
-            "-netdev", f"user,id=user,restrict=on,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+            "-netdev", spec.user_netdev(),
             "-device", f"virtio-net-pci,netdev=user,mac={spec.user_mac},romfile=",
             "-netdev", f"vde,id=lab,sock={self.switch_socket}",
             "-device", f"virtio-net-pci,netdev=lab,mac={spec.lab_mac},romfile=",
@@ -312,7 +326,7 @@ class VmLab:
                 self._remove_vm(name)
         specs: list[VmSpec] = []
         to_boot: list[VmSpec] = []
-        taken = {s.ssh_port for s in have.values()}
+        taken = {port for s in have.values() for port in (s.ssh_port, s.api_port) if port}
         for name, (index, arch) in wanted.items():
             base = bases[arch]
             current = have.get(name)
@@ -324,9 +338,16 @@ class VmLab:
             while port in taken:
                 port = _free_port()
             taken.add(port)
+            api_port = 0
+            if inv.host_group(index) == inv.CONTROL_PLANE:
+                api_port = _free_port()
+                while api_port in taken:
+                    api_port = _free_port()
+                taken.add(api_port)
             spec = VmSpec(name=name, index=index, arch=arch, ssh_port=port,
                           node_ip=f"{LAB_SUBNET}.{10 + index}", lab_mac=f"52:54:00:ed:01:{index:02x}",
-                          user_mac=f"52:54:00:ed:00:{index:02x}", image=base.disk.parent.name)
+                          user_mac=f"52:54:00:ed:00:{index:02x}", image=base.disk.parent.name,
+                          api_port=api_port)
             specs.append(spec)
             to_boot.append(spec)
         started = time.monotonic()

@@ -6,6 +6,9 @@ lab-1 (control plane) and lab-2 are provisioned by Ansible, lab-3 by pyinfra. Ea
 tries a join with a token the cluster does not know, which must fail with kubeadm's reason and
 leave the node clean, then joins for real at -vvv; no token of the cluster may appear in any of
 that output. A second run of each engine changes nothing.
+
+The `check_*` functions take a fleet's admin kubeconfig (and node names) only: Molecule's
+scenario cluster (molecule/cluster/tests) runs them on its VMs too.
 """
 
 from __future__ import annotations
@@ -84,13 +87,12 @@ def _core(runs: ClusterRuns) -> client.CoreV1Api:
     return client.CoreV1Api(cluster.api_client(runs.kubeconfig))
 
 
-def test_both_engines_bring_up_the_cluster(runs: ClusterRuns) -> None:
-    runs.ansible.ok()
-    runs.pyinfra.ok()
+# --- checks on any fleet's cluster (also run by molecule/cluster) --------------------------
 
 
-def test_control_plane_runs_its_static_pods(runs: ClusterRuns) -> None:
-    pods = _core(runs).list_namespaced_pod("kube-system").items
+def check_control_plane_runs_its_static_pods(kubeconfig: Path) -> None:
+    core = client.CoreV1Api(cluster.api_client(kubeconfig))
+    pods = core.list_namespaced_pod("kube-system").items
     running = {p.metadata.labels.get("component"): p.status.phase for p in pods if p.metadata.labels}
     for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
         assert running.get(component) == "Running", running
@@ -98,21 +100,84 @@ def test_control_plane_runs_its_static_pods(runs: ClusterRuns) -> None:
     assert all(i.startswith("edge-provision.local/") for i in images), images
 
 
-def test_every_node_is_ready_with_its_inventory_labels(runs: ClusterRuns) -> None:
-    nodes = {n.metadata.name: n for n in _core(runs).list_node().items}
-    assert sorted(nodes) == ["lab-1", "lab-2", "lab-3"]
+def check_every_node_is_ready_with_the_lab_labels(kubeconfig: Path, names: list[str]) -> dict[str, client.V1Node]:
+    """Exactly ``names`` are nodes, all Ready with the lab's labels: the first is the control
+    plane, the second (the first edge host) carries device=camera. Returns the nodes by name."""
+    nodes = {n.metadata.name: n for n in client.CoreV1Api(cluster.api_client(kubeconfig)).list_node().items}
+    assert sorted(nodes) == sorted(names)
     for name, node in nodes.items():
         ready = [c.status for c in node.status.conditions if c.type == "Ready"]
         assert ready == ["True"], (name, node.status.conditions)
         assert node.metadata.labels.get("edge-provision.io/lab") == "true", name
-    assert nodes["lab-2"].metadata.labels.get("device") == "camera"
+    assert nodes[names[1]].metadata.labels.get("device") == "camera"
+    assert "node-role.kubernetes.io/control-plane" in nodes[names[0]].metadata.labels
+    return nodes
+
+
+def check_admin_kubeconfig_is_private_and_reaches_the_api(kubeconfig: Path, control_plane: str) -> None:
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+    assert cluster.node_status(kubeconfig, control_plane)["ready"]
+
+
+def check_every_node_carries_the_wasm_label_recorded_as_owned(kubeconfig: Path) -> None:
+    for node in client.CoreV1Api(cluster.api_client(kubeconfig)).list_node().items:
+        assert node.metadata.labels.get("edge-provision.io/wasm") == "wasmtime", node.metadata.name
+        owned = node.metadata.annotations[workloads.MANAGED_LABELS_ANNOTATION].split(",")
+        assert "edge-provision.io/wasm" in owned and "edge-provision.io/lab" in owned
+
+
+def check_wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(kubeconfig: Path) -> dict[str, object]:
+    """The sample Wasm Job succeeded through the RuntimeClass on a node with the Wasm label and
+    logged the demo's lines; returns its result (``node``: where its pod ran)."""
+    result = workloads.job_result(kubeconfig, "default", WORKLOADS["workloads_wasm_job"], 120)
+    assert result["succeeded"] and result["runtime_class"] == "crun-wasm", result
+    rc = client.NodeV1Api(cluster.api_client(kubeconfig)).read_runtime_class("crun-wasm")
+    assert rc.handler == role_defaults("containerd")["containerd_wasm_handler"]
+    node = client.CoreV1Api(cluster.api_client(kubeconfig)).read_node(result["node"])
+    assert node.metadata.labels["edge-provision.io/wasm"] == "wasmtime"
+    assert demo_output_problems(result["log"], args=["/wasi_demo.wasm", "1", "2", "3"]) == [], result["log"]
+    assert "A_TEST: hello" in result["log"].splitlines()
+    return result
+
+
+def check_wasm_deployment_keeps_running_with_the_wasm_handler(kubeconfig: Path) -> list[str]:
+    """The long-running Wasm sample: Running (not Completed) under the Wasm handler on nodes with
+    the Wasm label, never restarted, its log the demo followed by heartbeats; returns its nodes."""
+    pods = workloads.deployment_pods(kubeconfig, "default", WORKLOADS["workloads_wasm_deployment"], 120, logs=True)
+    assert len(pods) == WORKLOADS["workloads_wasm_replicas"], pods
+    core = client.CoreV1Api(cluster.api_client(kubeconfig))
+    for pod in pods:
+        assert pod["runtime_class"] == "crun-wasm", pod
+        assert core.read_node(pod["node"]).metadata.labels["edge-provision.io/wasm"] == "wasmtime"
+        assert workloads.wasm_output_problems(pod["log"], WORKLOADS, heartbeat=True) == [], pod["log"]
+        status = core.read_namespaced_pod(pod["name"], "default").status
+        assert status.phase == "Running" and status.container_statuses[0].restart_count == 0, status
+    return [str(pod["node"]) for pod in pods]
+
+
+def check_container_sample_runs_only_on(kubeconfig: Path, node: str) -> None:
+    assert workloads.deployment_nodes(kubeconfig, "default", "camera-app", 120) == [node]
+
+
+# --- the lab tier ---------------------------------------------------------------------------
+
+
+def test_both_engines_bring_up_the_cluster(runs: ClusterRuns) -> None:
+    runs.ansible.ok()
+    runs.pyinfra.ok()
+
+
+def test_control_plane_runs_its_static_pods(runs: ClusterRuns) -> None:
+    check_control_plane_runs_its_static_pods(runs.kubeconfig)
+
+
+def test_every_node_is_ready_with_its_inventory_labels(runs: ClusterRuns) -> None:
+    nodes = check_every_node_is_ready_with_the_lab_labels(runs.kubeconfig, ["lab-1", "lab-2", "lab-3"])
     assert "device" not in nodes["lab-3"].metadata.labels
-    assert "node-role.kubernetes.io/control-plane" in nodes["lab-1"].metadata.labels
 
 
 def test_admin_kubeconfig_is_private_and_reaches_the_api(runs: ClusterRuns) -> None:
-    assert runs.kubeconfig.stat().st_mode & 0o777 == 0o600
-    assert cluster.node_status(runs.kubeconfig, "lab-1")["ready"]
+    check_admin_kubeconfig_is_private_and_reaches_the_api(runs.kubeconfig, "lab-1")
 
 
 def test_bad_token_join_fails_clearly_and_leaves_the_node_clean(runs: ClusterRuns) -> None:
@@ -167,41 +232,19 @@ def test_second_pyinfra_run_changes_nothing(runs: ClusterRuns) -> None:
 
 
 def test_every_node_carries_the_wasm_label_recorded_as_owned(runs: ClusterRuns) -> None:
-    for node in _core(runs).list_node().items:
-        assert node.metadata.labels.get("edge-provision.io/wasm") == "wasmtime", node.metadata.name
-        owned = node.metadata.annotations[workloads.MANAGED_LABELS_ANNOTATION].split(",")
-        assert "edge-provision.io/wasm" in owned and "edge-provision.io/lab" in owned
+    check_every_node_carries_the_wasm_label_recorded_as_owned(runs.kubeconfig)
 
 
 def test_wasm_job_runs_on_a_wasm_node_with_the_wasm_handler_and_prints_the_demo(runs: ClusterRuns) -> None:
-    result = workloads.job_result(runs.kubeconfig, "default", WORKLOADS["workloads_wasm_job"], 120)
-    assert result["succeeded"] and result["runtime_class"] == "crun-wasm", result
-    rc = client.NodeV1Api(cluster.api_client(runs.kubeconfig)).read_runtime_class("crun-wasm")
-    assert rc.handler == role_defaults("containerd")["containerd_wasm_handler"]
-    node = _core(runs).read_node(result["node"])
-    assert node.metadata.labels["edge-provision.io/wasm"] == "wasmtime"
-    assert demo_output_problems(result["log"], args=["/wasi_demo.wasm", "1", "2", "3"]) == [], result["log"]
-    assert "A_TEST: hello" in result["log"].splitlines()
+    check_wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(runs.kubeconfig)
 
 
 def test_wasm_deployment_keeps_running_on_wasm_nodes_with_the_wasm_handler(runs: ClusterRuns) -> None:
-    """The long-running Wasm sample: Running (not Completed) under the Wasm handler, never
-    restarted, its log the demo followed by heartbeats."""
-    pods = workloads.deployment_pods(
-        runs.kubeconfig, "default", WORKLOADS["workloads_wasm_deployment"], 120, logs=True
-    )
-    assert len(pods) == WORKLOADS["workloads_wasm_replicas"], pods
-    core = _core(runs)
-    for pod in pods:
-        assert pod["runtime_class"] == "crun-wasm", pod
-        assert core.read_node(pod["node"]).metadata.labels["edge-provision.io/wasm"] == "wasmtime"
-        assert workloads.wasm_output_problems(pod["log"], WORKLOADS, heartbeat=True) == [], pod["log"]
-        status = core.read_namespaced_pod(pod["name"], "default").status
-        assert status.phase == "Running" and status.container_statuses[0].restart_count == 0, status
+    check_wasm_deployment_keeps_running_with_the_wasm_handler(runs.kubeconfig)
 
 
 def test_container_sample_runs_only_on_the_camera_node(runs: ClusterRuns) -> None:
-    assert workloads.deployment_nodes(runs.kubeconfig, "default", "camera-app", 120) == ["lab-2"]
+    check_container_sample_runs_only_on(runs.kubeconfig, "lab-2")
 
 
 def test_a_pod_asking_for_a_label_nobody_has_stays_pending(runs: ClusterRuns) -> None:

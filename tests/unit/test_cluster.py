@@ -136,6 +136,11 @@ def test_kubeadm_init_configuration() -> None:
     assert cluster_config["kubernetesVersion"] == "v1.20.2"
     assert cluster_config["etcd"] == {"external": {"endpoints": CONTROL_PLANE["control_plane_kubeadm_etcd_endpoints"]}}
     assert cluster_config["apiServer"]["certSANs"] == ["192.0.2.10", "cp-1"]
+    assert cluster_config["apiServer"]["timeoutForControlPlane"] == "4m0s"  # kubeadm's own default
+    slow = next(d for d in yaml.safe_load_all(render_template(
+        "control_plane_kubeadm", "kubeadm-init.yaml.j2",
+        {**_init_vars(""), "control_plane_kubeadm_timeout_for_control_plane": "20m0s"})) if d["kind"] == "ClusterConfiguration")
+    assert slow["apiServer"]["timeoutForControlPlane"] == "20m0s"
     assert kubelet == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
                        "cgroupDriver": "systemd", "failSwapOn": True}
     no_labels = next(yaml.safe_load_all(

@@ -52,6 +52,7 @@ def test_manifests() -> None:
     assert pod["spec"]["runtimeClassName"] == "crun-wasm"
     assert pod["spec"]["containers"][0]["image"] == "r.example/w:1"
     assert pod["spec"]["containers"][0]["args"] == ["1", "2", "3"]
+    assert "nodeSelector" not in pod["spec"]  # any node the RuntimeClass selects
     terms = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "device", "operator": "In", "values": ["camera"]}]}]
@@ -129,7 +130,17 @@ def test_workloads_crun_path_is_the_runtime_stages_crun() -> None:
     assert role_defaults("workloads")["workloads_crun_path"] == role_defaults("wasm_runtime")["wasm_runtime_crun_path"]
 
 
-@pytest.mark.parametrize("key", ["workloads_namespace", "edge_wasm_engine"])
+def test_wasm_sample_node_selector_places_its_pod() -> None:
+    v = workloads.role_variables({"workloads_wasm_node_selector": {"edge-provision.io/wasm-sample": "true"},
+                                  "workloads_wasm_image": "r.example/w:1", "workloads_container_image": "r.example/c:1"})
+    _runtime_class, job, wasm_deployment, deployment = workloads.manifests(v)
+    for wasm in (job, wasm_deployment):  # both Wasm samples
+        assert wasm["spec"]["template"]["spec"]["nodeSelector"] == {"edge-provision.io/wasm-sample": "true"}
+        assert wasm["spec"]["template"]["spec"]["runtimeClassName"] == "crun-wasm"
+    assert "nodeSelector" not in deployment["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("key", ["workloads_namespace", "edge_wasm_engine", "workloads_wasm_node_selector"])
 def test_role_variables_take_fleet_overrides(key: str) -> None:
     assert workloads.role_variables({key: "x", "unrelated": 1})[key] == "x"
     assert "unrelated" not in workloads.role_variables({"unrelated": 1})
