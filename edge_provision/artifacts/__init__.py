@@ -11,11 +11,13 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("EDGE_PROVISION_CACHE", Path.home() / ".cache" / "edge-provision"))
 ARTIFACTS_DIR = CACHE_DIR / "artifacts"
+LOCK_POLL_SECONDS = 0.2
 
 
 def sha256_file(path: Path) -> str:
@@ -51,10 +53,20 @@ def cached_builds() -> list[tuple[str, Path, int]]:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) so one process builds at a time."""
+    """Hold an exclusive lock on ``path`` (created if needed) so one process builds at a time.
+
+    Taken without blocking, retried after a sleep: under pyinfra (gevent, every host a greenlet of
+    one process) a blocking flock() would stop the whole process, the holder's subprocess included
+    (hosts of one architecture share a lock), and never return.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(LOCK_POLL_SECONDS)  # gevent's sleep when pyinfra patched it: others run
         try:
             yield
         finally:

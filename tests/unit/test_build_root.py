@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,25 @@ def test_ensure_root_runs_mmdebstrap_in_its_own_mount_namespace(
     assert seen[0][:5] == ["unshare", "--mount", "--propagation", "private", "--"]
     assert seen[0][5] == "mmdebstrap"
     assert [p.name for p in (tmp_path / "build-root").iterdir() if p.is_dir()] == [], "no partial root kept"
+
+
+def test_lock_waits_without_blocking_a_gevent_process(tmp_path: Path) -> None:
+    """pyinfra runs hosts as greenlets: a second holder of the lock must poll with a (patched) sleep,
+    never sit in a blocking flock() that stops the first holder too."""
+    script = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import gevent, subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from edge_provision.artifacts import locked\n"
+        "lock = Path(sys.argv[1])\n"
+        "def work(n):\n"
+        "    with locked(lock):\n"
+        "        subprocess.run(['sleep', '0.3'], check=True)\n"
+        "    return n\n"
+        "jobs = [gevent.spawn(work, n) for n in range(3)]\n"
+        "gevent.joinall(jobs, timeout=20)\n"
+        "print(sorted(j.value for j in jobs if j.successful()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.lock")], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.stdout.strip() == "[0, 1, 2]", out.stdout + out.stderr
