@@ -1,16 +1,23 @@
 """The steps of a ``molecule test`` run and their wall times, read from Molecule's log.
 
-Molecule prints ``HH:MM:SS INFO <scenario> ➜ <step>: Executing`` when a step starts and
-``...: Executed: <result>`` when it ends (one line each, with or without colour codes).
+Molecule prints ``INFO <scenario> ➜ <step>: Executing`` when a step starts and
+``...: Executed: <result>`` when it ends; without colour (``NO_COLOR``) the same lines read
+``INFO [<scenario> > <step>] Executing``. Only the coloured form carries a time, so the log this
+reads has ``HH:MM:SS`` written in front of every line as it arrived (:func:`stamp`); a time
+Molecule printed itself may follow it.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\s+INFO\s+\S+ ➜ (\w+): (Executing|Executed: (.*))$")
+_LINE = re.compile(
+    r"^(\d\d):(\d\d):(\d\d)\s+(?:\d\d:\d\d:\d\d\s+)?INFO\s+"
+    r"(?:\S+ ➜ (\w+): |\[\S+ > (\w+)\] )(Executing|Executed: (.*))$"
+)
 _OK = ("Successful", "Skipped", "disabled")
 
 
@@ -21,6 +28,11 @@ class Step:
     ok: bool
 
 
+def stamp(line: str, now: float) -> str:
+    """``line`` as :func:`step_times` reads it: the local time ``now`` (``time.time()``) in front."""
+    return f"{time.strftime('%H:%M:%S', time.localtime(now))} {line}"
+
+
 def step_times(log: str) -> list[Step]:
     """Each step that ran, in order, with its wall time (a day boundary is allowed for)."""
     steps: list[Step] = []
@@ -29,7 +41,8 @@ def step_times(log: str) -> list[Step]:
         match = _LINE.match(_ANSI.sub("", raw).strip())
         if not match:
             continue
-        hours, minutes, seconds, step, what, result = match.groups()
+        hours, minutes, seconds, coloured_step, plain_step, what, result = match.groups()
+        step = coloured_step or plain_step
         at = int(hours) * 3600 + int(minutes) * 60 + int(seconds)
         if what == "Executing":
             started = (step, at)

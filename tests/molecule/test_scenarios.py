@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import BIN, ROOT
 from tests.molecule.conftest import STEP_TIMES
-from tests.molecule.steps import step_times
+from tests.molecule.steps import stamp, step_times
 
 pytestmark = pytest.mark.molecule
 
@@ -29,15 +29,20 @@ def test_molecule_scenario_passes(scenario: str, tmp_path_factory: pytest.TempPa
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "NO_COLOR": "1", "PY_COLORS": "0"}
     env.pop("EDGE_MOLECULE_STAGES", None)  # the scenario's own stages
     started = time.monotonic()
-    with log.open("w") as out:
-        result = subprocess.run(
-            [str(BIN / "molecule"), "--base-config", "molecule/base.yml", "test", "-s", scenario],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False,
-        )
+    with log.open("w") as out, subprocess.Popen(
+        [str(BIN / "molecule"), "--base-config", "molecule/base.yml", "test", "-s", scenario],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        text=True, errors="replace",
+    ) as molecule:
+        assert molecule.stdout is not None
+        for line in molecule.stdout:  # each line stamped with the time it arrived
+            out.write(stamp(line, time.time()))
+            out.flush()
+        returncode = molecule.wait()
     text = log.read_text(errors="replace")
     STEP_TIMES[scenario] = (time.monotonic() - started, step_times(text))
     tail = "\n".join(text.splitlines()[-TAIL_LINES:])
-    assert result.returncode == 0, f"molecule test -s {scenario} failed (log: {log}):\n{tail}"
+    assert returncode == 0, f"molecule test -s {scenario} failed (log: {log}):\n{tail}"
     steps = [s.step for s in STEP_TIMES[scenario][1]]
     for step in ("create", "converge", "idempotence", "verify", "destroy"):
         assert step in steps, f"molecule test -s {scenario} ran no {step} step (log: {log})"

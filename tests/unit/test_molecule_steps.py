@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.molecule.steps import Step, step_times
+import time
+
+from tests.molecule.steps import Step, stamp, step_times
 
 LOG = """\
 23:20:19 INFO     default ➜ discovery: scenario test matrix: dependency, destroy, create
@@ -22,6 +24,32 @@ def test_each_step_with_its_wall_time_and_outcome() -> None:
         Step("create", 119.0, True),
         Step("converge", 75.0, False),  # across midnight
     ]
+
+
+# What the tier's log holds: Molecule without colour (NO_COLOR), each line stamped on arrival.
+PLAIN_LOG = """\
+10:00:01 INFO     [default > create] Executing
+10:00:01   TASK [Start the VMs] ************
+10:02:11 INFO     [default > create] Executed: Successful
+10:02:11 INFO     [default > verify] Executing
+10:02:11 INFO     [default > verify] Executing Testinfra tests found in /repo/molecule/default/tests/...
+10:06:00 INFO     [default > verify] Executed: Successful
+"""
+
+
+def test_plain_molecule_lines_stamped_on_arrival() -> None:
+    assert step_times(PLAIN_LOG) == [Step("create", 130.0, True), Step("verify", 229.0, True)]
+
+
+def test_stamp_puts_the_local_time_in_front() -> None:
+    line = stamp("INFO     [default > create] Executing\n", time.mktime((2026, 11, 25, 1, 2, 3, 0, 0, -1)))
+    assert line == "01:02:03 INFO     [default > create] Executing\n"
+    assert step_times(line + stamp("INFO     [default > create] Executed: Successful", 0)) != []
+
+
+def test_molecules_own_time_after_the_stamp_is_allowed() -> None:
+    log = "10:00:00 10:00:00 INFO     default ➜ create: Executing\n10:00:09 10:00:09 INFO     default ➜ create: Executed: Successful\n"
+    assert step_times(log) == [Step("create", 9.0, True)]
 
 
 def test_a_step_that_never_ended_is_not_listed() -> None:
