@@ -76,6 +76,15 @@ def _run(
     )
 
 
+def tool_step(command: str, what: str, reset: str | None = KUBEADM_RESET) -> FunctionCommand:
+    """The command that runs ``command`` on the host via ``_run``: quiet, reset and reported on failure."""
+
+    def call(state: Any, host: Any) -> bool:
+        return _run(host, command, what, reset=reset)
+
+    return FunctionCommand(call, (), {})
+
+
 def _shell(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
@@ -101,11 +110,7 @@ def kubeadm_initialised(config_file: str, skip_phases: Sequence[str]) -> Command
         f"kubeadm init --config={shlex.quote(config_file)} "
         f"--skip-phases={shlex.quote(','.join(skip_phases))} --skip-token-print"
     )
-
-    def init(state: Any, host: Any) -> bool:
-        return _run(host, command, "kubeadm init")
-
-    yield FunctionCommand(init, (), {})
+    yield tool_step(command, "kubeadm init")
 
 
 @operation(is_idempotent=True)
@@ -312,11 +317,7 @@ def keadm_initialised(keadm: str, kubeconfig: str, advertise_address: str, extra
         host.noop("cloudcore is installed")
         return
     command = _shell(distributions.keadm_init(keadm, advertise_address, kubeconfig, extra))
-
-    def init(state: Any, host: Any) -> bool:
-        return _run(host, command, "keadm init", reset=None)
-
-    yield FunctionCommand(init, (), {})
+    yield tool_step(command, "keadm init", reset=None)
 
 
 @operation(is_idempotent=True)

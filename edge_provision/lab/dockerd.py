@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from edge_provision.lab.processes import alive
+
 SOCKET = Path("/var/run/docker.sock")
 RUNTIME_NAME = "edge-lab-runc"
 LAB_LABEL = "io.edge-provision.lab"
@@ -192,7 +194,7 @@ def stop_if_idle() -> bool:
         except (ValueError, IndexError):
             marker.unlink(missing_ok=True)
             return False
-        if not _alive(pid):
+        if not alive(pid, "dockerd"):
             marker.unlink(missing_ok=True)
             return False
         others = docker("ps", "-aq", "--filter", f"label={LAB_LABEL}", check=False)
@@ -204,19 +206,11 @@ def stop_if_idle() -> bool:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid, "dockerd") and time.monotonic() < deadline:
             time.sleep(0.2)
         marker.unlink(missing_ok=True)
         return True
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     with contextlib.suppress(OSError):
         if Path(f"/proc/{pid}/comm").read_text().strip() != "dockerd":
             return False  # the pid was reused

@@ -46,6 +46,7 @@ from edge_provision.lab import vm_image
 from edge_provision.lab.containers import ssh_banner, ssh_login
 from edge_provision.lab.dockerd import LabError
 from edge_provision.lab.inventory_writer import LabHost
+from edge_provision.lab.processes import alive
 
 STATE_DIR = ".vm"
 SWITCH = "vde"
@@ -115,19 +116,16 @@ def parse_arches(arches: Sequence[str] | None, count: int) -> list[str]:
     return wanted
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_port(taken: set[int]) -> int:
+    """A free loopback port not in ``taken`` (a stopped VM's port is free but still its own), added to it."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            taken.add(port)
+            return port
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -177,7 +175,7 @@ class VmLab:
         except OSError:
             return None
         # A recycled pid would not name this lab's state directory.
-        return pid if _alive(pid) and str(self.state).encode() in cmdline else None
+        return pid if alive(pid) and str(self.state).encode() in cmdline else None
 
     def specs(self) -> dict[str, VmSpec]:
         found: dict[str, VmSpec] = {}
@@ -299,11 +297,11 @@ class VmLab:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            while _alive(pid) and time.monotonic() < deadline + 5:
+            while alive(pid) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
         self.pid_file(name).unlink(missing_ok=True)
 
@@ -334,16 +332,8 @@ class VmLab:
             if current is not None and same and self._pid(name):
                 specs.append(current)
                 continue
-            port = _free_port()
-            while port in taken:
-                port = _free_port()
-            taken.add(port)
-            api_port = 0
-            if inv.host_group(index) == inv.CONTROL_PLANE:
-                api_port = _free_port()
-                while api_port in taken:
-                    api_port = _free_port()
-                taken.add(api_port)
+            port = _free_port(taken)
+            api_port = _free_port(taken) if inv.host_group(index) == inv.CONTROL_PLANE else 0
             spec = VmSpec(name=name, index=index, arch=arch, ssh_port=port,
                           node_ip=f"{LAB_SUBNET}.{10 + index}", lab_mac=f"52:54:00:ed:01:{index:02x}",
                           user_mac=f"52:54:00:ed:00:{index:02x}", image=base.disk.parent.name,
