@@ -170,6 +170,22 @@ def artifacts(
 # --- the API (kubernetes client) -----------------------------------------------------------
 
 
+# An API server that restarts (a liveness probe missed on a slow node, a static pod updated)
+# refuses or resets connections for a while: every call retries connection errors for about
+# three minutes (backoff 1, 2, 4, ... 30 s). Every write here is a PATCH or server-side apply,
+# or a create that recognises its own earlier success, so a retried write is safe.
+API_RETRIES = 10
+API_BACKOFF_MAX = 30.0
+
+
+def api_retry() -> Any:
+    from urllib3.util.retry import Retry
+
+    return Retry(total=API_RETRIES, connect=API_RETRIES, read=API_RETRIES, status=0, other=0,
+                 backoff_factor=1.0, backoff_max=API_BACKOFF_MAX, allowed_methods=None,
+                 raise_on_status=False)
+
+
 def api_client(kubeconfig: Path) -> Any:
     from kubernetes import client, config
 
@@ -179,6 +195,7 @@ def api_client(kubeconfig: Path) -> Any:
     config.load_kube_config(  # type: ignore[no-untyped-call]
         config_file=str(kubeconfig), client_configuration=configuration
     )
+    configuration.retries = api_retry()
     return client.ApiClient(configuration)
 
 
@@ -212,8 +229,22 @@ def create_join_token(
     token_id = "".join(secrets.choice(TOKEN_ID_CHARS) for _ in range(6))
     token_secret = "".join(secrets.choice(TOKEN_ID_CHARS) for _ in range(16))
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl_seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with api_client(kubeconfig) as api:
+        create_bootstrap_secret(client.CoreV1Api(api), token_id, token_secret, expires, description)
+    return JoinToken(f"{token_id}.{token_secret}", ca_cert_hash(_kubeconfig_ca(kubeconfig)), expires)
+
+
+def create_bootstrap_secret(
+    core: Any, token_id: str, token_secret: str, expires: str, description: str
+) -> None:
+    """The bootstrap-token Secret of ``<token_id>.<token_secret>``. If it exists already holding
+    ``token_secret`` it is this call's own, from an attempt that reached the server before its
+    connection was reset (the client retries writes): that counts as made."""
+    from kubernetes import client
+
+    name = f"bootstrap-token-{token_id}"
     body = client.V1Secret(
-        metadata=client.V1ObjectMeta(name=f"bootstrap-token-{token_id}", namespace="kube-system"),
+        metadata=client.V1ObjectMeta(name=name, namespace="kube-system"),
         type="bootstrap.kubernetes.io/token",
         string_data={
             "token-id": token_id,
@@ -225,9 +256,17 @@ def create_join_token(
             "auth-extra-groups": TOKEN_GROUP,
         },
     )
-    with api_client(kubeconfig) as api:
-        client.CoreV1Api(api).create_namespaced_secret("kube-system", body)
-    return JoinToken(f"{token_id}.{token_secret}", ca_cert_hash(_kubeconfig_ca(kubeconfig)), expires)
+    try:
+        core.create_namespaced_secret("kube-system", body)
+    except client.ApiException as exc:
+        if exc.status != 409 or not _holds_token_secret(core.read_namespaced_secret(name, "kube-system"),
+                                                         token_secret):
+            raise
+
+
+def _holds_token_secret(secret: Any, token_secret: str) -> bool:
+    data = secret.data or {}
+    return bool(data.get("token-secret")) and base64.b64decode(data["token-secret"]).decode() == token_secret
 
 
 def join_token(kubeconfig: Path, ttl: str, given: str = "") -> JoinToken:

@@ -1,0 +1,110 @@
+"""The controller's API calls ride out an API server that is briefly away.
+
+A real kube-apiserver (tests/lab/apiserver.py) sits behind a loopback TCP forwarder that, for
+its first seconds, resets every connection as QEMU's user-mode port forward does while nothing
+listens on the guest's 6443 (measured: a kube-apiserver restart on the control plane VM made a
+join token request fail with ConnectionResetError 104). Then it forwards to the API server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from edge_provision import cluster
+from tests.lab.apiserver import LocalApi, local_api
+
+
+class ResettingForwarder:
+    """Loopback TCP forwarder to ``target`` that resets every connection until ``reset_until``."""
+
+    def __init__(self, target: tuple[str, int], reset_seconds: float) -> None:
+        self.target = target
+        self.reset_until = time.monotonic() + reset_seconds
+        self.resets = 0
+        self.forwarded = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.reset_until:
+                self.resets += 1
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # RST, as a refused guest port behind QEMU's forward gives
+                continue
+            self.forwarded += 1
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApi]:
+    with local_api(tmp_path_factory.mktemp("api")) as running:
+        yield running
+
+
+def _kubeconfig_through(api: LocalApi, port: int, directory: Path) -> Path:
+    doc = yaml.safe_load(api.kubeconfig)
+    doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
+    path = directory / "kubeconfig"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_join_token_is_made_through_an_api_server_that_resets_connections_for_a_while(
+    api: LocalApi, tmp_path: Path
+) -> None:
+    forwarder = ResettingForwarder(("127.0.0.1", int(api.url.rsplit(":", 1)[1])), reset_seconds=4)
+    try:
+        kubeconfig = _kubeconfig_through(api, forwarder.port, tmp_path)
+        token = cluster.create_join_token(kubeconfig, 600)
+    finally:
+        forwarder.close()
+    assert forwarder.resets >= 2, "the forwarder never reset a connection: nothing was retried"
+    token_id, token_secret = token.token.split(".")
+    with cluster.api_client(_kubeconfig_through(api, int(api.url.rsplit(":", 1)[1]), tmp_path)) as raw:
+        secret = client.CoreV1Api(raw).read_namespaced_secret(f"bootstrap-token-{token_id}", "kube-system")
+    assert cluster._holds_token_secret(secret, token_secret)
+
+
+def test_a_retried_token_create_that_had_reached_the_server_counts_as_made(api: LocalApi, tmp_path: Path) -> None:
+    (tmp_path / "kubeconfig").write_text(api.kubeconfig)
+    with cluster.api_client(tmp_path / "kubeconfig") as raw:
+        core = client.CoreV1Api(raw)
+        args = ("r3try0", "0123456789abcdef", "2099-01-01T00:00:00Z", "retried")
+        cluster.create_bootstrap_secret(core, *args)
+        cluster.create_bootstrap_secret(core, *args)  # the second attempt of the same create
+        with pytest.raises(client.ApiException) as refused:  # someone else's token of that id
+            cluster.create_bootstrap_secret(core, "r3try0", "fedcba9876543210", *args[2:])
+    assert refused.value.status == 409
