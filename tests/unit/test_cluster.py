@@ -141,6 +141,13 @@ def test_kubeadm_init_configuration() -> None:
         "control_plane_kubeadm", "kubeadm-init.yaml.j2",
         {**_init_vars(""), "control_plane_kubeadm_timeout_for_control_plane": "20m0s"})) if d["kind"] == "ClusterConfiguration")
     assert slow["apiServer"]["timeoutForControlPlane"] == "20m0s"
+    # One control plane: no leader election to lose while the API server restarts.
+    assert cluster_config["controllerManager"] == {"extraArgs": {"leader-elect": "false"}}
+    assert cluster_config["scheduler"] == {"extraArgs": {"leader-elect": "false"}}
+    elected = next(d for d in yaml.safe_load_all(render_template(
+        "control_plane_kubeadm", "kubeadm-init.yaml.j2",
+        {**_init_vars(""), "control_plane_kubeadm_leader_elect": True})) if d["kind"] == "ClusterConfiguration")
+    assert elected["scheduler"] == {"extraArgs": {"leader-elect": "true"}}
     assert kubelet == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
                        "cgroupDriver": "systemd", "failSwapOn": True}
     no_labels = next(yaml.safe_load_all(
