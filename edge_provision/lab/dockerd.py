@@ -210,14 +210,3 @@ def stop_if_idle() -> bool:
             time.sleep(0.2)
         marker.unlink(missing_ok=True)
         return True
-
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/comm").read_text().strip() != "dockerd":
-            return False  # the pid was reused
-    # A zombie child of ours counts as gone.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return False
-    return True

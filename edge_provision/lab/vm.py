@@ -126,8 +126,6 @@ def _free_port(taken: set[int]) -> int:
             taken.add(port)
             return port
 
-    return True
-
 
 class VmLab:
     """The QEMU side of one lab (one inventory directory)."""
