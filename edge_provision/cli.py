@@ -124,7 +124,7 @@ def _status(args: argparse.Namespace) -> int:
     if Path(args.inventory).name == "hosts.yml":
         kubeconfig = Path(args.inventory).parent / cluster.KUBECONFIG_FILE
     try:
-        rows = status.fleet_status(kubeconfig)
+        rows = status.fleet_status(kubeconfig, retries=0)  # what the API answers now, at once
     except Exception as exc:  # no kubeconfig yet, API unreachable: say so, no traceback
         print(f"status: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ import secrets
 import string
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,22 +171,24 @@ def artifacts(
 
 
 # An API server that restarts (measured on an emulated control plane VM at load 11-15; a static
-# pod updated) refuses or resets connections for a while: every call retries connection errors for about
+# pod updated) refuses or resets connections for a while: a call retries connection errors for about
 # three minutes (backoff 1, 2, 4, ... 30 s). Every write here is a PATCH or server-side apply,
-# or a create that recognises its own earlier success, so a retried write is safe.
+# or a create that recognises its own earlier success, so a retried write is safe. Probes that
+# poll on their own (``wait_node_ready``, ``label_node``, the pyinfra checks) and
+# ``edge-provision status`` ask with ``retries=0`` so their own timeouts hold.
 API_RETRIES = 10
 API_BACKOFF_MAX = 30.0
 
 
-def api_retry() -> Any:
+def api_retry(retries: int = API_RETRIES) -> Any:
     from urllib3.util.retry import Retry
 
-    return Retry(total=API_RETRIES, connect=API_RETRIES, read=API_RETRIES, status=0, other=0,
+    return Retry(total=retries, connect=retries, read=retries, status=0, other=0,
                  backoff_factor=1.0, backoff_max=API_BACKOFF_MAX, allowed_methods=None,
                  raise_on_status=False)
 
 
-def api_client(kubeconfig: Path) -> Any:
+def api_client(kubeconfig: Path, *, retries: int = API_RETRIES) -> Any:
     from kubernetes import client, config
 
     if not kubeconfig.is_file():
@@ -195,7 +197,7 @@ def api_client(kubeconfig: Path) -> Any:
     config.load_kube_config(  # type: ignore[no-untyped-call]
         config_file=str(kubeconfig), client_configuration=configuration
     )
-    configuration.retries = api_retry()
+    configuration.retries = api_retry(retries)
     return client.ApiClient(configuration)
 
 
@@ -292,12 +294,12 @@ def parse_duration(text: str) -> int:
     return hours * 3600 + minutes * 60 + seconds
 
 
-def node_status(kubeconfig: Path, name: str) -> dict[str, Any]:
+def node_status(kubeconfig: Path, name: str, *, retries: int = API_RETRIES) -> dict[str, Any]:
     """``{"registered": bool, "ready": bool, "labels": {...}}`` of Node ``name``."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    with api_client(kubeconfig) as api:
+    with api_client(kubeconfig, retries=retries) as api:
         try:
             node = client.CoreV1Api(api).read_node(name)
         except ApiException as exc:
@@ -310,18 +312,30 @@ def node_status(kubeconfig: Path, name: str) -> dict[str, Any]:
     return {"registered": True, "ready": ready, "labels": dict(labels or {})}
 
 
-def wait_node_ready(kubeconfig: Path, name: str, timeout: float) -> dict[str, Any]:
+def _poll_node(
+    kubeconfig: Path, name: str, timeout: float, done: Callable[[dict[str, Any]], bool], failure: str
+) -> dict[str, Any]:
+    """:func:`node_status` of ``name`` every 2 s until ``done`` holds of it; after ``timeout``
+    a :class:`ClusterError` of ``failure`` and the last answer. Each probe asks once: an API
+    server that is away (still starting, restarting) counts as not done yet."""
     deadline = time.monotonic() + timeout
     last: dict[str, Any] | Exception = {}
-    while time.monotonic() < deadline:
+    while True:
         try:
-            last = node_status(kubeconfig, name)
-            if last["ready"]:
+            last = node_status(kubeconfig, name, retries=0)
+            if done(last):
                 return last
-        except Exception as exc:  # the API server may still be starting
+        except ClusterError:  # no kubeconfig: waiting will not make one
+            raise
+        except Exception as exc:
             last = exc
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"node {name} {failure} after {timeout:.0f} s (last seen: {last})")
         time.sleep(2)
-    raise ClusterError(f"node {name} not Ready after {timeout:.0f} s (last seen: {last})")
+
+
+def wait_node_ready(kubeconfig: Path, name: str, timeout: float) -> dict[str, Any]:
+    return _poll_node(kubeconfig, name, timeout, lambda s: bool(s["ready"]), "not Ready")
 
 
 def api_labels(labels: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -344,14 +358,9 @@ def label_node(kubeconfig: Path, name: str, labels: Mapping[str, str], timeout: 
     alone, so a second run changes nothing."""
     from kubernetes import client
 
-    deadline = time.monotonic() + timeout
-    while True:
-        status = node_status(kubeconfig, name)
-        if status["registered"]:
-            break
-        if time.monotonic() >= deadline:
-            raise ClusterError(f"node {name} did not register within {timeout:.0f} s; its labels are not set")
-        time.sleep(2)
+    status = _poll_node(
+        kubeconfig, name, timeout, lambda s: bool(s["registered"]), "not registered (its labels are not set)"
+    )
     todo = missing_labels(status["labels"], labels)
     if todo:
         with api_client(kubeconfig) as api:

@@ -151,7 +151,7 @@ def node_ready(kubeconfig: str, node: str, timeout: float) -> Commands:
         return
     if _executing():
         try:
-            if cluster.node_status(path, node)["ready"]:
+            if cluster.node_status(path, node, retries=0)["ready"]:
                 host.noop(f"node {node} is Ready")
                 return
         except Exception:  # not reachable yet: wait below
@@ -299,7 +299,7 @@ def node_labelled(kubeconfig: str, node: str, labels: Mapping[str, str], timeout
         return
     if _executing():
         try:
-            status = cluster.node_status(path, node)
+            status = cluster.node_status(path, node, retries=0)
             if status["registered"] and not cluster.missing_labels(status["labels"], labels):
                 host.noop(f"node {node} has its labels")
                 return

@@ -14,11 +14,11 @@ from edge_provision import cluster, workloads
 _COMMON_PREFIXES = ("kubernetes.io/", "beta.kubernetes.io/", "node-role.kubernetes.io/")
 
 
-def fleet_status(kubeconfig: Path) -> list[dict[str, Any]]:
+def fleet_status(kubeconfig: Path, *, retries: int = cluster.API_RETRIES) -> list[dict[str, Any]]:
     from kubernetes import client
 
     wasm_label = str(workloads.role_variables({})["workloads_wasm_label"])
-    with cluster.api_client(kubeconfig) as api:
+    with cluster.api_client(kubeconfig, retries=retries) as api:
         core: Any = client.CoreV1Api(api)
         nodes = core.list_node().items
         pods = core.list_pod_for_all_namespaces(label_selector="app.kubernetes.io/name").items

@@ -11,7 +11,7 @@ from typing import Any
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from edge_provision import workloads
+from edge_provision import cluster, workloads
 from edge_provision.cluster_operations import _failed, python_step
 from edge_provision.runtime_operations import _executing, _pending
 
@@ -31,8 +31,11 @@ def node_labels(
     if not _ready(kubeconfig):
         yield from _pending(f"{kubeconfig} is written by the cluster stage")
         return
-    try:
-        needed = workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, crun, dry_run=True)
+    try:  # at prepare time one question (no retries): an API that is away means "not yet"
+        needed = workloads.reconcile_labels(
+            Path(kubeconfig), node, wanted, taints, crun, dry_run=True,
+            retries=cluster.API_RETRIES if _executing() else 0,
+        )
     except Exception:
         if _executing():
             raise

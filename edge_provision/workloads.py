@@ -122,12 +122,13 @@ def reconcile_labels(
     crun: str = "",
     *,
     dry_run: bool = False,
+    retries: int = cluster.API_RETRIES,
 ) -> bool:
     """Apply :func:`label_patch`, :func:`taint_patch` and :func:`annotation_patch` to Node
     ``node``; return whether it changed (would change)."""
     from kubernetes import client
 
-    with cluster.api_client(kubeconfig) as api:
+    with cluster.api_client(kubeconfig, retries=retries) as api:
         core: Any = client.CoreV1Api(api)
         obj = core.read_node(node)
         annotations = obj.metadata.annotations or {}

@@ -1,4 +1,5 @@
-"""The controller's API calls ride out an API server that is briefly away.
+"""The controller's API calls ride out an API server that is briefly away; probes that poll on
+their own ask once per round, so their own timeouts hold.
 
 A real kube-apiserver (tests/lab/apiserver.py) sits behind a loopback TCP forwarder that, for
 its first seconds, resets every connection as QEMU's user-mode port forward does while nothing
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edge_provision import cluster
+from edge_provision import cli, cluster
 from tests.lab.apiserver import LocalApi, local_api
 
 
@@ -108,3 +109,58 @@ def test_a_retried_token_create_that_had_reached_the_server_counts_as_made(api: 
         with pytest.raises(client.ApiException) as refused:  # someone else's token of that id
             cluster.create_bootstrap_secret(core, "r3try0", "fedcba9876543210", *args[2:])
     assert refused.value.status == 409
+
+
+def _api_port(api: LocalApi) -> int:
+    return int(api.url.rsplit(":", 1)[1])
+
+
+def test_labels_are_set_on_a_node_through_an_api_server_that_resets_connections_for_a_while(
+    api: LocalApi, tmp_path: Path
+) -> None:
+    (tmp_path / "direct").mkdir()
+    with cluster.api_client(_kubeconfig_through(api, _api_port(api), tmp_path / "direct")) as raw:
+        core = client.CoreV1Api(raw)
+        core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="edge-away")))
+        forwarder = ResettingForwarder(("127.0.0.1", _api_port(api)), reset_seconds=4)
+        try:
+            result = cluster.label_node(
+                _kubeconfig_through(api, forwarder.port, tmp_path), "edge-away", {"device": "camera"}, timeout=60
+            )
+        finally:
+            forwarder.close()
+        labels = core.read_node("edge-away").metadata.labels
+    assert forwarder.resets >= 2, "the forwarder never reset a connection: nothing was waited out"
+    assert result == {"changed": True, "labels": {"device": "camera"}}
+    assert labels["device"] == "camera"
+
+
+def test_a_node_that_never_registers_fails_the_label_step_naming_it(api: LocalApi, tmp_path: Path) -> None:
+    with pytest.raises(cluster.ClusterError, match=r"node edge-never not registered \(its labels are not set\)"):
+        cluster.label_node(_kubeconfig_through(api, _api_port(api), tmp_path), "edge-never", {"a": "b"}, timeout=3)
+
+
+def test_a_node_probe_asks_once(api: LocalApi, tmp_path: Path) -> None:
+    """The probe under ``wait_node_ready``/``label_node`` and the pyinfra checks: one connection,
+    not three minutes of retries inside one round of the caller's loop."""
+    forwarder = ResettingForwarder(("127.0.0.1", _api_port(api)), reset_seconds=600)
+    try:
+        with pytest.raises(Exception, match="Connection reset by peer"):
+            cluster.node_status(_kubeconfig_through(api, forwarder.port, tmp_path), "edge-away", retries=0)
+    finally:
+        forwarder.close()
+    assert forwarder.resets == 1
+
+
+def test_status_of_a_fleet_whose_api_server_is_away_says_so_at_once(
+    api: LocalApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forwarder = ResettingForwarder(("127.0.0.1", _api_port(api)), reset_seconds=600)
+    try:
+        _kubeconfig_through(api, forwarder.port, tmp_path).rename(tmp_path / cluster.KUBECONFIG_FILE)
+        rc = cli.main(["status", "--inventory", str(tmp_path)])
+    finally:
+        forwarder.close()
+    assert rc == 1
+    assert capsys.readouterr().err.startswith("status: ")
+    assert forwarder.resets == 1
