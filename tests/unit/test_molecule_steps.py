@@ -44,7 +44,8 @@ def test_plain_molecule_lines_stamped_on_arrival() -> None:
 def test_stamp_puts_the_local_time_in_front() -> None:
     line = stamp("INFO     [default > create] Executing\n", time.mktime((2026, 11, 25, 1, 2, 3, 0, 0, -1)))
     assert line == "01:02:03 INFO     [default > create] Executing\n"
-    assert step_times(line + stamp("INFO     [default > create] Executed: Successful", 0)) != []
+    ended = stamp("INFO     [default > create] Executed: Successful\n", time.mktime((2026, 11, 25, 1, 2, 12, 0, 0, -1)))
+    assert step_times(line + ended) == [Step("create", 9.0, True)]
 
 
 def test_molecules_own_time_after_the_stamp_is_allowed() -> None:
