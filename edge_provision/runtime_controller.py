@@ -21,11 +21,13 @@ edge_provision.runtime_controller``) and pyinfra (``edge_provision.deploys.runti
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -451,6 +453,51 @@ def debs_missing(wanted: Sequence[Mapping[str, Any]], dpkg_query_output: str) ->
     """The entries of ``wanted`` (from :func:`debs`) whose package is not installed."""
     installed = installed_packages(dpkg_query_output)
     return [d for d in wanted if d["package"] not in installed]
+
+
+def debs_plan(debs: Sequence[Mapping[str, Any]], *, staging_dir: str) -> dict[str, Any]:
+    """How a node gets the .deb files ``debs`` (the ones it lacks, :func:`debs_missing`): one
+    uncompressed tar of them, made on the controller, so they travel in one transfer (a copy
+    per file cost 10-13 s each on an emulated VM), and the node commands that unpack it in
+    ``staging_dir``, check each file's sha256 again, install them in one apt-get call and
+    remove what was shipped. Returns ``{archive, file, commands}``.
+
+    The tar is named by its members' sha256s and kept in ``<cache>/artifacts/debs/archives/``,
+    so the next node lacking the same packages reuses it.
+    """
+    if not debs:
+        raise RuntimeStageError("no packages to ship")
+    sums = "\n".join(f"{d['sha256']}  {d['file']}" for d in debs)
+    name = f"debs-{hashlib.sha256(sums.encode()).hexdigest()[:16]}.tar"
+    archive = ARTIFACTS_DIR / "debs" / "archives" / name
+    if not archive.is_file():
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=archive.parent, prefix=".pack-", delete=False) as tmp:
+            try:
+                with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for deb in debs:
+                        tar.add(str(deb["path"]), arcname=str(deb["file"]), filter=_root_owned)
+                tmp.close()
+                os.replace(tmp.name, archive)  # whole or absent, also beside a parallel packer
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
+    q = shlex.quote
+    staged = " ".join(q(f"{staging_dir}/{d['file']}") for d in debs)
+    commands = [
+        f"cd {q(staging_dir)} && tar -xf {q(name)} --no-same-owner"
+        f" && printf '%s\\n' {q(sums)} | sha256sum --check --strict --quiet",
+        f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {staged}",
+        f"rm -f {q(f'{staging_dir}/{name}')} {staged}",
+    ]
+    return {"archive": str(archive), "file": name, "commands": commands}
+
+
+def _root_owned(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    member.uid = member.gid = 0
+    member.uname = member.gname = "root"
+    member.mode = 0o644
+    return member
 
 
 def present_images(ctr_images_ls_output: str) -> dict[str, str]:

@@ -43,22 +43,17 @@ def _dpkg_query(packages: Sequence[str]) -> list[str]:
 
 @operation(is_idempotent=True)
 def debs_installed(debs: Sequence[Mapping[str, Any]], staging_dir: str) -> Commands:
-    """Ship the .deb files (runtime_controller.debs) of the packages the node lacks, install
-    them with one apt-get call, remove them again."""
+    """Ship the .deb files (runtime_controller.debs) of the packages the node lacks in one
+    archive and install them (runtime_controller.debs_plan)."""
     output = host.get_fact(CommandOutput, argv=_dpkg_query([str(d["package"]) for d in debs]))
     missing = rc.debs_missing(debs, output)
     if not missing:
         host.noop("packages installed")
         return
+    plan = rc.debs_plan(missing, staging_dir=staging_dir)
     yield f"install -d -m 755 {shlex.quote(staging_dir)}"
-    paths = []
-    for deb in missing:
-        dest = f"{staging_dir}/{deb['file']}"
-        paths.append(dest)
-        yield from files.put._inner(src=str(deb["path"]), dest=dest, mode="644")
-    quoted = " ".join(shlex.quote(p) for p in paths)
-    yield (f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {quoted}"
-           f" && rm -f {quoted}")
+    yield from files.put._inner(src=plan["archive"], dest=f"{staging_dir}/{plan['file']}", mode="644")
+    yield from plan["commands"]
 
 
 @operation(is_idempotent=True)

@@ -23,5 +23,6 @@ class FilterModule:
         return {
             "edge_provision_containerd_config": containerd_config,
             "edge_provision_debs_missing": runtime_controller.debs_missing,
+            "edge_provision_debs_plan": runtime_controller.debs_plan,
             "edge_provision_images_missing": runtime_controller.images_missing,
         }

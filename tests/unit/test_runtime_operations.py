@@ -3,6 +3,10 @@ role defaults agreeing with each other and with their argument specs."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -125,6 +129,52 @@ def test_debs_missing() -> None:
     assert [d["package"] for d in rc.debs_missing(wanted, dpkg)] == ["containerd", "runc"]
 
 
+def _fake_debs(directory: Path) -> list[dict[str, str]]:
+    debs = []
+    for name, body in (("runc_1.1.5+ds1-1+deb12u1_amd64.deb", b"runc"), ("conntrack_1%3a1.4.7-1+b2_amd64.deb", b"ct")):
+        (directory / name).write_bytes(body * 1000)
+        debs.append({"package": name.split("_")[0], "file": name, "path": str(directory / name),
+                     "sha256": hashlib.sha256(body * 1000).hexdigest()})
+    return debs
+
+
+def test_debs_plan_ships_one_archive_that_the_node_commands_unpack_and_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rc, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    (tmp_path / "cache").mkdir()
+    debs = _fake_debs(tmp_path / "cache")
+    staging = tmp_path / "node staging"  # a space: the commands quote their paths
+    plan = rc.debs_plan(debs, staging_dir=str(staging))
+    with tarfile.open(plan["archive"]) as tar:
+        members = tar.getmembers()
+    assert [(m.name, m.uid, m.mode) for m in members] == [(d["file"], 0, 0o644) for d in debs]
+    assert plan["file"] == Path(plan["archive"]).name
+    unpack, install, remove = plan["commands"]
+    assert install.startswith("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ")
+    staging.mkdir()
+    shutil.copy(plan["archive"], staging / plan["file"])
+    subprocess.run(["sh", "-c", unpack], check=True)
+    assert sorted(p.name for p in staging.iterdir()) == sorted([plan["file"], *(d["file"] for d in debs)])
+    subprocess.run(["sh", "-c", remove], check=True)
+    assert list(staging.iterdir()) == []
+    packed = Path(plan["archive"]).stat().st_mtime_ns
+    assert rc.debs_plan(debs, staging_dir=str(staging)) == plan  # the same packages: the same archive,
+    assert Path(plan["archive"]).stat().st_mtime_ns == packed  # reused, not packed again
+
+
+def test_a_damaged_package_stops_the_node_before_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rc, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    debs = _fake_debs(tmp_path)
+    debs[1]["sha256"] = "0" * 64  # what the node unpacks is not what was pinned
+    plan = rc.debs_plan(debs, staging_dir=str(tmp_path / "staging"))
+    (tmp_path / "staging").mkdir()
+    shutil.copy(plan["archive"], tmp_path / "staging" / plan["file"])
+    checked = subprocess.run(["sh", "-c", plan["commands"][0]], capture_output=True, text=True)
+    assert checked.returncode != 0
+    assert "conntrack_1%3a1.4.7-1+b2_amd64.deb: FAILED" in checked.stdout
+
+
 def test_images_missing() -> None:
     listed = (
         "REF TYPE DIGEST SIZE PLATFORMS LABELS\n"
@@ -179,6 +229,7 @@ def test_filters_are_the_shared_functions() -> None:
     spec.loader.exec_module(module)
     filters = module.FilterModule().filters()
     assert filters["edge_provision_debs_missing"] is rc.debs_missing
+    assert filters["edge_provision_debs_plan"] is rc.debs_plan
     assert filters["edge_provision_containerd_config"](DEBIAN_CONFIG, **SETTINGS) == rc.containerd_config(
         DEBIAN_CONFIG, **SETTINGS
     )
