@@ -79,6 +79,37 @@ def kubelet_node_labels(labels: Mapping[str, Any]) -> str:
     return ",".join(allowed)
 
 
+PROBES = ("startup", "liveness")
+
+
+def kubeadm_init(config_file: str, skip_phases: Sequence[str], patches_dir: str = "") -> list[str]:
+    """``kubeadm init``'s argv (the token it creates is not printed); ``patches_dir``: the
+    directory of :func:`probe_patches` (kubeadm 1.20 names the flag ``--experimental-patches``)."""
+    argv = ["kubeadm", "init", f"--config={config_file}", f"--skip-phases={','.join(skip_phases)}",
+            "--skip-token-print"]
+    return [*argv, f"--experimental-patches={patches_dir}"] if patches_dir else argv
+
+
+def probe_patches(thresholds: Mapping[str, Any], components: Sequence[str]) -> dict[str, str]:
+    """kubeadm patch files (name -> text) that set the ``failureThreshold`` of the ``startup``
+    and ``liveness`` probes in ``thresholds`` on the static pods ``components``; none when
+    ``thresholds`` is empty (kubeadm's own: startup 24, liveness 8, each probe every 10 s)."""
+    field = "control_plane_kubeadm_probe_failure_thresholds"
+    unknown = sorted(set(thresholds) - set(PROBES))
+    if unknown:
+        raise ClusterError(f"{field}: unknown probe {', '.join(unknown)} (choose from {', '.join(PROBES)})")
+    for probe, value in thresholds.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ClusterError(f"{field}.{probe}: {value!r} is not a positive whole number")
+    if not thresholds:
+        return {}
+    probes = {f"{p}Probe": {"failureThreshold": thresholds[p]} for p in PROBES if p in thresholds}
+    return {
+        f"{name}+strategic.yaml": yaml.safe_dump({"spec": {"containers": [{"name": name, **probes}]}})
+        for name in components
+    }
+
+
 def ca_cert_hash(ca_pem: bytes | str) -> str:
     """kubeadm's ``--discovery-token-ca-cert-hash``: sha256 of the CA's SubjectPublicKeyInfo."""
     from cryptography import x509

@@ -101,16 +101,12 @@ def cni_loaded(conf_file: str, stamp_file: str) -> Commands:
 
 
 @operation(is_idempotent=True)
-def kubeadm_initialised(config_file: str, skip_phases: Sequence[str]) -> Commands:
-    """``kubeadm init`` unless the node has /etc/kubernetes/admin.conf."""
+def kubeadm_initialised(config_file: str, skip_phases: Sequence[str], patches_dir: str = "") -> Commands:
+    """``kubeadm init`` (:func:`cluster.kubeadm_init`) unless the node has /etc/kubernetes/admin.conf."""
     if host.get_fact(File, path=ADMIN_CONF):
         host.noop("the control plane is initialised")
         return
-    command = (
-        f"kubeadm init --config={shlex.quote(config_file)} "
-        f"--skip-phases={shlex.quote(','.join(skip_phases))} --skip-token-print"
-    )
-    yield tool_step(command, "kubeadm init")
+    yield tool_step(shlex.join(cluster.kubeadm_init(config_file, skip_phases, patches_dir)), "kubeadm init")
 
 
 @operation(is_idempotent=True)

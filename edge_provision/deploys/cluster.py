@@ -202,8 +202,34 @@ def control_plane() -> None:
         group="root",
         mode="600",
     )
+    try:
+        patches = cluster.probe_patches(
+            v["control_plane_kubeadm_probe_failure_thresholds"], v["control_plane_kubeadm_images"]
+        )
+    except cluster.ClusterError as exc:
+        raise DeployError(f"host {host.name}: {exc}") from exc
+    if patches:
+        files.directory(
+            name="Make the directory of the patches",
+            path=v["control_plane_kubeadm_patches_dir"],
+            user="root",
+            group="root",
+            mode="700",
+        )
+    for patch, text in patches.items():
+        files.put(
+            name=f"Write the patch {patch}",
+            src=StringIO(text),
+            dest=f"{v['control_plane_kubeadm_patches_dir']}/{patch}",
+            user="root",
+            group="root",
+            mode="600",
+        )
     ops.kubeadm_initialised(
-        name="Run kubeadm init", config_file=config, skip_phases=v["control_plane_kubeadm_skip_phases"]
+        name="Run kubeadm init",
+        config_file=config,
+        skip_phases=v["control_plane_kubeadm_skip_phases"],
+        patches_dir=v["control_plane_kubeadm_patches_dir"] if patches else "",
     )
     server = v["control_plane_kubeadm_api_server"] or (
         f"https://{host.data.get('ansible_host')}:{n['kubernetes_node_api_port']}"

@@ -70,6 +70,8 @@ class FilterModule:
         return {
             "edge_provision_pod_subnet": pod_subnet,
             "edge_provision_kubelet_node_labels": cluster.kubelet_node_labels,
+            "edge_provision_kubeadm_init": cluster.kubeadm_init,
+            "edge_provision_probe_patches": _filter_errors(cluster.probe_patches),
             "edge_provision_api_labels": cluster.api_labels,
             "edge_provision_controller_kubeconfig": controller_kubeconfig,
             "edge_provision_failure_report": cluster.failure_report,

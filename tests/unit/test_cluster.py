@@ -199,3 +199,36 @@ def test_python_step_runs_at_execution_and_reports_a_failure_without_traceback()
 
     assert python_step("labels of node lab-9", broken).function(None, target) is False
     assert target.logged == ["host lab-9: labels of node lab-9: the API said no"]
+
+
+def test_kubeadm_init_argv() -> None:
+    assert cluster.kubeadm_init("/etc/k/init.yaml", ["preflight", "addon/coredns"]) == [
+        "kubeadm", "init", "--config=/etc/k/init.yaml", "--skip-phases=preflight,addon/coredns", "--skip-token-print"]
+    assert cluster.kubeadm_init("/c", [], "/etc/k/patches")[-1] == "--experimental-patches=/etc/k/patches"
+
+
+def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
+    components = CONTROL_PLANE["control_plane_kubeadm_images"]
+    assert CONTROL_PLANE["control_plane_kubeadm_probe_failure_thresholds"] == {}  # kubeadm's own by default
+    assert cluster.probe_patches({}, components) == {}
+    patches = cluster.probe_patches({"startup": 90, "liveness": 30}, components)
+    assert sorted(patches) == [
+        "kube-apiserver+strategic.yaml", "kube-controller-manager+strategic.yaml", "kube-scheduler+strategic.yaml"]
+    assert yaml.safe_load(patches["kube-scheduler+strategic.yaml"]) == {"spec": {"containers": [{
+        "name": "kube-scheduler",
+        "startupProbe": {"failureThreshold": 90},
+        "livenessProbe": {"failureThreshold": 30},
+    }]}}
+    only_startup = yaml.safe_load(cluster.probe_patches({"startup": 60}, ["kube-apiserver"])["kube-apiserver+strategic.yaml"])
+    assert only_startup["spec"]["containers"][0] == {"name": "kube-apiserver", "startupProbe": {"failureThreshold": 60}}
+
+
+@pytest.mark.parametrize(("thresholds", "message"), [
+    ({"readiness": 3}, "unknown probe readiness"),
+    ({"startup": 0}, r"startup: 0 is not a positive whole number"),
+    ({"liveness": "30"}, r"liveness: '30' is not a positive whole number"),
+    ({"liveness": True}, r"liveness: True is not a positive whole number"),
+])
+def test_probe_patches_refuse_what_kubeadm_could_not_take(thresholds: dict[str, object], message: str) -> None:
+    with pytest.raises(cluster.ClusterError, match=message):
+        cluster.probe_patches(thresholds, ["kube-apiserver"])

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ansible.errors import AnsibleFilterError
 
 from edge_provision import PROJECT_ROOT, cluster, distributions
 from edge_provision.artifacts.fetch import ArtifactFetchError, fetch, load_downloads, pinned
@@ -234,6 +235,10 @@ def test_filters_are_the_shared_functions() -> None:
         distributions.k3s_containerd_template(distributions.k3s_version("amd64"), "h", "/b", False))
     assert filters["edge_provision_openyurt_labels"](LABELS, "p") == distributions.openyurt_labels(LABELS, "p")
     assert filters["edge_provision_failure_report"]("x abcdef.0123456789abcdef") == "x <token redacted>"
+    assert filters["edge_provision_kubeadm_init"] is cluster.kubeadm_init
+    assert filters["edge_provision_probe_patches"]({"startup": 2}, ["a"]) == cluster.probe_patches({"startup": 2}, ["a"])
+    with pytest.raises(AnsibleFilterError, match="unknown probe readiness"):
+        filters["edge_provision_probe_patches"]({"readiness": 2}, ["a"])
 
 
 def test_the_cluster_playbook_runs_one_role_set_per_distribution() -> None:
