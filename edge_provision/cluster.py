@@ -103,9 +103,10 @@ def probe_patches(thresholds: Mapping[str, Any], components: Sequence[str]) -> d
             raise ClusterError(f"{field}.{probe}: {value!r} is not a positive whole number")
     if not thresholds:
         return {}
-    probes = {f"{p}Probe": {"failureThreshold": thresholds[p]} for p in PROBES if p in thresholds}
+    # Plain int and str: Ansible passes its own subclasses, which yaml.safe_dump refuses.
+    probes = {f"{p}Probe": {"failureThreshold": int(thresholds[p])} for p in PROBES if p in thresholds}
     return {
-        f"{name}+strategic.yaml": yaml.safe_dump({"spec": {"containers": [{"name": name, **probes}]}})
+        f"{name}+strategic.yaml": yaml.safe_dump({"spec": {"containers": [{"name": str(name), **probes}]}})
         for name in components
     }
 

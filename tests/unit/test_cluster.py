@@ -219,6 +219,14 @@ def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
         "startupProbe": {"failureThreshold": 90},
         "livenessProbe": {"failureThreshold": 30},
     }]}}
+    class Tagged(int):  # what Ansible 2.19 passes a filter for an inventory number
+        pass
+
+    class TaggedStr(str):
+        pass
+
+    tagged = cluster.probe_patches({"startup": Tagged(90), "liveness": Tagged(30)}, [TaggedStr("kube-scheduler")])
+    assert tagged == {"kube-scheduler+strategic.yaml": patches["kube-scheduler+strategic.yaml"]}
     only_startup = yaml.safe_load(cluster.probe_patches({"startup": 60}, ["kube-apiserver"])["kube-apiserver+strategic.yaml"])
     assert only_startup["spec"]["containers"][0] == {"name": "kube-apiserver", "startupProbe": {"failureThreshold": 60}}
 
