@@ -33,7 +33,8 @@ def _lab(args: argparse.Namespace) -> int:
     try:
         if args.lab_command == "up":
             arches = args.arch.split(",") if args.arch else None
-            hosts = lab.up(args.hosts, arches)
+            memory = args.memory.split(",") if args.memory else None
+            hosts = lab.up(args.hosts, arches, memory)
             for h in hosts:
                 node = f", node {h.node_ip}" if h.node_ip else ""
                 print(f"{h.name:10} {h.group:14} {h.address}:{h.port} ({h.backend}, {h.arch}{node})")
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--arch", metavar="ARCH[,ARCH...]",
                            help="vm backend: one architecture for all hosts or one per host, "
                                 "e.g. amd64,arm64 (default: this machine's)")
+            p.add_argument("--memory", metavar="MIB[,MIB...]",
+                           help="vm backend: memory in MiB, one size for all hosts or one per host "
+                                "(an empty one is the default), e.g. 2048,1024 "
+                                "(default: EDGE_PROVISION_VM_MEMORY_MB or 1024)")
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=_lab)

@@ -93,18 +93,22 @@ class Lab:
 
     # -- API ----------------------------------------------------------------------------
 
-    def up(self, hosts: int, arches: Sequence[str] | None = None) -> list[LabHost]:
+    def up(self, hosts: int, arches: Sequence[str] | None = None,
+           memory_mb: Sequence[str] | None = None) -> list[LabHost]:
         """Start (or complete) a lab of ``hosts`` hosts and write its inventory.
 
-        ``arches`` (vm backend): one architecture for every host, or one per host.
+        ``arches`` and ``memory_mb`` (vm backend): one value for every host, or one per host
+        (an empty one is the default).
         """
         if not isinstance(hosts, int) or isinstance(hosts, bool) or hosts < 1:
             raise LabError(f"a lab has at least 1 host (asked for {hosts!r})")
         if self.backend == "vm":
-            return self._up_vms(hosts, arches)
+            return self._up_vms(hosts, arches, memory_mb)
         if self._holds_vms():
             raise LabError(f"{self.inventory_dir} holds a VM lab; use --backend vm, or remove it first "
                            "with `edge-provision lab down`")
+        if memory_mb and any(m.strip() for m in memory_mb):
+            raise LabError("container hosts share the machine's memory; --memory is for --backend vm")
         if arches and set(arches) != {debian_arch()}:
             raise LabError(f"container hosts run the machine's architecture ({debian_arch()}) only; "
                            "use --backend vm for other architectures")
@@ -117,14 +121,16 @@ class Lab:
                 inv.write_inventory(self.inventory_dir, started, host_keys)
         return list(started)
 
-    def _up_vms(self, hosts: int, arches: Sequence[str] | None) -> list[LabHost]:
-        from edge_provision.lab.vm import parse_arches
+    def _up_vms(self, hosts: int, arches: Sequence[str] | None,
+                memory_mb: Sequence[str] | None) -> list[LabHost]:
+        from edge_provision.lab.vm import parse_arches, parse_memory
 
         wanted = parse_arches(arches, hosts)
+        sizes = parse_memory(memory_mb, hosts)
         vms = self._vms()
         with vms.locked():
             public_key = self._ensure_key()
-            started, host_keys = vms.up(wanted, public_key)
+            started, host_keys = vms.up(wanted, public_key, sizes)
             inv.write_inventory(self.inventory_dir, started, host_keys)
             vms.wait_login(started, self.key, self.known_hosts)
         return started

@@ -53,7 +53,8 @@ SWITCH = "vde"
 LAB_SUBNET = "192.168.77"  # on the lab's own switch only; host N is .(10+N)
 LAB_PREFIX = 24
 API_SERVER_PORT = 6443  # kubernetes_node_api_port's default
-MEMORY_MB = int(os.environ.get("EDGE_PROVISION_VM_MEMORY_MB", "1024"))
+MEMORY_MB = int(os.environ.get("EDGE_PROVISION_VM_MEMORY_MB", "1024"))  # a host given no size of its own
+MIN_MEMORY_MB = 256  # Debian's kernel and systemd need about this much to boot at all
 CPUS = int(os.environ.get("EDGE_PROVISION_VM_CPUS", "2"))
 OVERLAY_SIZE = "8G"  # the root file system grows to it at first boot (x-systemd.growfs)
 BOOT_TIMEOUT = float(os.environ.get("EDGE_PROVISION_VM_BOOT_TIMEOUT", "600"))
@@ -84,6 +85,7 @@ class VmSpec:
     user_mac: str
     image: str  # base image directory (cache key)
     api_port: int = 0  # loopback port forwarded to the VM's API server port (control plane only)
+    memory_mb: int = MEMORY_MB
 
     def host(self) -> LabHost:
         api_server = f"https://127.0.0.1:{self.api_port}" if self.api_port else ""
@@ -99,20 +101,38 @@ class VmSpec:
         return ",".join(["user", "id=user", "restrict=on", *forwards])
 
 
+def _per_host(values: Sequence[str] | None, count: int, option: str) -> list[str]:
+    """One value per host from a ``--option`` list: none or one -> every host, else one each."""
+    given = [v.strip() for v in (values or [])]
+    if len(given) <= 1:
+        return given * count if given and given[0] else [""] * count
+    if len(given) != count:
+        raise LabError(f"--{option} lists {len(given)} values for {count} hosts; give one, or one per host")
+    return given
+
+
 def parse_arches(arches: Sequence[str] | None, count: int) -> list[str]:
     """One architecture per host: none given -> the machine's, one -> all hosts, else one each."""
     from edge_provision.arch import debian_arch
 
-    wanted = [a.strip() for a in (arches or []) if a.strip()] or [debian_arch()]
-    unknown = [a for a in wanted if a not in vm_image.ARCHES]
+    wanted = [a or debian_arch() for a in _per_host(arches, count, "arch")]
+    unknown = sorted(set(wanted) - set(vm_image.ARCHES))
     if unknown:
         raise LabError(f"unknown VM architecture {', '.join(unknown)}; "
                        f"choose from: {', '.join(vm_image.ARCHES)}")
-    if len(wanted) == 1:
-        return wanted * count
-    if len(wanted) != count:
-        raise LabError(f"--arch lists {len(wanted)} architectures for {count} hosts; "
-                       "give one, or one per host")
+    return wanted
+
+
+def parse_memory(sizes: Sequence[str] | None, count: int) -> list[int]:
+    """Memory (MiB) per host, like :func:`parse_arches`; an empty entry is the default, MEMORY_MB."""
+    wanted: list[int] = []
+    for size in _per_host(sizes, count, "memory"):
+        if not size:
+            wanted.append(MEMORY_MB)
+        elif size.isdigit() and int(size) >= MIN_MEMORY_MB:
+            wanted.append(int(size))
+        else:
+            raise LabError(f"--memory {size!r} is not a size in MiB of at least {MIN_MEMORY_MB}")
     return wanted
 
 
@@ -226,7 +246,7 @@ class VmLab:
                   f"edge_lab.net={spec.lab_mac},{spec.node_ip}/{LAB_PREFIX} edge_lab.key={key}")
         return [
             binary, *machine,
-            "-accel", "tcg,thread=multi,tb-size=256", "-m", str(MEMORY_MB), "-smp", str(CPUS),
+            "-accel", "tcg,thread=multi,tb-size=256", "-m", str(spec.memory_mb), "-smp", str(CPUS),
             "-name", f"edge-lab-{self.id}-{spec.name}", "-nodefaults", "-display", "none",
             "-serial", f"file:{self.console(spec.name)}",
             "-kernel", str(base.kernel), "-initrd", str(base.initrd), "-append", append,
@@ -310,23 +330,28 @@ class VmLab:
 
     # -- API --------------------------------------------------------------------------
 
-    def up(self, arches: list[str], public_key: str) -> tuple[list[LabHost], dict[str, str]]:
-        """Create/complete one VM per entry of ``arches``; return hosts and known_hosts keys."""
+    def up(self, arches: list[str], public_key: str,
+           memory_mb: Sequence[int] | None = None) -> tuple[list[LabHost], dict[str, str]]:
+        """Create/complete one VM per entry of ``arches`` (``memory_mb``: each one's memory, default
+        MEMORY_MB); return hosts and known_hosts keys. A running VM of another shape is booted anew."""
         bases = {arch: vm_image.ensure_base(arch, self.log) for arch in dict.fromkeys(arches)}
         self.state.mkdir(parents=True, exist_ok=True)
         self._ensure_switch()
         have = self.specs()
-        wanted = {inv.host_name(i): (i, arch) for i, arch in enumerate(arches, start=1)}
+        sizes = list(memory_mb or [MEMORY_MB] * len(arches))
+        wanted = {inv.host_name(i): (i, arch, size)
+                  for i, (arch, size) in enumerate(zip(arches, sizes, strict=True), start=1)}
         for name in have:
             if name not in wanted:
                 self._remove_vm(name)
         specs: list[VmSpec] = []
         to_boot: list[VmSpec] = []
         taken = {port for s in have.values() for port in (s.ssh_port, s.api_port) if port}
-        for name, (index, arch) in wanted.items():
+        for name, (index, arch, size) in wanted.items():
             base = bases[arch]
             current = have.get(name)
-            same = current is not None and (current.arch, current.image) == (arch, base.disk.parent.name)
+            same = current is not None and ((current.arch, current.image, current.memory_mb)
+                                            == (arch, base.disk.parent.name, size))
             if current is not None and same and self._pid(name):
                 specs.append(current)
                 continue
@@ -335,7 +360,7 @@ class VmLab:
             spec = VmSpec(name=name, index=index, arch=arch, ssh_port=port,
                           node_ip=f"{LAB_SUBNET}.{10 + index}", lab_mac=f"52:54:00:ed:01:{index:02x}",
                           user_mac=f"52:54:00:ed:00:{index:02x}", image=base.disk.parent.name,
-                          api_port=api_port)
+                          api_port=api_port, memory_mb=size)
             specs.append(spec)
             to_boot.append(spec)
         started = time.monotonic()

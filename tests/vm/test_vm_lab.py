@@ -129,7 +129,7 @@ def test_up_again_keeps_the_running_vms(fleet: VmFleet) -> None:
 
 
 def test_arch_list_must_fit_the_hosts(tmp_path: Path) -> None:
-    with pytest.raises(LabError, match="2 architectures for 3 hosts"):
+    with pytest.raises(LabError, match="--arch lists 2 values for 3 hosts"):
         Lab(tmp_path / "fleet", backend="vm").up(3, ["amd64", "arm64"])
     with pytest.raises(LabError, match="unknown VM architecture riscv64"):
         Lab(tmp_path / "fleet", backend="vm").up(1, ["riscv64"])
