@@ -203,21 +203,26 @@ def artifacts(
 
 
 # An API server that restarts (measured on an emulated control plane VM at load 11-15; a static
-# pod updated) refuses or resets connections for a while: a call retries connection errors for about
-# three minutes (backoff 1, 2, 4, ... 30 s). Every write here is a PATCH or server-side apply,
-# or a create that recognises its own earlier success, so a retried write is safe. Probes that
-# poll on their own (``wait_node_ready``, ``label_node``, the pyinfra checks) and
-# ``edge-provision status`` ask with ``retries=0`` so their own timeouts hold.
+# pod updated) refuses or resets connections for a while, and one that is overloaded answers 5xx
+# (measured there: a token request got "504 Timeout: request did not complete within 1m0s" while
+# etcd lagged): a call retries both for about three minutes (backoff 1, 2, 4, ... 30 s; a 429's or
+# 503's Retry-After is honoured). Every write here is a PATCH or server-side apply, or a create
+# that recognises its own earlier success, or a delete that takes "not found" as done, so a
+# retried write is safe. Probes that poll on their own (``wait_node_ready``, ``label_node``, the
+# pyinfra checks) and ``edge-provision status`` ask with ``retries=0`` so their own timeouts hold.
 API_RETRIES = 10
 API_BACKOFF_MAX = 30.0
+# What an API server answers while it cannot serve yet: too many requests, etcd errors ("etcdserver:
+# request timed out" is a 500), not ready, timed out.
+API_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def api_retry(retries: int = API_RETRIES) -> Any:
     from urllib3.util.retry import Retry
 
-    return Retry(total=retries, connect=retries, read=retries, status=0, other=0,
-                 backoff_factor=1.0, backoff_max=API_BACKOFF_MAX, allowed_methods=None,
-                 raise_on_status=False)
+    return Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
+                 status_forcelist=API_RETRY_STATUSES, backoff_factor=1.0, backoff_max=API_BACKOFF_MAX,
+                 allowed_methods=None, raise_on_status=False)
 
 
 def api_client(kubeconfig: Path, *, retries: int = API_RETRIES) -> Any:

@@ -241,7 +241,11 @@ def misplaced_pods(kubeconfig: Path, variables: Mapping[str, Any], *, delete: bo
         ]
         if delete:
             for pod in misplaced:
-                core.delete_namespaced_pod(pod, ns)
+                try:
+                    core.delete_namespaced_pod(pod, ns)
+                except client.ApiException as exc:
+                    if exc.status != 404:  # gone already (or by a retried delete that had landed)
+                        raise
     return misplaced
 
 

@@ -16,7 +16,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ from edge_provision.runtime_controller import debs
 class LocalApi:
     url: str
     kubeconfig: str  # the admin kubeconfig's text
+    etcd_pid: int
 
 
 def _free_port() -> int:
@@ -82,8 +83,9 @@ def _certificates(directory: Path) -> bytes:
 
 
 @contextmanager
-def local_api(directory: Path) -> Iterator[LocalApi]:
-    """etcd and kube-apiserver on loopback until the context ends (both stopped, then)."""
+def local_api(directory: Path, apiserver_args: Sequence[str] = ()) -> Iterator[LocalApi]:
+    """etcd and kube-apiserver (with ``apiserver_args`` too) on loopback until the context ends
+    (both stopped, then)."""
     directory.mkdir(parents=True, exist_ok=True)
     etcd_deb = next(d for d in debs(["etcd-server"], "amd64") if d["package"] == "etcd-server")
     subprocess.run(["dpkg-deb", "-x", etcd_deb["path"], str(directory / "etcd-root")], check=True)
@@ -109,7 +111,8 @@ def local_api(directory: Path) -> Iterator[LocalApi]:
              f"--token-auth-file={directory / 'tokens.csv'}", "--authorization-mode=RBAC",
              f"--service-account-key-file={directory / 'sa.key'}",
              f"--service-account-signing-key-file={directory / 'sa.key'}",
-             "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/12"],
+             "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/12",
+             *apiserver_args],
             stdout=logs[1], stderr=subprocess.STDOUT,
         ))
         url = f"https://127.0.0.1:{api_port}"
@@ -121,7 +124,7 @@ def local_api(directory: Path) -> Iterator[LocalApi]:
             "contexts": [{"name": "admin", "context": {"cluster": "lab", "user": "admin"}}],
         })
         _wait_ready(directory, kubeconfig, processes)
-        yield LocalApi(url=url, kubeconfig=kubeconfig)
+        yield LocalApi(url=url, kubeconfig=kubeconfig, etcd_pid=processes[0].pid)
     finally:
         for process in reversed(processes):
             process.terminate()

@@ -5,11 +5,15 @@ A real kube-apiserver (tests/lab/apiserver.py) sits behind a loopback TCP forwar
 its first seconds, resets every connection as QEMU's user-mode port forward does while nothing
 listens on the guest's 6443 (measured: a kube-apiserver restart on the control plane VM made a
 join token request fail with ConnectionResetError 104). Then it forwards to the API server.
+A second API server gives up on requests after 3 s while its etcd is stopped, answering 504
+as the VM's did under load.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import struct
 import threading
@@ -164,3 +168,52 @@ def test_status_of_a_fleet_whose_api_server_is_away_says_so_at_once(
     assert rc == 1
     assert capsys.readouterr().err.startswith("status: ")
     assert forwarder.resets == 1
+
+
+# etcd stopped (SIGSTOP) for a while under an API server that gives up on a request after
+# REQUEST_TIMEOUT: it answers 504, as the control plane VM's did while its etcd lagged
+# (measured: a join token request failed with "504 Timeout: request did not complete within 1m0s").
+REQUEST_TIMEOUT = 3
+ETCD_STALL = 8.0
+
+
+@pytest.fixture(scope="module")
+def impatient_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApi]:
+    with local_api(tmp_path_factory.mktemp("impatient-api"), [f"--request-timeout={REQUEST_TIMEOUT}s"]) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _etcd_stopped(api: LocalApi, seconds: float) -> Iterator[None]:
+    os.kill(api.etcd_pid, signal.SIGSTOP)
+    resume = threading.Timer(seconds, os.kill, (api.etcd_pid, signal.SIGCONT))
+    resume.start()
+    try:
+        yield
+    finally:
+        resume.cancel()
+        os.kill(api.etcd_pid, signal.SIGCONT)
+
+
+def test_an_api_server_whose_etcd_stalls_answers_504(impatient_api: LocalApi, tmp_path: Path) -> None:
+    """What the retry below must ride out, asked once."""
+    (tmp_path / "kubeconfig").write_text(impatient_api.kubeconfig)
+    with (_etcd_stopped(impatient_api, 600), cluster.api_client(tmp_path / "kubeconfig", retries=0) as raw,
+          pytest.raises(client.ApiException) as answered):
+        cluster.create_bootstrap_secret(client.CoreV1Api(raw), "st4ll0", "0123456789abcdef",
+                                        "2099-01-01T00:00:00Z", "asked once")
+    assert answered.value.status == 504, answered.value
+
+
+def test_a_join_token_is_made_through_an_api_server_whose_etcd_stalls_for_a_while(
+    impatient_api: LocalApi, tmp_path: Path
+) -> None:
+    (tmp_path / "kubeconfig").write_text(impatient_api.kubeconfig)
+    started = time.monotonic()
+    with _etcd_stopped(impatient_api, ETCD_STALL):
+        token = cluster.create_join_token(tmp_path / "kubeconfig", 600)
+    assert time.monotonic() - started >= ETCD_STALL  # made after etcd came back, through 504s
+    token_id, token_secret = token.token.split(".")
+    with cluster.api_client(tmp_path / "kubeconfig") as raw:
+        secret = client.CoreV1Api(raw).read_namespaced_secret(f"bootstrap-token-{token_id}", "kube-system")
+    assert cluster._holds_token_secret(secret, token_secret)

@@ -240,3 +240,12 @@ def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
 def test_probe_patches_refuse_what_kubeadm_could_not_take(thresholds: dict[str, object], message: str) -> None:
     with pytest.raises(cluster.ClusterError, match=message):
         cluster.probe_patches(thresholds, ["kube-apiserver"])
+
+
+def test_api_calls_retry_what_an_api_server_answers_while_it_cannot_serve() -> None:
+    retry = cluster.api_retry()
+    for status in (429, 500, 502, 503, 504):
+        assert retry.is_retry("POST", status), status  # writes too: each is safe to repeat
+    for status in (400, 401, 403, 404, 409, 422):
+        assert not retry.is_retry("POST", status), status
+    assert retry.status == cluster.API_RETRIES and cluster.api_retry(0).status == 0
