@@ -119,6 +119,19 @@ def check_admin_kubeconfig_is_private_and_reaches_the_api(kubeconfig: Path, cont
     assert cluster.node_status(kubeconfig, control_plane)["ready"]
 
 
+def check_control_plane_probe_failure_thresholds(kubeconfig: Path, control_plane: str,
+                                                 wanted: dict[str, int]) -> None:
+    """kubeadm's patches (control_plane_kubeadm_probe_failure_thresholds) reached the static
+    pods: the mirror pods of the API server, controller manager and scheduler carry ``wanted``."""
+    assert wanted, "no thresholds to check"
+    core = client.CoreV1Api(cluster.api_client(kubeconfig))
+    for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        container = core.read_namespaced_pod(f"{component}-{control_plane}", "kube-system").spec.containers[0]
+        found = {"startup": container.startup_probe.failure_threshold,
+                 "liveness": container.liveness_probe.failure_threshold}
+        assert {k: found[k] for k in wanted} == wanted, component
+
+
 def check_every_node_carries_the_wasm_label_recorded_as_owned(kubeconfig: Path) -> None:
     for node in client.CoreV1Api(cluster.api_client(kubeconfig)).list_node().items:
         assert node.metadata.labels.get("edge-provision.io/wasm") == "wasmtime", node.metadata.name

@@ -17,7 +17,7 @@ import pytest
 
 from edge_provision.lab import Lab, LabError, LabHost
 from edge_provision.lab.containers import ssh_login
-from edge_provision.lab.vm import VmLab
+from edge_provision.lab.vm import MEMORY_MB, VmLab
 from tests.conftest import run, tool
 
 ARCHES = ["amd64", "arm64"]
@@ -126,6 +126,21 @@ def test_up_again_keeps_the_running_vms(fleet: VmFleet) -> None:
     assert again.returncode == 0, again.stderr
     assert sorted(VmLab(fleet.inventory).processes()) == pids
     assert Lab(fleet.inventory, backend="vm").hosts() == fleet.hosts
+
+
+def test_up_with_another_memory_size_boots_only_that_vm_anew(fleet: VmFleet) -> None:
+    """lab-1 asks for 1536 MiB (the fleet started with the default): it is booted anew with it,
+    lab-2 (an empty entry: the default) keeps running."""
+    vms = VmLab(fleet.inventory)
+    before = set(vms.processes())
+    again = fleet.lab("up", "--hosts", "2", "--arch", ",".join(ARCHES), "--memory", "1536,")
+    assert again.returncode == 0, again.stderr
+    after = set(vms.processes())
+    assert len(before - after) == 1 and len(after - before) == 1  # one VM replaced, switch and lab-2 kept
+    assert {name: spec.memory_mb for name, spec in vms.specs().items()} == {"lab-1": 1536, "lab-2": MEMORY_MB}
+    fleet.hosts = Lab(fleet.inventory, backend="vm").hosts()
+    total_mib = int(fleet.sh("lab-1", "awk '/^MemTotal:/ {print $2}' /proc/meminfo")) // 1024
+    assert 1536 - 160 < total_mib <= 1536, total_mib  # the kernel keeps some for itself
 
 
 def test_arch_list_must_fit_the_hosts(tmp_path: Path) -> None:
