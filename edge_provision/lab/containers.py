@@ -318,8 +318,9 @@ def ssh_banner(address: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def ssh_login(key: Path, known_hosts: Path, host: LabHost, timeout: int = 5) -> bool:
-    """True when ``ssh root@host`` with the lab key and strict host key checking runs a command."""
+def ssh_login(key: Path, known_hosts: Path, host: LabHost, timeout: int = 20) -> bool:
+    """True when ``ssh root@host`` with the lab key and strict host key checking runs a command
+    (within ``timeout`` to connect: an emulated VM on a loaded machine needed more than 5 s)."""
     if not key.exists():
         return False
     cmd = [
