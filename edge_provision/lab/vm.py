@@ -331,16 +331,15 @@ class VmLab:
     # -- API --------------------------------------------------------------------------
 
     def up(self, arches: list[str], public_key: str,
-           memory_mb: Sequence[int] | None = None) -> tuple[list[LabHost], dict[str, str]]:
-        """Create/complete one VM per entry of ``arches`` (``memory_mb``: each one's memory, default
-        MEMORY_MB); return hosts and known_hosts keys. A running VM of another shape is booted anew."""
+           memory_mb: Sequence[int]) -> tuple[list[LabHost], dict[str, str]]:
+        """Create/complete one VM per entry of ``arches`` with its ``memory_mb`` (:func:`parse_memory`);
+        return hosts and known_hosts keys. A running VM of another shape is booted anew."""
         bases = {arch: vm_image.ensure_base(arch, self.log) for arch in dict.fromkeys(arches)}
         self.state.mkdir(parents=True, exist_ok=True)
         self._ensure_switch()
         have = self.specs()
-        sizes = list(memory_mb or [MEMORY_MB] * len(arches))
         wanted = {inv.host_name(i): (i, arch, size)
-                  for i, (arch, size) in enumerate(zip(arches, sizes, strict=True), start=1)}
+                  for i, (arch, size) in enumerate(zip(arches, memory_mb, strict=True), start=1)}
         for name in have:
             if name not in wanted:
                 self._remove_vm(name)
