@@ -139,7 +139,10 @@ def kubernetes_node() -> None:
         )
     ]
     systemd.daemon_reload(name="Reload systemd's units", _if=any_changed(*units))
-    systemd.service(name="Enable the kubelet (kubeadm starts it)", service="kubelet", enabled=True)
+    systemd.service(
+        name="Run the kubelet now and at boot (it waits for kubeadm's configuration)",
+        service="kubelet", running=True, enabled=True,
+    )
     systemd.service(
         name="Restart kubelet",
         service="kubelet",
@@ -254,6 +257,7 @@ def node_join() -> None:
         config_file=v["node_join_kubeadm_config_file"],
         skip_phases=v["node_join_kubeadm_skip_phases"],
         ttl=v["node_join_kubeadm_token_ttl"],
+        signed_within=v["node_join_kubeadm_discovery_timeout"],
         join={
             "api_server_endpoint": endpoint,
             "node_name": host.name,
