@@ -208,8 +208,9 @@ def artifacts(
 # etcd lagged): a call retries both for about three minutes (backoff 1, 2, 4, ... 30 s; a 429's or
 # 503's Retry-After is honoured). Every write here is a PATCH or server-side apply, or a create
 # that recognises its own earlier success, or a delete that takes "not found" as done, so a
-# retried write is safe. Probes that poll on their own (``wait_node_ready``, ``label_node``, the
-# pyinfra checks) and ``edge-provision status`` ask with ``retries=0`` so their own timeouts hold.
+# retried write is safe. Probes that poll on their own (``wait_node_ready``, ``label_node``,
+# ``wait_token_signed``, the pyinfra checks) and ``edge-provision status`` ask with ``retries=0``
+# so their own timeouts hold.
 API_RETRIES = 10
 API_BACKOFF_MAX = 30.0
 # What an API server answers while it cannot serve yet: too many requests, etcd errors ("etcdserver:
@@ -308,15 +309,53 @@ def _holds_token_secret(secret: Any, token_secret: str) -> bool:
     return bool(data.get("token-secret")) and base64.b64decode(data["token-secret"]).decode() == token_secret
 
 
-def join_token(kubeconfig: Path, ttl: str, given: str = "") -> JoinToken:
-    """``given`` (a token made elsewhere) with the cluster's CA hash, or a new token."""
+# How long a token's signature of cluster-info may take by default: kubeadm join's own discovery
+# timeout (5m0s), which is how long a node waits for it.
+SIGNATURE_TIMEOUT = "5m0s"
+
+
+def join_token(
+    kubeconfig: Path, ttl: str, given: str = "", signed_within: str = SIGNATURE_TIMEOUT
+) -> JoinToken:
+    """``given`` (a token made elsewhere) with the cluster's CA hash, or a new token; once the
+    cluster has signed its cluster-info with it (:func:`wait_token_signed`)."""
     if given:
         if not _TOKEN.fullmatch(given):
             raise ClusterError(
                 "node_join_kubeadm_token is not a bootstrap token (<6 chars>.<16 chars>, a-z0-9)"
             )
-        return JoinToken(given, ca_cert_hash(_kubeconfig_ca(kubeconfig)), "")
-    return create_join_token(kubeconfig, parse_duration(ttl))
+        token = JoinToken(given, ca_cert_hash(_kubeconfig_ca(kubeconfig)), "")
+    else:
+        token = create_join_token(kubeconfig, parse_duration(ttl))
+    wait_token_signed(kubeconfig, token.token.split(".")[0], parse_duration(signed_within))
+    return token
+
+
+def wait_token_signed(kubeconfig: Path, token_id: str, timeout: float) -> bool:
+    """Wait until ``kube-public/cluster-info`` carries the signature of token ``token_id``
+    (``jws-kubeconfig-<id>``, which the controller manager's bootstrap signer adds in its own
+    time): a kubeadm node's discovery trusts cluster-info only with it, and gives up after its own
+    timeout. False at once where there is no cluster-info (no kubeadm discovery to serve)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    def signature() -> str:
+        with api_client(kubeconfig, retries=0) as api:
+            try:
+                config_map = client.CoreV1Api(api).read_namespaced_config_map("cluster-info", "kube-public")
+            except ApiException as exc:
+                if exc.status == 404:
+                    return "no cluster-info"
+                raise
+        return "signed" if f"jws-kubeconfig-{token_id}" in (config_map.data or {}) else "not signed"
+
+    state = _poll(
+        signature, timeout, lambda s: s != "not signed",
+        f"kube-public/cluster-info has no signature of token ID {token_id} (the controller manager's"
+        " bootstrap signer adds one for each bootstrap token of the cluster: is the token this"
+        " cluster's, and does kube-controller-manager run?)",
+    )
+    return bool(state == "signed")
 
 
 def parse_duration(text: str) -> int:
@@ -349,17 +388,15 @@ def node_status(kubeconfig: Path, name: str, *, retries: int = API_RETRIES) -> d
     return {"registered": True, "ready": ready, "labels": dict(labels or {})}
 
 
-def _poll_node(
-    kubeconfig: Path, name: str, timeout: float, done: Callable[[dict[str, Any]], bool], failure: str
-) -> dict[str, Any]:
-    """:func:`node_status` of ``name`` every 2 s until ``done`` holds of it; after ``timeout``
-    a :class:`ClusterError` of ``failure`` and the last answer. Each probe asks once: an API
-    server that is away (still starting, restarting) counts as not done yet."""
+def _poll(probe: Callable[[], Any], timeout: float, done: Callable[[Any], bool], failure: str) -> Any:
+    """``probe()`` every 2 s until ``done`` holds of its answer; after ``timeout`` a
+    :class:`ClusterError` of ``failure`` and the last answer. Each probe should ask the API once:
+    an API server that is away (still starting, restarting) counts as not done yet."""
     deadline = time.monotonic() + timeout
-    last: dict[str, Any] | Exception = {}
+    last: Any = None
     while True:
         try:
-            last = node_status(kubeconfig, name, retries=0)
+            last = probe()
             if done(last):
                 return last
         except ClusterError:  # no kubeconfig: waiting will not make one
@@ -367,8 +404,18 @@ def _poll_node(
         except Exception as exc:
             last = exc
         if time.monotonic() >= deadline:
-            raise ClusterError(f"node {name} {failure} after {timeout:.0f} s (last seen: {last})")
+            raise ClusterError(f"{failure} after {timeout:.0f} s (last seen: {last})")
         time.sleep(2)
+
+
+def _poll_node(
+    kubeconfig: Path, name: str, timeout: float, done: Callable[[dict[str, Any]], bool], failure: str
+) -> dict[str, Any]:
+    """:func:`node_status` of ``name`` (:func:`_poll`) until ``done`` holds of it."""
+    status: dict[str, Any] = _poll(
+        lambda: node_status(kubeconfig, name, retries=0), timeout, done, f"node {name} {failure}"
+    )
+    return status
 
 
 def wait_node_ready(kubeconfig: Path, name: str, timeout: float) -> dict[str, Any]:
@@ -441,6 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--kubeconfig", type=Path, required=True)
     token.add_argument("--ttl", default="15m")
     token.add_argument("--given", default="", help="a token made elsewhere: only add the CA hash")
+    token.add_argument("--signed-within", default=SIGNATURE_TIMEOUT,
+                       help="how long the cluster may take to sign cluster-info with the token (e.g. 5m0s)")
     ready = sub.add_parser("wait-ready", help="wait until a node is Ready")
     ready.add_argument("--kubeconfig", type=Path, required=True)
     ready.add_argument("--node", required=True)
@@ -464,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "token":
-            _print(join_token(args.kubeconfig, args.ttl, args.given).as_dict())
+            _print(join_token(args.kubeconfig, args.ttl, args.given, args.signed_within).as_dict())
         elif args.command == "artifacts":
             _print({arch: artifacts(arch, args.binaries, args.images, args.packages) for arch in args.arch})
         elif args.command == "wait-ready":

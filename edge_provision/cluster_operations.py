@@ -163,6 +163,7 @@ def kubeadm_joined(
     config_file: str,
     skip_phases: Sequence[str],
     ttl: str,
+    signed_within: str,
     join: Mapping[str, Any],
     template_vars: Mapping[str, Any],
 ) -> Commands:
@@ -180,7 +181,7 @@ def kubeadm_joined(
 
     def run_join(state: Any, host: Any) -> bool:
         try:
-            token = cluster.join_token(Path(kubeconfig), ttl, given_token)
+            token = cluster.join_token(Path(kubeconfig), ttl, given_token, signed_within)
         except Exception as exc:
             return _failed(host, f"host {host.name}: cannot create a join token: {exc}")
         content = render_template(

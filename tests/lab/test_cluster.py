@@ -2,10 +2,12 @@
 join with bootstrap tokens, one through each engine (the whole chain: host_prep, runtime,
 cluster).
 
-lab-1 (control plane) and lab-2 are provisioned by Ansible, lab-3 by pyinfra. Each engine first
-tries a join with a token the cluster does not know, which must fail with kubeadm's reason and
-leave the node clean, then joins for real at -vvv; no token of the cluster may appear in any of
-that output. A second run of each engine changes nothing.
+lab-1 (control plane) and lab-2 are provisioned by Ansible, lab-3 by pyinfra. Once the control
+plane is up, each engine first tries a join with a token of the cluster's ID but another secret,
+which must fail in kubeadm's discovery and leave the node reset, and pyinfra one with a token the
+cluster does not know, which must fail on the controller before the node is touched; then each
+joins for real at -vvv. No token of the cluster may appear in any of that output. A second run of
+each engine changes nothing.
 
 The `check_*` functions take a fleet's admin kubeconfig (and node names) only: Molecule's
 scenario cluster (molecule/cluster/tests) runs them on its VMs too.
@@ -36,7 +38,7 @@ UNKNOWN_TOKEN = "abcdef.0123456789abcdef"  # well formed, never made in this clu
 JOIN_CONFIG = role_defaults("node_join_kubeadm")["node_join_kubeadm_config_file"]
 # The kubelet's kernel tunables; the lab keeps it from writing the machine's (see lab/image.py).
 KUBELET_TUNABLES = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory")
-BAD_TOKEN_ARGS = ("node_join_kubeadm_token=" + UNKNOWN_TOKEN, "node_join_kubeadm_discovery_timeout=15s")
+BAD_TOKEN_TIMEOUT = "node_join_kubeadm_discovery_timeout=15s"
 
 
 @dataclass
@@ -44,9 +46,12 @@ class ClusterRuns:
     fleet: LabFleet
     kubeconfig: Path
     machine_tunables_before: dict[str, str]
+    control_plane: EngineRun
     bad_ansible: EngineRun
     bad_pyinfra: EngineRun
     clean_after_bad: dict[str, dict[str, bool]]
+    unknown_pyinfra: EngineRun
+    after_unknown: dict[str, bool]
     ansible: EngineRun
     pyinfra: EngineRun
 
@@ -64,22 +69,41 @@ def _node_files(fleet: LabFleet, name: str) -> dict[str, bool]:
     }
 
 
+def _wrong_secret(kubeconfig: Path) -> str:
+    """A well-formed token with the ID of the cluster's one bootstrap token (kubeadm init's)
+    and another secret: cluster-info is signed for its ID, so only the node can refuse it."""
+    secrets = client.CoreV1Api(cluster.api_client(kubeconfig)).list_namespaced_secret(
+        "kube-system", field_selector="type=bootstrap.kubernetes.io/token"
+    ).items
+    assert len(secrets) == 1, [s.metadata.name for s in secrets]
+    token_id = base64.b64decode(secrets[0].data["token-id"]).decode()
+    secret = base64.b64decode(secrets[0].data["token-secret"]).decode()
+    return f"{token_id}.{'0' * 16 if secret != '0' * 16 else '1' * 16}"
+
+
+def _bad_token_args(option: str, token: str) -> list[str]:
+    return [arg for extra in ("node_join_kubeadm_token=" + token, BAD_TOKEN_TIMEOUT) for arg in (option, extra)]
+
+
 @pytest.fixture(scope="module")
 def runs(lab_fleet: LabFleet) -> Iterator[ClusterRuns]:
     before = _machine_tunables()
+    kubeconfig = lab_fleet.inventory / cluster.KUBECONFIG_FILE
+    stages = ("--tags", "host_prep,runtime,cluster")
+    control_plane = lab_fleet.ansible_playbook("--limit", "control_plane", *stages)
+    assert control_plane.result.returncode == 0, control_plane.output[-3000:]
+    wrong = _wrong_secret(kubeconfig)
     ansible_hosts = ("--limit", "control_plane,lab-2")
-    bad_ansible = lab_fleet.ansible_playbook(
-        *ansible_hosts, *(arg for extra in BAD_TOKEN_ARGS for arg in ("-e", extra))
-    )
-    bad_pyinfra = lab_fleet.pyinfra(
-        "--limit", "lab-3", *(arg for extra in BAD_TOKEN_ARGS for arg in ("--data", extra))
-    )
+    bad_ansible = lab_fleet.ansible_playbook(*ansible_hosts, *_bad_token_args("-e", wrong))
+    bad_pyinfra = lab_fleet.pyinfra("--limit", "lab-3", *_bad_token_args("--data", wrong))
     clean = {name: _node_files(lab_fleet, name) for name in ("lab-2", "lab-3")}
+    unknown_pyinfra = lab_fleet.pyinfra("--limit", "lab-3", *_bad_token_args("--data", UNKNOWN_TOKEN))
+    untouched = _node_files(lab_fleet, "lab-3")
     ansible = lab_fleet.ansible_playbook("-vvv", *ansible_hosts)
     pyinfra = lab_fleet.pyinfra("-vvv", "--limit", "lab-3")
     yield ClusterRuns(
-        lab_fleet, lab_fleet.inventory / cluster.KUBECONFIG_FILE, before,
-        bad_ansible, bad_pyinfra, clean, ansible, pyinfra,
+        lab_fleet, kubeconfig, before, control_plane, bad_ansible, bad_pyinfra, clean, unknown_pyinfra,
+        untouched, ansible, pyinfra,
     )
 
 
@@ -194,12 +218,23 @@ def test_admin_kubeconfig_is_private_and_reaches_the_api(runs: ClusterRuns) -> N
 
 
 def test_bad_token_join_fails_clearly_and_leaves_the_node_clean(runs: ClusterRuns) -> None:
+    """A token of the cluster's ID with another secret gets as far as kubeadm's discovery."""
     for bad, host in ((runs.bad_ansible, "lab-2"), (runs.bad_pyinfra, "lab-3")):
         assert bad.result.returncode != 0, bad.output[-3000:]
         assert f"host {host}:" in bad.output and "the node was reset" in bad.output, bad.output[-3000:]
         assert "couldn't validate the identity of the API Server" in bad.output, bad.output[-3000:]
     for host, files in runs.clean_after_bad.items():
         assert files == {"kubelet.conf": False, "join config": False, "kubelet running": False}, host
+
+
+def test_a_token_the_cluster_never_signed_fails_on_the_controller_before_the_join(runs: ClusterRuns) -> None:
+    """The kubelet runs again (the kubernetes_node stage starts it, as after any reset), but no
+    join began: no join configuration, no kubelet.conf."""
+    unknown = runs.unknown_pyinfra
+    assert unknown.result.returncode != 0, unknown.output[-3000:]
+    assert "host lab-3: cannot create a join token" in unknown.output, unknown.output[-3000:]
+    assert f"no signature of token ID {UNKNOWN_TOKEN.split('.')[0]}" in unknown.output, unknown.output[-3000:]
+    assert runs.after_unknown == {"kubelet.conf": False, "join config": False, "kubelet running": True}
 
 
 def test_join_tokens_appear_in_no_output(runs: ClusterRuns) -> None:
@@ -213,8 +248,10 @@ def test_join_tokens_appear_in_no_output(runs: ClusterRuns) -> None:
         data = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
         tokens.append((data["token-id"], data["token-secret"]))
     assert len(tokens) >= 3, "expected kubeadm init's token and one per joined node"
-    outputs = {"ansible -vvv": runs.ansible.output, "pyinfra -vvv": runs.pyinfra.output,
-               "ansible (bad token)": runs.bad_ansible.output, "pyinfra (bad token)": runs.bad_pyinfra.output}
+    outputs = {"ansible (control plane)": runs.control_plane.output,
+               "ansible -vvv": runs.ansible.output, "pyinfra -vvv": runs.pyinfra.output,
+               "ansible (bad token)": runs.bad_ansible.output, "pyinfra (bad token)": runs.bad_pyinfra.output,
+               "pyinfra (unknown token)": runs.unknown_pyinfra.output}
     assert len(runs.ansible.output) > 100_000 and len(runs.pyinfra.output) > 20_000
     for _token_id, token_secret in tokens:
         for what, output in outputs.items():
