@@ -487,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token = sub.add_parser("token", help="create a join token (prints it: keep this output out of logs)")
     token.add_argument("--kubeconfig", type=Path, required=True)
     token.add_argument("--ttl", default="15m")
-    token.add_argument("--given", default="", help="a token made elsewhere: only add the CA hash")
+    token.add_argument("--given", default="", help="a token made elsewhere, used instead of a new one")
     token.add_argument("--signed-within", default=SIGNATURE_TIMEOUT,
                        help="how long the cluster may take to sign cluster-info with the token (e.g. 5m0s)")
     ready = sub.add_parser("wait-ready", help="wait until a node is Ready")
