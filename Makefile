@@ -43,11 +43,15 @@ vm-tests: setup
 # A Molecule scenario on an amd64 and an arm64 VM (create, converge, idempotence, verify,
 # destroy): SCENARIO=default (host_prep, runtime) or SCENARIO=cluster (every stage: kubeadm control
 # plane on amd64, the arm64 node joins and runs the Wasm sample). EDGE_MOLECULE_STAGES limits the
-# stages converged and verified.
+# stages converged and verified. MOLECULE_ARGS go to `molecule test`, e.g. --destroy=never keeps a
+# failed run's VMs (and their logs) for a look inside; `molecule --base-config molecule/base.yml
+# destroy -s <scenario>` (or the next run) removes them.
 SCENARIO ?= default
+MOLECULE_ARGS ?=
 
 molecule: setup
-	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/molecule --base-config molecule/base.yml test -s $(SCENARIO)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/molecule --base-config molecule/base.yml test -s $(SCENARIO) \
+		$(MOLECULE_ARGS)
 
 molecule-cluster:
 	$(MAKE) molecule SCENARIO=cluster
