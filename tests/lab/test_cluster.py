@@ -228,13 +228,15 @@ def test_bad_token_join_fails_clearly_and_leaves_the_node_clean(runs: ClusterRun
 
 
 def test_a_token_the_cluster_never_signed_fails_on_the_controller_before_the_join(runs: ClusterRuns) -> None:
-    """The kubelet runs again (the kubernetes_node stage starts it, as after any reset), but no
-    join began: no join configuration, no kubelet.conf."""
+    """No join began: no join configuration, no kubelet.conf. (The kubernetes_node stage started
+    the kubelet again, which restarts every few seconds without kubeadm's configuration: whether
+    it is running at a given moment says nothing.)"""
     unknown = runs.unknown_pyinfra
     assert unknown.result.returncode != 0, unknown.output[-3000:]
     assert "host lab-3: cannot create a join token" in unknown.output, unknown.output[-3000:]
     assert f"no signature of token ID {UNKNOWN_TOKEN.split('.')[0]}" in unknown.output, unknown.output[-3000:]
-    assert runs.after_unknown == {"kubelet.conf": False, "join config": False, "kubelet running": True}
+    assert {k: runs.after_unknown[k] for k in ("kubelet.conf", "join config")} == {
+        "kubelet.conf": False, "join config": False}
 
 
 def test_join_tokens_appear_in_no_output(runs: ClusterRuns) -> None:
