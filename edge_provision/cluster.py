@@ -309,16 +309,14 @@ def _holds_token_secret(secret: Any, token_secret: str) -> bool:
     return bool(data.get("token-secret")) and base64.b64decode(data["token-secret"]).decode() == token_secret
 
 
-# How long a token's signature of cluster-info may take by default: kubeadm join's own discovery
-# timeout (5m0s), which is how long a node waits for it.
-SIGNATURE_TIMEOUT = "5m0s"
-
-
-def join_token(
-    kubeconfig: Path, ttl: str, given: str = "", signed_within: str = SIGNATURE_TIMEOUT
-) -> JoinToken:
+def join_token(kubeconfig: Path, ttl: str, given: str = "", signed_within: str = "") -> JoinToken:
     """``given`` (a token made elsewhere) with the cluster's CA hash, or a new token; once the
-    cluster has signed its cluster-info with it (:func:`wait_token_signed`)."""
+    cluster has signed its cluster-info with it (:func:`wait_token_signed`), within
+    ``signed_within`` (by default node_join_kubeadm's discovery timeout: as long as a node waits)."""
+    if not signed_within:
+        from edge_provision.roles import role_defaults
+
+        signed_within = str(role_defaults("node_join_kubeadm")["node_join_kubeadm_discovery_timeout"])
     if given:
         if not _TOKEN.fullmatch(given):
             raise ClusterError(
@@ -488,8 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--kubeconfig", type=Path, required=True)
     token.add_argument("--ttl", default="15m")
     token.add_argument("--given", default="", help="a token made elsewhere, used instead of a new one")
-    token.add_argument("--signed-within", default=SIGNATURE_TIMEOUT,
-                       help="how long the cluster may take to sign cluster-info with the token (e.g. 5m0s)")
+    token.add_argument("--signed-within", default="",
+                       help="how long the cluster may take to sign cluster-info with the token (e.g. 5m0s;"
+                       " default: node_join_kubeadm_discovery_timeout's)")
     ready = sub.add_parser("wait-ready", help="wait until a node is Ready")
     ready.add_argument("--kubeconfig", type=Path, required=True)
     ready.add_argument("--node", required=True)
