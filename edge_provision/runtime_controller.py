@@ -252,8 +252,9 @@ def debs(packages: Sequence[str], arch: str) -> list[dict[str, str]]:
 
     Downloaded with ``apt-get download`` (apt checks every file against the signed indexes)
     through :func:`apt_options` into ``<cache>/artifacts/debs/<arch>/``, reused while the
-    candidate version is unchanged. Returns one ``{package, version, path, sha256}`` per
-    package, in dependency-closure order.
+    candidate version is unchanged; a version the lists replaced (a point release, a security
+    update) leaves the cache when its successor arrives (:func:`_prune_superseded`). Returns one
+    ``{package, version, path, sha256}`` per package, in dependency-closure order.
     """
     cache = ARTIFACTS_DIR / "debs" / arch
     cache.mkdir(parents=True, exist_ok=True)
@@ -285,6 +286,7 @@ def _debs(packages: Sequence[str], arch: str, cache: Path) -> list[dict[str, str
                     os.replace(deb, cache / deb.name)
                     digest = sha256_file(cache / deb.name)
                     index[f"{fields[0]}={fields[1]}"] = {"file": deb.name, "sha256": digest}
+            _prune_superseded(cache, index, versions)
             index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         for name in closure:
             entry = index.get(f"{name}={versions[name]}")
@@ -294,6 +296,28 @@ def _debs(packages: Sequence[str], arch: str, cache: Path) -> list[dict[str, str
             result.append({"package": name, "version": versions[name], "path": str(cache / entry["file"]),
                            "file": entry["file"], "sha256": entry["sha256"]})
     return result
+
+
+def _prune_superseded(cache: Path, index: dict[str, dict[str, str]], versions: Mapping[str, str]) -> None:
+    """Drop from ``index`` and ``cache`` every .deb of a package in ``versions`` at another version
+    than its candidate there (this architecture's lists no longer offer it), and the archives
+    (:func:`debs_plan`) that packed one. Called with the cache's lock held."""
+    stale = {}
+    for key, entry in index.items():
+        package, version = key.split("=", 1)
+        if package in versions and version != versions[package]:
+            stale[key] = entry
+    if not stale:
+        return
+    files = {entry["file"] for entry in stale.values()}
+    for archive in (cache / "archives").glob("debs-*.tar"):
+        with tarfile.open(archive) as tar:
+            packed = set(tar.getnames())
+        if packed & files:
+            archive.unlink()
+    for key, entry in stale.items():
+        (cache / entry["file"]).unlink(missing_ok=True)
+        del index[key]
 
 
 def _cached_deb(cache: Path, entry: Mapping[str, str] | None) -> bool:
@@ -462,26 +486,19 @@ def debs_plan(debs: Sequence[Mapping[str, Any]], *, staging_dir: str) -> dict[st
     ``staging_dir``, check each file's sha256 again, install them in one apt-get call and
     remove what was shipped. Returns ``{archive, file, commands}``.
 
-    The tar is named by its members' sha256s and kept in ``<cache>/artifacts/debs/archives/``,
-    so the next node lacking the same packages reuses it.
+    The tar is named by its members' sha256s and kept in ``archives/`` beside the .deb files
+    (``<cache>/artifacts/debs/<arch>/archives/``), so the next node lacking the same packages
+    reuses it, until one of them is superseded (:func:`_prune_superseded`).
     """
     if not debs:
         raise RuntimeStageError("no packages to ship")
     sums = "\n".join(f"{d['sha256']}  {d['file']}" for d in debs)
     name = f"debs-{hashlib.sha256(sums.encode()).hexdigest()[:16]}.tar"
-    archive = ARTIFACTS_DIR / "debs" / "archives" / name
-    if not archive.is_file():
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=archive.parent, prefix=".pack-", delete=False) as tmp:
-            try:
-                with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                    for deb in debs:
-                        tar.add(str(deb["path"]), arcname=str(deb["file"]), filter=_root_owned)
-                tmp.close()
-                os.replace(tmp.name, archive)  # whole or absent, also beside a parallel packer
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
+    cache = Path(debs[0]["path"]).parent
+    archive = cache / "archives" / name
+    with locked(cache / ".lock"):  # not while _prune_superseded removes files
+        if not archive.is_file():
+            _pack(debs, archive)
     q = shlex.quote
     staged = " ".join(q(f"{staging_dir}/{d['file']}") for d in debs)
     commands = [
@@ -491,6 +508,20 @@ def debs_plan(debs: Sequence[Mapping[str, Any]], *, staging_dir: str) -> dict[st
         f"rm -f {q(f'{staging_dir}/{name}')} {staged}",
     ]
     return {"archive": str(archive), "file": name, "commands": commands}
+
+
+def _pack(debs: Sequence[Mapping[str, Any]], archive: Path) -> None:
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=archive.parent, prefix=".pack-", delete=False) as tmp:
+        try:
+            with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for deb in debs:
+                    tar.add(str(deb["path"]), arcname=str(deb["file"]), filter=_root_owned)
+            tmp.close()
+            os.replace(tmp.name, archive)  # whole or absent
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
 
 
 def _root_owned(member: tarfile.TarInfo) -> tarfile.TarInfo:

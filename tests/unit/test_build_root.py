@@ -187,6 +187,42 @@ def test_debs_resolves_and_downloads_through_the_private_view(
     assert not [c for c in calls if c[:2] == ["apt-get", "download"]], "a cached .deb is reused"
 
 
+def test_a_superseded_package_leaves_the_cache_with_the_archives_that_packed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rc, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(rc, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setattr(rc, "_apt_update", lambda arch, force=False: None)
+    offered = {"runc": "1.1.5-1", "libc6": "2.36-9"}
+
+    def run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+        if cmd[0] == "apt-cache" and "depends" in cmd:
+            return "runc\n  Depends: libc6\nlibc6\n"
+        if cmd[0] == "apt-cache":
+            return "".join(f"Package: {n}\nVersion: {v}\n\n" for n, v in offered.items())
+        if cmd[:2] == ["apt-get", "download"]:
+            assert cwd is not None
+            for wanted in [a for i, a in enumerate(cmd) if "=" in a and cmd[i - 1] != "-o"]:
+                name, version = wanted.split("=")
+                (cwd / f"{name}_{version}_arm64.deb").write_text(wanted)
+            return ""
+        name, version = Path(cmd[-1]).name.split("_")[:2]
+        return f"{name}\t{version}"
+
+    monkeypatch.setattr(rc, "_run", run)
+    cache = tmp_path / "artifacts/debs/arm64"
+    old = rc.debs(["runc"], "arm64")
+    with_runc = Path(rc.debs_plan(old, staging_dir="/s")["archive"])
+    libc_only = Path(rc.debs_plan(old[1:], staging_dir="/s")["archive"])
+    assert with_runc.parent == libc_only.parent == cache / "archives"
+    offered["runc"] = "1.1.5-1+deb12u1"  # a point release
+    new = rc.debs(["runc"], "arm64")
+    assert [d["version"] for d in new] == ["1.1.5-1+deb12u1", "2.36-9"]
+    assert sorted(p.name for p in cache.glob("*.deb")) == ["libc6_2.36-9_arm64.deb", "runc_1.1.5-1+deb12u1_arm64.deb"]
+    assert sorted(json.loads((cache / "index.json").read_text())) == ["libc6=2.36-9", "runc=1.1.5-1+deb12u1"]
+    assert not with_runc.exists() and libc_only.exists(), "only archives of the superseded package go"
+
+
 # -- images for any architecture -------------------------------------------------------------
 
 
