@@ -16,8 +16,9 @@ demo: setup
 
 # Every tier, fastest first, one pytest summary: unit (seconds), lab (real hosts over SSH),
 # VM (the lab's QEMU backend, amd64 + arm64), Molecule (`molecule test` of each scenario on VMs).
+# The 20 slowest tests' times come before the summary: CI has 90 minutes.
 test: setup
-	.venv/bin/pytest tests/unit tests/lab tests/vm tests/molecule
+	.venv/bin/pytest --durations=20 tests/unit tests/lab tests/vm tests/molecule
 
 unit: setup
 	.venv/bin/pytest tests/unit
