@@ -6,6 +6,8 @@ import json
 import re
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -301,6 +303,41 @@ def test_ensure_deb_src_adds_twins_once(apt_dir: Path) -> None:
     assert all(e.options["Signed-By"].endswith("debian-archive-keyring.gpg") for e in entries)
     assert (apt_dir / "sources.list.d" / "debian.sources").read_text() == DEBIAN_SOURCES  # untouched
     assert apt_sources.ensure_deb_src(apt_dir, **kwargs) is False  # type: ignore[arg-type]
+
+
+def test_ensure_deb_src_returns_only_once_the_lists_are_updated(
+    apt_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builders at once (amd64 and arm64 of one run, on a fresh machine): the one that finds the
+    file already written waits for the other's apt-get update instead of returning at once."""
+    monkeypatch.setattr(artifacts, "CACHE_DIR", apt_dir)
+    updated = threading.Event()
+    monkeypatch.setattr(apt_sources, "apt_get_update", lambda: time.sleep(0.5) or updated.set())
+    own = apt_dir / "sources.list.d" / apt_sources.OWN_FILE
+    first = threading.Thread(target=apt_sources.ensure_deb_src, args=(apt_dir,),
+                             kwargs={"os_release": apt_dir / "os-release"})
+    first.start()
+    while not own.exists():
+        time.sleep(0.01)
+    assert apt_sources.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release") is False
+    assert updated.is_set(), "returned before the lists had the sources"
+    first.join()
+
+
+def test_a_failed_update_leaves_no_deb_src_file_behind(apt_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(artifacts, "CACHE_DIR", apt_dir)
+
+    def fail() -> None:
+        raise apt_sources.AptSourcesError("apt-get update failed (exit 100)")
+
+    monkeypatch.setattr(apt_sources, "apt_get_update", fail)
+    with pytest.raises(apt_sources.AptSourcesError):
+        apt_sources.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release")
+    assert not (apt_dir / "sources.list.d" / apt_sources.OWN_FILE).exists()
+    calls: list[int] = []
+    monkeypatch.setattr(apt_sources, "apt_get_update", lambda: calls.append(1))
+    assert apt_sources.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release") is True
+    assert calls == [1], "the next call writes and updates again"
 
 
 def test_ensure_deb_src_respects_existing_deb_src_lines(apt_dir: Path) -> None:

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_provision import artifacts
+
 APT_DIR = Path("/etc/apt")
 OS_RELEASE = Path("/etc/os-release")
 OWN_FILE = "edge-provision-src.sources"
@@ -196,28 +198,38 @@ def ensure_deb_src(
 
     Idempotent: a second call finds the twins (ours or the machine's own) and changes nothing.
     With ``update`` (default) a change is followed by ``apt-get update`` so that
-    ``apt-get source`` works at once.
+    ``apt-get source`` works at once; if that fails, the file is put back as it was, so the
+    next call tries again. One call at a time on this machine: a builder that finds the file
+    written waits until the lists that go with it are in (measured: on a fresh machine the
+    amd64 and arm64 builds of one run asked at once, and the second found the file but no
+    source package yet).
     """
     own = apt_dir / "sources.list.d" / OWN_FILE
-    wanted = desired_sources(apt_dir, distro_codename(os_release))
-    current = own.read_text() if own.is_file() else None
-    if not wanted:
-        if current is None:
+    with artifacts.locked(artifacts.CACHE_DIR / "deb-src.lock"):
+        wanted = desired_sources(apt_dir, distro_codename(os_release))
+        current = own.read_text() if own.is_file() else None
+        if current == (wanted or None):
             return False
-        own.unlink()  # the machine now has its own deb-src lines: ours would duplicate them
-        changed = True
-    elif current == wanted:
-        return False
-    else:
-        own.parent.mkdir(parents=True, exist_ok=True)
-        tmp = own.with_name(f".{OWN_FILE}.tmp")
-        tmp.write_text(wanted)
-        tmp.chmod(0o644)
-        tmp.replace(own)
-        changed = True
-    if update and changed:
-        apt_get_update()
-    return changed
+        _write_own(own, wanted)  # '' when the machine has its own deb-src lines: ours would duplicate them
+        if update:
+            try:
+                apt_get_update()
+            except AptSourcesError:
+                _write_own(own, current or "")
+                raise
+        return True
+
+
+def _write_own(own: Path, text: str) -> None:
+    """Our deb-src file with ``text``, atomically; removed when ``text`` is empty."""
+    if not text:
+        own.unlink(missing_ok=True)
+        return
+    own.parent.mkdir(parents=True, exist_ok=True)
+    tmp = own.with_name(f".{OWN_FILE}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)
+    tmp.replace(own)
 
 
 def apt_get_update() -> None:

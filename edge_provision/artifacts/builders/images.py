@@ -411,32 +411,37 @@ def fetch_pause_source() -> PauseSource:
         raise ImageBuildError(f"no Debian source package {PAUSE_SOURCE_PACKAGE!r} (deb-src missing?)")
     dest = artifacts.ARTIFACTS_DIR / "sources" / f"{PAUSE_SOURCE_PACKAGE}-{debian_version}"
     pause_c, makefile = dest / "pause.c", dest / "Makefile"
-    if not (pause_c.is_file() and makefile.is_file()):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp_name:
-            tmp = Path(tmp_name)
-            _run(
-                ["apt-get", "source", "--download-only", f"{PAUSE_SOURCE_PACKAGE}={debian_version}"],
-                cwd=tmp,
-                what="apt-get source",
-            )
-            origs = sorted(tmp.glob(f"{PAUSE_SOURCE_PACKAGE}_*.orig.tar.*"))
-            if not origs:
-                raise ImageBuildError(f"apt-get source {PAUSE_SOURCE_PACKAGE} gave no .orig tarball")
-            found = _extract_members(origs[0], PAUSE_MEMBERS)
-            out = tmp / "out"
-            out.mkdir()
-            (out / "pause.c").write_bytes(found[PAUSE_MEMBERS[0]])
-            (out / "Makefile").write_bytes(found[PAUSE_MEMBERS[1]])
-            if dest.exists():
-                shutil.rmtree(dest)
-            out.rename(dest)
+    with artifacts.locked(dest.parent / ".lock"):  # one download, also for the hosts of another architecture
+        if not (pause_c.is_file() and makefile.is_file()):
+            _download_pause_source(debian_version, dest)
     return PauseSource(
         pause_c=pause_c,
         version=pause_tag(makefile.read_text()),
         kubernetes_version=upstream_version(debian_version),
         debian_version=debian_version,
     )
+
+
+def _download_pause_source(debian_version: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp_name:
+        tmp = Path(tmp_name)
+        _run(
+            ["apt-get", "source", "--download-only", f"{PAUSE_SOURCE_PACKAGE}={debian_version}"],
+            cwd=tmp,
+            what="apt-get source",
+        )
+        origs = sorted(tmp.glob(f"{PAUSE_SOURCE_PACKAGE}_*.orig.tar.*"))
+        if not origs:
+            raise ImageBuildError(f"apt-get source {PAUSE_SOURCE_PACKAGE} gave no .orig tarball")
+        found = _extract_members(origs[0], PAUSE_MEMBERS)
+        out = tmp / "out"
+        out.mkdir()
+        (out / "pause.c").write_bytes(found[PAUSE_MEMBERS[0]])
+        (out / "Makefile").write_bytes(found[PAUSE_MEMBERS[1]])
+        if dest.exists():
+            shutil.rmtree(dest)
+        out.rename(dest)
 
 
 def _extract_members(tarball: Path, wanted: Sequence[str]) -> dict[str, bytes]:
