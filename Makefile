@@ -46,7 +46,8 @@ vm-tests: setup
 # plane on amd64, the arm64 node joins and runs the Wasm sample). EDGE_MOLECULE_STAGES limits the
 # stages converged and verified. MOLECULE_ARGS go to `molecule test`, e.g. --destroy=never keeps a
 # failed run's VMs (and their logs) for a look inside; `molecule --base-config molecule/base.yml
-# destroy -s <scenario>` (or the next run) removes them.
+# destroy -s <scenario>` (or the next run without it) removes them. --destroy=never also skips the
+# first destroy, so such a run converges the VMs a kept run left, not new ones: destroy them first.
 SCENARIO ?= default
 MOLECULE_ARGS ?=
 

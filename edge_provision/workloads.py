@@ -130,7 +130,13 @@ def reconcile_labels(
 
     with cluster.api_client(kubeconfig, retries=retries) as api:
         core: Any = client.CoreV1Api(api)
-        obj = core.read_node(node)
+        try:
+            obj = core.read_node(node)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                raise WorkloadError(f"node {node} is not registered with the cluster (did its cluster stage "
+                                    "fail, or not run yet?)") from None
+            raise
         annotations = obj.metadata.annotations or {}
         current_taints = [
             {k: v for k, v in t.to_dict().items() if k in ("key", "value", "effect") and v}

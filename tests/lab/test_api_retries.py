@@ -25,7 +25,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edge_provision import cli, cluster
+from edge_provision import cli, cluster, workloads
 from tests.lab.apiserver import LocalApi, local_api
 
 
@@ -142,6 +142,18 @@ def test_labels_are_set_on_a_node_through_an_api_server_that_resets_connections_
 def test_a_node_that_never_registers_fails_the_label_step_naming_it(api: LocalApi, tmp_path: Path) -> None:
     with pytest.raises(cluster.ClusterError, match=r"node edge-never not registered \(its labels are not set\)"):
         cluster.label_node(_kubeconfig_through(api, _api_port(api), tmp_path), "edge-never", {"a": "b"}, timeout=3)
+
+
+def test_labels_of_a_node_the_cluster_does_not_have_fail_naming_it(
+    api: LocalApi, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As for a host that failed earlier in the run: one line naming the node, no API dump."""
+    kubeconfig = _kubeconfig_through(api, _api_port(api), tmp_path)
+    rc = workloads.main(["labels", f"--kubeconfig={kubeconfig}", "--node=edge-failed", '--labels={"a": "b"}'])
+    assert rc == 1
+    assert capsys.readouterr().err == (
+        "edge-provision workloads labels: node edge-failed is not registered with the cluster"
+        " (did its cluster stage fail, or not run yet?)\n")
 
 
 def test_a_node_probe_asks_once(api: LocalApi, tmp_path: Path) -> None:
