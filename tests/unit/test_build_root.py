@@ -154,12 +154,18 @@ def test_apt_update_runs_when_new_or_stale(tmp_path: Path, monkeypatch: pytest.M
     assert len(calls) == 3, "changed sources refresh the lists"
 
 
-def test_debs_resolves_and_downloads_through_the_private_view(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def cache_without_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache in ``tmp_path``, the private apt lists taken as fresh (no apt-get update)."""
     monkeypatch.setattr(rc, "CACHE_DIR", tmp_path)
     monkeypatch.setattr(rc, "ARTIFACTS_DIR", tmp_path / "artifacts")
     monkeypatch.setattr(rc, "_apt_update", lambda arch, force=False: None)
+
+
+@pytest.mark.usefixtures("cache_without_update")
+def test_debs_resolves_and_downloads_through_the_private_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[list[str]] = []
 
     def run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
@@ -187,12 +193,10 @@ def test_debs_resolves_and_downloads_through_the_private_view(
     assert not [c for c in calls if c[:2] == ["apt-get", "download"]], "a cached .deb is reused"
 
 
+@pytest.mark.usefixtures("cache_without_update")
 def test_a_superseded_package_leaves_the_cache_with_the_archives_that_packed_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rc, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr(rc, "ARTIFACTS_DIR", tmp_path / "artifacts")
-    monkeypatch.setattr(rc, "_apt_update", lambda arch, force=False: None)
     offered = {"runc": "1.1.5-1", "libc6": "2.36-9"}
 
     def run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
