@@ -109,7 +109,9 @@ class Lab:
                            "with `edge-provision lab down`")
         if memory_mb and any(m.strip() for m in memory_mb):
             raise LabError("container hosts share the machine's memory; --memory is for --backend vm")
-        if arches and set(arches) != {debian_arch()}:
+        # An empty entry is the machine's architecture, as for VMs (`--arch ,` from a Molecule
+        # scenario whose platforms name none).
+        if arches and {a.strip() or debian_arch() for a in arches} != {debian_arch()}:
             raise LabError(f"container hosts run the machine's architecture ({debian_arch()}) only; "
                            "use --backend vm for other architectures")
         lab = self._containers()
