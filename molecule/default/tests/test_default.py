@@ -1,14 +1,15 @@
-"""Verify of scenario default: the lab tier's own checks (tests/lab), run on the scenario's VMs.
+"""Verify of scenario default: the lab tier's own checks (tests/lab), run on the scenario's hosts.
 
 The check functions are imported from tests/lab, not copied: a LabFleet over the inventory
-the VM lab wrote into Molecule's inventory directory stands in for the lab tier's fixture.
+the lab wrote into Molecule's inventory directory stands in for the lab tier's fixture.
 Runtime checks run when the scenario converged the runtime stage (EDGE_MOLECULE_STAGES).
+Scenarios cluster and containers run these checks too, containers on container hosts, which
+share the machine's kernel: what only a VM has of its own is checked on VMs.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +17,12 @@ from edge_provision.lab import Lab
 from tests.lab import test_host_prep as host_prep
 from tests.lab import test_runtime as runtime
 from tests.lab.conftest import LabFleet
+from tests.molecule.scenario import Scenario
 
-INVENTORY = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory"
+SCENARIO = Scenario.current()
+INVENTORY = SCENARIO.inventory
 STAGES = os.environ.get("EDGE_MOLECULE_STAGES", "host_prep,runtime").split(",")
-LAB = Lab(INVENTORY, backend="vm")
+LAB = Lab(INVENTORY, backend=SCENARIO.backend)
 HOSTS = LAB.hosts()
 NAMES = [h.name for h in HOSTS]
 UNAME = {"amd64": "x86_64", "arm64": "aarch64"}
@@ -35,9 +38,8 @@ def test_every_platform_is_up() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_machine_is_its_architecture(fleet: LabFleet, name: str) -> None:
-    arch = next(h.arch for h in HOSTS if h.name == name)
-    assert fleet.sh(name, "uname -m").strip() == UNAME[arch]
+def test_machine_is_its_platforms_architecture(fleet: LabFleet, name: str) -> None:
+    assert fleet.sh(name, "uname -m").strip() == UNAME[SCENARIO.arch(name)]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -55,10 +57,12 @@ def test_etc_hosts_block_lists_the_fleet(fleet: LabFleet, name: str) -> None:
     host_prep.test_etc_hosts_block_lists_the_fleet(fleet, None, name)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_no_swap_active(fleet: LabFleet, name: str) -> None:
-    """A VM has its own swap (unlike a container host): none may be active after host_prep."""
-    assert fleet.sh(name, "tail -n +2 /proc/swaps").strip() == ""
+if SCENARIO.backend == "vm":
+
+    @pytest.mark.parametrize("name", NAMES)
+    def test_no_swap_active(fleet: LabFleet, name: str) -> None:
+        """A VM has its own swap (unlike a container host): none may be active after host_prep."""
+        assert fleet.sh(name, "tail -n +2 /proc/swaps").strip() == ""
 
 
 if "runtime" in STAGES:

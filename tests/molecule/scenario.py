@@ -1,0 +1,49 @@
+"""What a scenario's verify (molecule/<scenario>/tests) reads of the scenario Molecule runs:
+its platforms and lab backend (the scenario's molecule.yml, ``MOLECULE_FILE``) and the
+inventory Ansible converged with (the lab's hosts.yml with the group and host variables
+Molecule wrote beside it, in ``MOLECULE_EPHEMERAL_DIRECTORY``/inventory)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge_provision.arch import debian_arch
+
+
+@dataclass(frozen=True)
+class Scenario:
+    platforms: list[dict[str, Any]]
+    inventory: Path
+
+    @classmethod
+    def current(cls) -> Scenario:
+        """The scenario Molecule is verifying (from the environment Molecule sets)."""
+        config = yaml.safe_load(Path(os.environ["MOLECULE_FILE"]).read_text())
+        return cls(platforms=list(config["platforms"]),
+                   inventory=Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "inventory")
+
+    @property
+    def backend(self) -> str:
+        """The lab backend of every platform (molecule/shared/lab.yml: vm unless they say container)."""
+        backends = {p.get("backend", "vm") for p in self.platforms}
+        assert len(backends) == 1, backends
+        return backends.pop()
+
+    def arch(self, name: str) -> str:
+        """A platform's architecture: its ``arch``, else the machine's (what `lab up` gives it)."""
+        return str(next(p for p in self.platforms if p["name"] == name).get("arch") or debian_arch())
+
+    def group_vars(self) -> dict[str, Any]:
+        return self._vars("group_vars", "all")
+
+    def host_vars(self, name: str) -> dict[str, Any]:
+        return self._vars("host_vars", name)
+
+    def _vars(self, kind: str, name: str) -> dict[str, Any]:
+        path = self.inventory / kind / name
+        return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
