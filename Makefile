@@ -15,7 +15,8 @@ demo: setup
 	.venv/bin/edge-provision status -i inventories/lab
 
 # Every tier, fastest first, one pytest summary: unit (seconds), lab (real hosts over SSH),
-# VM (the lab's QEMU backend, amd64 + arm64), Molecule (`molecule test` of each scenario on VMs).
+# VM (the lab's QEMU backend, amd64 + arm64), Molecule (`molecule test` of scenarios containers
+# and default; EDGE_MOLECULE_SCENARIOS=containers,default,cluster adds the VM cluster).
 # The 20 slowest tests' times come before the summary: CI has 90 minutes.
 test: setup
 	.venv/bin/pytest --durations=20 tests/unit tests/lab tests/vm tests/molecule
@@ -41,9 +42,10 @@ clean-lab:
 vm-tests: setup
 	.venv/bin/pytest tests/vm
 
-# A Molecule scenario on an amd64 and an arm64 VM (create, converge, idempotence, verify,
-# destroy): SCENARIO=default (host_prep, runtime) or SCENARIO=cluster (every stage: kubeadm control
-# plane on amd64, the arm64 node joins and runs the Wasm sample). EDGE_MOLECULE_STAGES limits the
+# A Molecule scenario (create, converge, idempotence, verify, destroy): SCENARIO=default (host_prep,
+# runtime on an amd64 and an arm64 VM), SCENARIO=cluster (every stage on those VMs: kubeadm control
+# plane on amd64, the arm64 node joins and runs the Wasm sample) or SCENARIO=containers (every stage
+# on two container hosts, minutes, for iterating on roles). EDGE_MOLECULE_STAGES limits the
 # stages converged and verified. MOLECULE_ARGS go to `molecule test`, e.g. --destroy=never keeps a
 # failed run's VMs (and their logs) for a look inside; `molecule --base-config molecule/base.yml
 # destroy -s <scenario>` (or the next run without it) removes them. --destroy=never also skips the
