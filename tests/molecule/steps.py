@@ -1,4 +1,5 @@
-"""The steps of a ``molecule test`` run and their wall times, read from Molecule's log.
+"""The steps of a ``molecule test`` run and their wall times, and the VMs' boot times, read
+from Molecule's log.
 
 Molecule prints ``INFO <scenario> ➜ <step>: Executing`` when a step starts and
 ``...: Executed: <result>`` when it ends; without colour (``NO_COLOR``) the same lines read
@@ -19,6 +20,8 @@ _LINE = re.compile(
     r"(?:\S+ ➜ (\w+): |\[\S+ > (\w+)\] )(Executing|Executed: (.*))$"
 )
 _OK = ("Successful", "Skipped", "disabled")
+# What `edge-provision lab up` says of a VM it booted (molecule/shared/create.yml shows it).
+_BOOT = re.compile(r"lab: (\S+) \((\w+)\) answers SSH on \S+ (\d+) s after start")
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,17 @@ def step_times(log: str) -> list[Step]:
             steps.append(Step(step, float((at - started[1]) % 86400), any(w in result for w in _OK)))
             started = None
     return steps
+
+
+@dataclass(frozen=True)
+class Boot:
+    host: str
+    arch: str
+    seconds: float
+
+
+def boot_times(log: str) -> list[Boot]:
+    """Each VM the create step booted, with the seconds from its start until its host key was
+    on the console (the lab's ``answers SSH ... s after start``); none for container hosts."""
+    return [Boot(host, arch, float(seconds)) for host, arch, seconds in _BOOT.findall(log)]
+

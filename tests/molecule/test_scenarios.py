@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import BIN, ROOT
 from tests.molecule.conftest import STEP_TIMES
-from tests.molecule.steps import stamp, step_times
+from tests.molecule.steps import boot_times, stamp, step_times
 
 pytestmark = pytest.mark.molecule
 
@@ -45,7 +45,7 @@ def test_molecule_scenario_passes(scenario: str, tmp_path_factory: pytest.TempPa
             out.flush()
         returncode = molecule.wait()
     text = log.read_text(errors="replace")
-    STEP_TIMES[scenario] = (time.monotonic() - started, step_times(text))
+    STEP_TIMES[scenario] = (time.monotonic() - started, step_times(text), boot_times(text))
     tail = "\n".join(text.splitlines()[-TAIL_LINES:])
     assert returncode == 0, f"molecule test -s {scenario} failed (log: {log}):\n{tail}"
     steps = [s.step for s in STEP_TIMES[scenario][1]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.molecule.steps import Step, stamp, step_times
+from tests.molecule.steps import Boot, Step, boot_times, stamp, step_times
 
 LOG = """\
 23:20:19 INFO     default ➜ discovery: scenario test matrix: dependency, destroy, create
@@ -55,3 +55,23 @@ def test_molecules_own_time_after_the_stamp_is_allowed() -> None:
 
 def test_a_step_that_never_ended_is_not_listed() -> None:
     assert step_times("10:00:00 INFO     default ➜ verify: Executing\n") == []
+
+
+# The create step's output as the tier's log holds it (molecule/shared/create.yml's debug task).
+CREATE_LOG = """\
+13:52:51 INFO     [cluster > create] Executing
+13:53:30 ok: [localhost] =>
+13:53:30     msg:
+13:53:30     - 'lab: lab-1 (amd64) answers SSH on 127.0.0.1:35125 19 s after start'
+13:53:30     - 'lab: lab-2 (arm64) answers SSH on 127.0.0.1:34517 23 s after start'
+13:53:30     - lab-1      control_plane  127.0.0.1:35125 (vm, amd64, node 192.168.77.11)
+13:53:31 INFO     [cluster > create] Executed: Successful
+"""
+
+
+def test_each_booted_vm_with_its_architecture_and_boot_time() -> None:
+    assert boot_times(CREATE_LOG) == [Boot("lab-1", "amd64", 19.0), Boot("lab-2", "arm64", 23.0)]
+
+
+def test_container_hosts_report_no_boot() -> None:
+    assert boot_times(PLAIN_LOG) == []
