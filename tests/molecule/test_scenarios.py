@@ -3,11 +3,11 @@
 By default (``make test``, CI) ``containers`` (the whole chain on two container hosts, minutes)
 and ``default`` (host_prep and runtime on an amd64 and an arm64 QEMU VM);
 ``EDGE_MOLECULE_SCENARIOS`` names others, e.g. ``cluster`` (the whole chain on the VMs, about
-40 minutes: with the rest of CI's 40 it would leave too little of the 90). Each test runs a scenario's whole sequence
-(destroy, syntax, create, converge, idempotence, verify, destroy) exactly as
-``make molecule SCENARIO=<name>`` does, and passes only when Molecule does. Molecule's own
-output goes to a log file (its path and tail are in the failure message); the wall time of
-each step is printed at the end of the pytest run.
+40 minutes: beside the rest of CI's 40 it would leave too little of the 90). Each test runs a
+scenario's whole sequence (destroy, syntax, create, converge, idempotence, verify, destroy)
+exactly as ``make molecule SCENARIO=<name>`` does, and passes only when Molecule does.
+Molecule's own output goes to a log file (its path and tail are in the failure message); the
+wall time of each step is printed at the end of the pytest run.
 """
 
 from __future__ import annotations
