@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from pyinfra.context import host
 
-from edge_provision.deploys.cluster import cluster_stage
-from edge_provision.deploys.host_prep import host_prep
-from edge_provision.deploys.runtime import containerd, wasm_runtime
-from edge_provision.deploys.workloads import workloads_stage
+from edge_provision.pyinfra_engine.deploys.cluster import cluster_stage
+from edge_provision.pyinfra_engine.deploys.host_prep import host_prep
+from edge_provision.pyinfra_engine.deploys.runtime import containerd, wasm_runtime
+from edge_provision.pyinfra_engine.deploys.workloads import workloads_stage
 
 
 def runtime() -> None:

@@ -15,11 +15,12 @@ from typing import Any
 
 from kubernetes import client
 
-from edge_provision import cluster, workloads
+from edge_provision.stages.cluster import kube_api
+from edge_provision.stages.workloads import samples
 
 
 def _pod(name: str, wasm: bool, variables: dict[str, Any]) -> client.V1Pod:
-    images = workloads.image_references(variables)
+    images = samples.image_references(variables)
     container = client.V1Container(
         name="c",
         image=images["wasm" if wasm else "container"],
@@ -71,8 +72,8 @@ def main() -> None:
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    variables = workloads.role_variables({})
-    core: Any = client.CoreV1Api(cluster.api_client(args.kubeconfig))
+    variables = samples.role_variables({})
+    core: Any = client.CoreV1Api(kube_api.api_client(args.kubeconfig))
     for kind, wasm in (("wasm", True), ("container", False)):
         times = [start_seconds(core, _pod(f"bench-{kind}-{i}", wasm, variables)) for i in range(args.runs)]
         print(

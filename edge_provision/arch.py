@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from edge_provision.roles import role_defaults
+from edge_provision.role_files import role_defaults
 
 
 def debian_arch(machine: str | None = None) -> str:

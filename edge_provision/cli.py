@@ -119,11 +119,12 @@ def _artifacts(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from edge_provision import cluster, status
+    from edge_provision import status
+    from edge_provision.stages.cluster import common
 
-    kubeconfig = Path(args.inventory) / cluster.KUBECONFIG_FILE
+    kubeconfig = Path(args.inventory) / common.KUBECONFIG_FILE
     if Path(args.inventory).name == "hosts.yml":
-        kubeconfig = Path(args.inventory).parent / cluster.KUBECONFIG_FILE
+        kubeconfig = Path(args.inventory).parent / common.KUBECONFIG_FILE
     try:
         rows = status.fleet_status(kubeconfig, retries=0)  # what the API answers now, at once
     except Exception as exc:  # no kubeconfig yet, API unreachable: say so, no traceback

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from edge_provision.artifacts.fetch import source_problem
-from edge_provision.roles import role_argument_spec, role_defaults
+from edge_provision.role_files import role_argument_spec, role_defaults
 
 INVENTORY_FILE = "hosts.yml"
 CONTROL_PLANE_GROUP = "control_plane"

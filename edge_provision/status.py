@@ -8,17 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge_provision import cluster, workloads
+from edge_provision.stages.cluster import kube_api
+from edge_provision.stages.workloads import node_metadata, samples
 
 # Labels every node has; left out of the table (--json keeps them).
 _COMMON_PREFIXES = ("kubernetes.io/", "beta.kubernetes.io/", "node-role.kubernetes.io/")
 
 
-def fleet_status(kubeconfig: Path, *, retries: int = cluster.API_RETRIES) -> list[dict[str, Any]]:
+def fleet_status(kubeconfig: Path, *, retries: int = kube_api.API_RETRIES) -> list[dict[str, Any]]:
     from kubernetes import client
 
-    wasm_label = str(workloads.role_variables({})["workloads_wasm_label"])
-    with cluster.api_client(kubeconfig, retries=retries) as api:
+    wasm_label = str(samples.role_variables({})["workloads_wasm_label"])
+    with kube_api.api_client(kubeconfig, retries=retries) as api:
         core: Any = client.CoreV1Api(api)
         nodes = core.list_node().items
         pods = core.list_pod_for_all_namespaces(label_selector="app.kubernetes.io/name").items
@@ -41,7 +42,7 @@ def fleet_status(kubeconfig: Path, *, retries: int = cluster.API_RETRIES) -> lis
                 ),
                 "kubelet": info.kubelet_version,
                 "container_runtime": info.container_runtime_version,
-                "crun": (node.metadata.annotations or {}).get(workloads.CRUN_ANNOTATION, ""),
+                "crun": (node.metadata.annotations or {}).get(node_metadata.CRUN_ANNOTATION, ""),
                 "architecture": info.architecture,
                 "wasm_engine": labels.get(wasm_label, ""),
                 "labels": dict(sorted(labels.items())),

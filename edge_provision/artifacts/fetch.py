@@ -1,7 +1,7 @@
 """Pinned downloads: where they come from (the artifact source), fetched once and sha256-checked.
 
 The one download-and-verify path of the project: ``edge-provision artifacts fetch``, the
-runtime stage's controller side (``edge_provision.runtime_controller``, called by the Ansible
+runtime stage's controller side (``edge_provision.stages.runtime``, called by the Ansible
 roles and by the pyinfra deploys) and the WasmEdge crun builder all call :func:`fetch`.
 
 An artifact source (the fleet's ``edge_artifact_source``) is one of

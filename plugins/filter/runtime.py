@@ -6,8 +6,8 @@ from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
-from edge_provision import runtime_controller
-from edge_provision.containerd_config import ContainerdConfigError
+from edge_provision.stages.runtime import controller as runtime_controller
+from edge_provision.stages.runtime.containerd_config import ContainerdConfigError
 
 
 def containerd_config(current: str, **settings: Any) -> str:

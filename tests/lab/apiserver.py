@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from edge_provision.artifacts.builders.kubernetes import build_kubernetes
-from edge_provision.runtime_controller import debs
+from edge_provision.stages.runtime.controller import debs
 
 
 @dataclass
@@ -137,7 +137,7 @@ def local_api(directory: Path, apiserver_args: Sequence[str] = ()) -> Iterator[L
 
 
 def _wait_ready(directory: Path, kubeconfig: str, processes: list[subprocess.Popen[bytes]]) -> None:
-    from edge_provision import cluster
+    from edge_provision.stages.cluster import kube_api
 
     path = directory / "kubeconfig"
     path.write_text(kubeconfig)
@@ -146,7 +146,7 @@ def _wait_ready(directory: Path, kubeconfig: str, processes: list[subprocess.Pop
     deadline = time.monotonic() + 120
     while True:
         try:
-            with cluster.api_client(path) as api:
+            with kube_api.api_client(path) as api:
                 client.CoreV1Api(api).read_namespace("kube-system")
                 return
         except Exception as exc:

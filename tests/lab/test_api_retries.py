@@ -25,7 +25,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edge_provision import cli, cluster, workloads
+from edge_provision import cli
+from edge_provision.stages.cluster import common, kube_api
+from edge_provision.stages.workloads import __main__ as workloads_cli
 from tests.lab.apiserver import LocalApi, local_api
 
 
@@ -93,25 +95,25 @@ def test_a_join_token_is_made_through_an_api_server_that_resets_connections_for_
     forwarder = ResettingForwarder(("127.0.0.1", int(api.url.rsplit(":", 1)[1])), reset_seconds=4)
     try:
         kubeconfig = _kubeconfig_through(api, forwarder.port, tmp_path)
-        token = cluster.create_join_token(kubeconfig, 600)
+        token = kube_api.create_join_token(kubeconfig, 600)
     finally:
         forwarder.close()
     assert forwarder.resets >= 2, "the forwarder never reset a connection: nothing was retried"
     token_id, token_secret = token.token.split(".")
-    with cluster.api_client(_kubeconfig_through(api, int(api.url.rsplit(":", 1)[1]), tmp_path)) as raw:
+    with kube_api.api_client(_kubeconfig_through(api, int(api.url.rsplit(":", 1)[1]), tmp_path)) as raw:
         secret = client.CoreV1Api(raw).read_namespaced_secret(f"bootstrap-token-{token_id}", "kube-system")
-    assert cluster._holds_token_secret(secret, token_secret)
+    assert kube_api._holds_token_secret(secret, token_secret)
 
 
 def test_a_retried_token_create_that_had_reached_the_server_counts_as_made(api: LocalApi, tmp_path: Path) -> None:
     (tmp_path / "kubeconfig").write_text(api.kubeconfig)
-    with cluster.api_client(tmp_path / "kubeconfig") as raw:
+    with kube_api.api_client(tmp_path / "kubeconfig") as raw:
         core = client.CoreV1Api(raw)
         args = ("r3try0", "0123456789abcdef", "2099-01-01T00:00:00Z", "retried")
-        cluster.create_bootstrap_secret(core, *args)
-        cluster.create_bootstrap_secret(core, *args)  # the second attempt of the same create
+        kube_api.create_bootstrap_secret(core, *args)
+        kube_api.create_bootstrap_secret(core, *args)  # the second attempt of the same create
         with pytest.raises(client.ApiException) as refused:  # someone else's token of that id
-            cluster.create_bootstrap_secret(core, "r3try0", "fedcba9876543210", *args[2:])
+            kube_api.create_bootstrap_secret(core, "r3try0", "fedcba9876543210", *args[2:])
     assert refused.value.status == 409
 
 
@@ -123,12 +125,12 @@ def test_labels_are_set_on_a_node_through_an_api_server_that_resets_connections_
     api: LocalApi, tmp_path: Path
 ) -> None:
     (tmp_path / "direct").mkdir()
-    with cluster.api_client(_kubeconfig_through(api, _api_port(api), tmp_path / "direct")) as raw:
+    with kube_api.api_client(_kubeconfig_through(api, _api_port(api), tmp_path / "direct")) as raw:
         core = client.CoreV1Api(raw)
         core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="edge-away")))
         forwarder = ResettingForwarder(("127.0.0.1", _api_port(api)), reset_seconds=4)
         try:
-            result = cluster.label_node(
+            result = kube_api.label_node(
                 _kubeconfig_through(api, forwarder.port, tmp_path), "edge-away", {"device": "camera"}, timeout=60
             )
         finally:
@@ -140,8 +142,8 @@ def test_labels_are_set_on_a_node_through_an_api_server_that_resets_connections_
 
 
 def test_a_node_that_never_registers_fails_the_label_step_naming_it(api: LocalApi, tmp_path: Path) -> None:
-    with pytest.raises(cluster.ClusterError, match=r"node edge-never not registered \(its labels are not set\)"):
-        cluster.label_node(_kubeconfig_through(api, _api_port(api), tmp_path), "edge-never", {"a": "b"}, timeout=3)
+    with pytest.raises(common.ClusterError, match=r"node edge-never not registered \(its labels are not set\)"):
+        kube_api.label_node(_kubeconfig_through(api, _api_port(api), tmp_path), "edge-never", {"a": "b"}, timeout=3)
 
 
 def test_labels_of_a_node_the_cluster_does_not_have_fail_naming_it(
@@ -149,7 +151,7 @@ def test_labels_of_a_node_the_cluster_does_not_have_fail_naming_it(
 ) -> None:
     """As for a host that failed earlier in the run: one line naming the node, no API dump."""
     kubeconfig = _kubeconfig_through(api, _api_port(api), tmp_path)
-    rc = workloads.main(["labels", f"--kubeconfig={kubeconfig}", "--node=edge-failed", '--labels={"a": "b"}'])
+    rc = workloads_cli.main(["labels", f"--kubeconfig={kubeconfig}", "--node=edge-failed", '--labels={"a": "b"}'])
     assert rc == 1
     assert capsys.readouterr().err == (
         "edge-provision workloads labels: node edge-failed is not registered with the cluster"
@@ -162,7 +164,7 @@ def test_a_node_probe_asks_once(api: LocalApi, tmp_path: Path) -> None:
     forwarder = ResettingForwarder(("127.0.0.1", _api_port(api)), reset_seconds=600)
     try:
         with pytest.raises(Exception, match="Connection reset by peer"):
-            cluster.node_status(_kubeconfig_through(api, forwarder.port, tmp_path), "edge-away", retries=0)
+            kube_api.node_status(_kubeconfig_through(api, forwarder.port, tmp_path), "edge-away", retries=0)
     finally:
         forwarder.close()
     assert forwarder.resets == 1
@@ -173,7 +175,7 @@ def test_status_of_a_fleet_whose_api_server_is_away_says_so_at_once(
 ) -> None:
     forwarder = ResettingForwarder(("127.0.0.1", _api_port(api)), reset_seconds=600)
     try:
-        _kubeconfig_through(api, forwarder.port, tmp_path).rename(tmp_path / cluster.KUBECONFIG_FILE)
+        _kubeconfig_through(api, forwarder.port, tmp_path).rename(tmp_path / common.KUBECONFIG_FILE)
         rc = cli.main(["status", "--inventory", str(tmp_path)])
     finally:
         forwarder.close()
@@ -210,9 +212,9 @@ def _etcd_stopped(api: LocalApi, seconds: float) -> Iterator[None]:
 def test_an_api_server_whose_etcd_stalls_answers_504(impatient_api: LocalApi, tmp_path: Path) -> None:
     """What the retry below must ride out, asked once."""
     (tmp_path / "kubeconfig").write_text(impatient_api.kubeconfig)
-    with (_etcd_stopped(impatient_api, 600), cluster.api_client(tmp_path / "kubeconfig", retries=0) as raw,
+    with (_etcd_stopped(impatient_api, 600), kube_api.api_client(tmp_path / "kubeconfig", retries=0) as raw,
           pytest.raises(client.ApiException) as answered):
-        cluster.create_bootstrap_secret(client.CoreV1Api(raw), "st4ll0", "0123456789abcdef",
+        kube_api.create_bootstrap_secret(client.CoreV1Api(raw), "st4ll0", "0123456789abcdef",
                                         "2099-01-01T00:00:00Z", "asked once")
     assert answered.value.status == 504, answered.value
 
@@ -223,9 +225,9 @@ def test_a_join_token_is_made_through_an_api_server_whose_etcd_stalls_for_a_whil
     (tmp_path / "kubeconfig").write_text(impatient_api.kubeconfig)
     started = time.monotonic()
     with _etcd_stopped(impatient_api, ETCD_STALL):
-        token = cluster.create_join_token(tmp_path / "kubeconfig", 600)
+        token = kube_api.create_join_token(tmp_path / "kubeconfig", 600)
     assert time.monotonic() - started >= ETCD_STALL  # made after etcd came back, through 504s
     token_id, token_secret = token.token.split(".")
-    with cluster.api_client(tmp_path / "kubeconfig") as raw:
+    with kube_api.api_client(tmp_path / "kubeconfig") as raw:
         secret = client.CoreV1Api(raw).read_namespaced_secret(f"bootstrap-token-{token_id}", "kube-system")
-    assert cluster._holds_token_secret(secret, token_secret)
+    assert kube_api._holds_token_secret(secret, token_secret)

@@ -26,14 +26,15 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edge_provision import cluster, workloads
 from edge_provision.artifacts.builders.images import demo_output_problems
-from edge_provision.roles import role_defaults
+from edge_provision.role_files import role_defaults
+from edge_provision.stages.cluster import common, kube_api
+from edge_provision.stages.workloads import node_metadata, samples
 from tests.conftest import run, tool
 from tests.lab.conftest import EngineRun, LabFleet
 
 LAB_HOSTS = 3
-WORKLOADS = workloads.role_variables({"edge_wasm_engine": "wasmtime"})
+WORKLOADS = samples.role_variables({"edge_wasm_engine": "wasmtime"})
 UNKNOWN_TOKEN = "abcdef.0123456789abcdef"  # well formed, never made in this cluster
 JOIN_CONFIG = role_defaults("node_join_kubeadm")["node_join_kubeadm_config_file"]
 # The kubelet's kernel tunables; the lab keeps it from writing the machine's (see lab/image.py).
@@ -72,7 +73,7 @@ def _node_files(fleet: LabFleet, name: str) -> dict[str, bool]:
 def _wrong_secret(kubeconfig: Path) -> str:
     """A well-formed token with the ID of the cluster's one bootstrap token (kubeadm init's)
     and another secret: cluster-info is signed for its ID, so only the node can refuse it."""
-    secrets = client.CoreV1Api(cluster.api_client(kubeconfig)).list_namespaced_secret(
+    secrets = client.CoreV1Api(kube_api.api_client(kubeconfig)).list_namespaced_secret(
         "kube-system", field_selector="type=bootstrap.kubernetes.io/token"
     ).items
     assert len(secrets) == 1, [s.metadata.name for s in secrets]
@@ -88,7 +89,7 @@ def _bad_token_args(option: str, token: str) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(lab_fleet: LabFleet) -> Iterator[ClusterRuns]:
     before = _machine_tunables()
-    kubeconfig = lab_fleet.inventory / cluster.KUBECONFIG_FILE
+    kubeconfig = lab_fleet.inventory / common.KUBECONFIG_FILE
     stages = ("--tags", "host_prep,runtime,cluster")
     control_plane = lab_fleet.ansible_playbook("--limit", "control_plane", *stages)
     assert control_plane.result.returncode == 0, control_plane.output[-3000:]
@@ -108,14 +109,14 @@ def runs(lab_fleet: LabFleet) -> Iterator[ClusterRuns]:
 
 
 def _core(runs: ClusterRuns) -> client.CoreV1Api:
-    return client.CoreV1Api(cluster.api_client(runs.kubeconfig))
+    return client.CoreV1Api(kube_api.api_client(runs.kubeconfig))
 
 
 # --- checks on any fleet's cluster (also run by molecule/cluster) --------------------------
 
 
 def check_control_plane_runs_its_static_pods(kubeconfig: Path) -> None:
-    core = client.CoreV1Api(cluster.api_client(kubeconfig))
+    core = client.CoreV1Api(kube_api.api_client(kubeconfig))
     pods = core.list_namespaced_pod("kube-system").items
     running = {p.metadata.labels.get("component"): p.status.phase for p in pods if p.metadata.labels}
     for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
@@ -127,7 +128,7 @@ def check_control_plane_runs_its_static_pods(kubeconfig: Path) -> None:
 def check_every_node_is_ready_with_the_lab_labels(kubeconfig: Path, names: list[str]) -> dict[str, client.V1Node]:
     """Exactly ``names`` are nodes, all Ready with the lab's labels: the first is the control
     plane, the second (the first edge host) carries device=camera. Returns the nodes by name."""
-    nodes = {n.metadata.name: n for n in client.CoreV1Api(cluster.api_client(kubeconfig)).list_node().items}
+    nodes = {n.metadata.name: n for n in client.CoreV1Api(kube_api.api_client(kubeconfig)).list_node().items}
     assert sorted(nodes) == sorted(names)
     for name, node in nodes.items():
         ready = [c.status for c in node.status.conditions if c.type == "Ready"]
@@ -140,7 +141,7 @@ def check_every_node_is_ready_with_the_lab_labels(kubeconfig: Path, names: list[
 
 def check_admin_kubeconfig_is_private_and_reaches_the_api(kubeconfig: Path, control_plane: str) -> None:
     assert kubeconfig.stat().st_mode & 0o777 == 0o600
-    assert cluster.node_status(kubeconfig, control_plane)["ready"]
+    assert kube_api.node_status(kubeconfig, control_plane)["ready"]
 
 
 def check_control_plane_probe_failure_thresholds(kubeconfig: Path, control_plane: str,
@@ -148,7 +149,7 @@ def check_control_plane_probe_failure_thresholds(kubeconfig: Path, control_plane
     """kubeadm's patches (control_plane_kubeadm_probe_failure_thresholds) reached the static
     pods: the mirror pods of the API server, controller manager and scheduler carry ``wanted``."""
     assert wanted, "no thresholds to check"
-    core = client.CoreV1Api(cluster.api_client(kubeconfig))
+    core = client.CoreV1Api(kube_api.api_client(kubeconfig))
     for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
         container = core.read_namespaced_pod(f"{component}-{control_plane}", "kube-system").spec.containers[0]
         found = {"startup": container.startup_probe.failure_threshold,
@@ -157,20 +158,20 @@ def check_control_plane_probe_failure_thresholds(kubeconfig: Path, control_plane
 
 
 def check_every_node_carries_the_wasm_label_recorded_as_owned(kubeconfig: Path) -> None:
-    for node in client.CoreV1Api(cluster.api_client(kubeconfig)).list_node().items:
+    for node in client.CoreV1Api(kube_api.api_client(kubeconfig)).list_node().items:
         assert node.metadata.labels.get("edge-provision.io/wasm") == "wasmtime", node.metadata.name
-        owned = node.metadata.annotations[workloads.MANAGED_LABELS_ANNOTATION].split(",")
+        owned = node.metadata.annotations[node_metadata.MANAGED_LABELS_ANNOTATION].split(",")
         assert "edge-provision.io/wasm" in owned and "edge-provision.io/lab" in owned
 
 
 def check_wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(kubeconfig: Path) -> dict[str, object]:
     """The sample Wasm Job succeeded through the RuntimeClass on a node with the Wasm label and
     logged the demo's lines; returns its result (``node``: where its pod ran)."""
-    result = workloads.job_result(kubeconfig, "default", WORKLOADS["workloads_wasm_job"], 120)
+    result = samples.job_result(kubeconfig, "default", WORKLOADS["workloads_wasm_job"], 120)
     assert result["succeeded"] and result["runtime_class"] == "crun-wasm", result
-    rc = client.NodeV1Api(cluster.api_client(kubeconfig)).read_runtime_class("crun-wasm")
+    rc = client.NodeV1Api(kube_api.api_client(kubeconfig)).read_runtime_class("crun-wasm")
     assert rc.handler == role_defaults("containerd")["containerd_wasm_handler"]
-    node = client.CoreV1Api(cluster.api_client(kubeconfig)).read_node(result["node"])
+    node = client.CoreV1Api(kube_api.api_client(kubeconfig)).read_node(result["node"])
     assert node.metadata.labels["edge-provision.io/wasm"] == "wasmtime"
     assert demo_output_problems(result["log"], args=["/wasi_demo.wasm", "1", "2", "3"]) == [], result["log"]
     assert "A_TEST: hello" in result["log"].splitlines()
@@ -180,20 +181,20 @@ def check_wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(kubeconfig: Pa
 def check_wasm_deployment_keeps_running_with_the_wasm_handler(kubeconfig: Path) -> list[str]:
     """The long-running Wasm sample: Running (not Completed) under the Wasm handler on nodes with
     the Wasm label, never restarted, its log the demo followed by heartbeats; returns its nodes."""
-    pods = workloads.deployment_pods(kubeconfig, "default", WORKLOADS["workloads_wasm_deployment"], 120, logs=True)
+    pods = samples.deployment_pods(kubeconfig, "default", WORKLOADS["workloads_wasm_deployment"], 120, logs=True)
     assert len(pods) == WORKLOADS["workloads_wasm_replicas"], pods
-    core = client.CoreV1Api(cluster.api_client(kubeconfig))
+    core = client.CoreV1Api(kube_api.api_client(kubeconfig))
     for pod in pods:
         assert pod["runtime_class"] == "crun-wasm", pod
         assert core.read_node(pod["node"]).metadata.labels["edge-provision.io/wasm"] == "wasmtime"
-        assert workloads.wasm_output_problems(pod["log"], WORKLOADS, heartbeat=True) == [], pod["log"]
+        assert samples.wasm_output_problems(pod["log"], WORKLOADS, heartbeat=True) == [], pod["log"]
         status = core.read_namespaced_pod(pod["name"], "default").status
         assert status.phase == "Running" and status.container_statuses[0].restart_count == 0, status
     return [str(pod["node"]) for pod in pods]
 
 
 def check_container_sample_runs_only_on(kubeconfig: Path, node: str) -> None:
-    assert workloads.deployment_nodes(kubeconfig, "default", "camera-app", 120) == [node]
+    assert samples.deployment_nodes(kubeconfig, "default", "camera-app", 120) == [node]
 
 
 # --- the lab tier ---------------------------------------------------------------------------
@@ -387,7 +388,7 @@ def test_moving_the_camera_label_in_the_inventory_moves_the_container_sample(run
     labels = {n.metadata.name: n.metadata.labels for n in core.list_node().items}
     assert "device" not in labels["lab-2"] and labels["lab-3"]["device"] == "camera"
     assert labels["lab-2"]["example.com/owner"] == "ops"
-    assert workloads.deployment_nodes(runs.kubeconfig, "default", "camera-app", 180) == ["lab-3"]
+    assert samples.deployment_nodes(runs.kubeconfig, "default", "camera-app", 180) == ["lab-3"]
     assert runs.fleet.pyinfra("--data", "edge_stages=workloads").ok().changed == 0
 
 

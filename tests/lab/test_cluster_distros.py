@@ -29,7 +29,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edge_provision import cluster
+from edge_provision.stages.cluster import common, kube_api
 from tests.conftest import ROOT
 from tests.lab.apiserver import LocalApi, local_api
 from tests.lab.conftest import EngineRun, LabFleet
@@ -102,13 +102,13 @@ class Lab:
     kubeconfig: Path
 
     def core(self) -> client.CoreV1Api:
-        return client.CoreV1Api(cluster.api_client(self.kubeconfig))
+        return client.CoreV1Api(kube_api.api_client(self.kubeconfig))
 
 
 @pytest.fixture(scope="module")
 def lab(lab_fleet: LabFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with local_api(tmp_path_factory.mktemp("api")) as api:
-        kubeconfig = lab_fleet.inventory / cluster.KUBECONFIG_FILE
+        kubeconfig = lab_fleet.inventory / common.KUBECONFIG_FILE
         kubeconfig.touch(mode=0o600)
         kubeconfig.write_text(api.kubeconfig)
         this = Lab(lab_fleet, api, kubeconfig)
@@ -169,8 +169,8 @@ def test_k3s_stand_in_server_and_agents_run_with_the_expected_argv_and_env(lab: 
 
 def test_k3s_admin_kubeconfig_reaches_the_api_from_the_controller(lab: Lab, k3s: Runs) -> None:
     assert lab.kubeconfig.stat().st_mode & 0o777 == 0o600
-    assert cluster.kubeconfig_source(lab.kubeconfig)  # the k3s server's copy, marked
-    assert cluster.node_status(lab.kubeconfig, "lab-1")["registered"]
+    assert common.kubeconfig_source(lab.kubeconfig)  # the k3s server's copy, marked
+    assert kube_api.node_status(lab.kubeconfig, "lab-1")["registered"]
 
 
 def test_k3s_second_runs_change_nothing(k3s: Runs) -> None:
@@ -266,7 +266,7 @@ def openyurt(lab: Lab, kubeedge: Runs) -> Runs:
 def test_openyurt_stand_in_yurtadm_joins_with_the_expected_argv(lab: Lab, openyurt: Runs) -> None:
     openyurt.ansible.ok()
     openyurt.pyinfra.ok()
-    ca_hash = cluster.ca_cert_hash(cluster._kubeconfig_ca(lab.kubeconfig))
+    ca_hash = kube_api.ca_cert_hash(kube_api._kubeconfig_ca(lab.kubeconfig))
     server = f"{_node_ip(lab.fleet, 'lab-1')}:6443"
     labels = {"lab-2": "device=camera,edge-provision.io/lab=true", "lab-3": "edge-provision.io/lab=true"}
     tokens = _bootstrap_tokens(lab)
@@ -283,8 +283,8 @@ def test_openyurt_stand_in_yurtadm_joins_with_the_expected_argv(lab: Lab, openyu
 
 def test_openyurt_node_pool_label_is_set_through_the_api(lab: Lab, openyurt: Runs) -> None:
     for name in ("lab-2", "lab-3"):
-        assert cluster.node_status(lab.kubeconfig, name)["labels"].get("apps.openyurt.io/nodepool") == "hall-2"
-    assert "apps.openyurt.io/nodepool" not in cluster.node_status(lab.kubeconfig, "lab-1")["labels"]
+        assert kube_api.node_status(lab.kubeconfig, name)["labels"].get("apps.openyurt.io/nodepool") == "hall-2"
+    assert "apps.openyurt.io/nodepool" not in kube_api.node_status(lab.kubeconfig, "lab-1")["labels"]
 
 
 def test_openyurt_second_runs_change_nothing(openyurt: Runs) -> None:

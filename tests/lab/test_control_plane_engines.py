@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_provision import cluster
+from edge_provision.stages.cluster import common
 from tests.lab import test_cluster as lab_cluster
 from tests.lab.conftest import EngineRun, LabFleet
 
@@ -44,7 +44,7 @@ def runs(lab_fleet: LabFleet) -> Runs:
     pyinfra = lab_fleet.pyinfra("--data", f"edge_stages={STAGES}")
     ansible_after = lab_fleet.ansible_playbook("--tags", STAGES)
     pyinfra_again = lab_fleet.pyinfra("--data", f"edge_stages={STAGES}")
-    return Runs(lab_fleet.inventory / cluster.KUBECONFIG_FILE, pyinfra, ansible_after, pyinfra_again)
+    return Runs(lab_fleet.inventory / common.KUBECONFIG_FILE, pyinfra, ansible_after, pyinfra_again)
 
 
 def test_pyinfra_makes_the_control_plane(runs: Runs) -> None:

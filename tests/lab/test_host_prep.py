@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge_provision.roles import role_defaults
+from edge_provision.role_files import role_defaults
 from tests.lab.conftest import EngineRun, LabFleet
 
 LAB_HOSTS = 2

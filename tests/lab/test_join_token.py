@@ -23,8 +23,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edge_provision import cluster
 from edge_provision.artifacts.builders.kubernetes import build_kubernetes
+from edge_provision.stages.cluster import common, kube_api
 from tests.lab.apiserver import LocalApi, local_api
 
 UNKNOWN_TOKEN = "abcdef.0123456789abcdef"  # well formed, never made in this cluster
@@ -38,7 +38,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalApi, Pa
 
 
 def _core(kubeconfig: Path) -> client.CoreV1Api:
-    return client.CoreV1Api(cluster.api_client(kubeconfig))
+    return client.CoreV1Api(kube_api.api_client(kubeconfig))
 
 
 def _cluster_info(api: LocalApi) -> client.V1ConfigMap:
@@ -82,7 +82,7 @@ def test_a_new_token_comes_back_once_cluster_info_is_signed_with_it(
     kubeconfig: Path, bootstrap_signer: subprocess.Popen[bytes]
 ) -> None:
     started = time.monotonic()
-    token = cluster.join_token(kubeconfig, "15m", signed_within="2m")
+    token = kube_api.join_token(kubeconfig, "15m", signed_within="2m")
     token_id = token.token.split(".")[0]
     assert token_id in _signatures(kubeconfig)
     assert bootstrap_signer.poll() is None, "the controller manager exited"
@@ -92,8 +92,8 @@ def test_a_new_token_comes_back_once_cluster_info_is_signed_with_it(
 def test_an_unsigned_token_fails_on_the_controller_naming_its_id(kubeconfig: Path) -> None:
     """No bootstrap signer runs: the new token's Secret exists, but nothing signs cluster-info."""
     started = time.monotonic()
-    with pytest.raises(cluster.ClusterError, match=r"no signature of token ID [a-z0-9]{6}\b") as failure:
-        cluster.join_token(kubeconfig, "15m", signed_within="6s")
+    with pytest.raises(common.ClusterError, match=r"no signature of token ID [a-z0-9]{6}\b") as failure:
+        kube_api.join_token(kubeconfig, "15m", signed_within="6s")
     assert time.monotonic() - started >= 6
     token_id = str(failure.value).split("token ID ")[1][:6]
     secrets = _core(kubeconfig).list_namespaced_secret("kube-system").items
@@ -104,8 +104,8 @@ def test_an_unsigned_token_fails_on_the_controller_naming_its_id(kubeconfig: Pat
 def test_a_given_token_the_cluster_does_not_know_fails_naming_its_id(
     kubeconfig: Path, bootstrap_signer: subprocess.Popen[bytes]
 ) -> None:
-    with pytest.raises(cluster.ClusterError, match="no signature of token ID abcdef") as failure:
-        cluster.join_token(kubeconfig, "15m", given=UNKNOWN_TOKEN, signed_within="6s")
+    with pytest.raises(common.ClusterError, match="no signature of token ID abcdef") as failure:
+        kube_api.join_token(kubeconfig, "15m", given=UNKNOWN_TOKEN, signed_within="6s")
     assert UNKNOWN_TOKEN.split(".")[1] not in str(failure.value)
 
 
@@ -113,7 +113,7 @@ def test_without_cluster_info_a_token_comes_back_at_once(api: tuple[LocalApi, Pa
     """A cluster without kubeadm's discovery (k3s, the lab's API server) has nothing to sign."""
     path = api[1] / "kubeconfig"
     started = time.monotonic()
-    token = cluster.join_token(path, "15m", signed_within="2m")
+    token = kube_api.join_token(path, "15m", signed_within="2m")
     assert time.monotonic() - started < 10
     secret = _core(path).read_namespaced_secret(f"bootstrap-token-{token.token.split('.')[0]}", "kube-system")
     assert base64.b64decode(secret.data["token-secret"]).decode() == token.token.split(".")[1]

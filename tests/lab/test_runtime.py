@@ -28,9 +28,9 @@ from edge_provision.artifacts.builders.images import (
     pause_reference,
     wasi_demo_reference,
 )
-from edge_provision.containerd_config import WASM_ANNOTATIONS, runtime_handler, schema_for
 from edge_provision.lab import Lab
-from edge_provision.roles import role_defaults
+from edge_provision.role_files import role_defaults
+from edge_provision.stages.runtime.containerd_config import WASM_ANNOTATIONS, runtime_handler, schema_for
 from tests.conftest import ROOT, run, tool
 from tests.lab.conftest import EngineRun, LabFleet, _ansible_changed, _pyinfra_changed
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from edge_provision import runtime_controller as rc
 from edge_provision.artifacts.builders import build_root, images
 from edge_provision.artifacts.builders import crun as crun_builder
+from edge_provision.stages.runtime import controller as runtime_controller
 
 SOURCES = ["deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main"]
 
@@ -127,39 +127,39 @@ def _option(options: list[str], name: str) -> str:
 
 
 def test_apt_options_are_private_per_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rc, "CACHE_DIR", tmp_path)
-    options = rc.apt_options("arm64")
+    monkeypatch.setattr(runtime_controller, "CACHE_DIR", tmp_path)
+    options = runtime_controller.apt_options("arm64")
     assert _option(options, "APT::Architecture") == _option(options, "APT::Architectures") == "arm64"
     for name in ("Dir::State", "Dir::State::status", "Dir::Cache", "Dir::Etc::SourceList", "Dir::Etc::SourceParts"):
         assert _option(options, name).startswith(f"{tmp_path}/apt/arm64/"), name
-    assert rc.apt_options("amd64") == [o.replace("arm64", "amd64") for o in options]
+    assert runtime_controller.apt_options("amd64") == [o.replace("arm64", "amd64") for o in options]
     assert not [o for o in options if "/var/lib" in o or "/etc/apt" in o]
 
 
 def test_apt_update_runs_when_new_or_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rc, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(runtime_controller, "CACHE_DIR", tmp_path)
     monkeypatch.setattr("edge_provision.lab.image.apt_sources", lambda: SOURCES)
     calls: list[list[str]] = []
-    monkeypatch.setattr(rc, "_run", lambda cmd, what, cwd=None: calls.append(list(cmd)) or "")
-    rc._apt_update("arm64")
+    monkeypatch.setattr(runtime_controller, "_run", lambda cmd, what, cwd=None: calls.append(list(cmd)) or "")
+    runtime_controller._apt_update("arm64")
     assert [c[:3] for c in calls] == [["apt-get", "update", "-q"]] and "APT::Architecture=arm64" in calls[0]
     assert (tmp_path / "apt/arm64/sources.list").read_text().splitlines()[1:] == SOURCES
     assert (tmp_path / "apt/arm64/state/status").read_text() == ""
-    rc._apt_update("arm64")
+    runtime_controller._apt_update("arm64")
     assert len(calls) == 1, "fresh lists are reused"
-    rc._apt_update("arm64", force=True)
+    runtime_controller._apt_update("arm64", force=True)
     assert len(calls) == 2
     monkeypatch.setattr("edge_provision.lab.image.apt_sources", lambda: [*SOURCES, SOURCES[0] + " contrib"])
-    rc._apt_update("arm64")
+    runtime_controller._apt_update("arm64")
     assert len(calls) == 3, "changed sources refresh the lists"
 
 
 @pytest.fixture
 def cache_without_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache in ``tmp_path``, the private apt lists taken as fresh (no apt-get update)."""
-    monkeypatch.setattr(rc, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr(rc, "ARTIFACTS_DIR", tmp_path / "artifacts")
-    monkeypatch.setattr(rc, "_apt_update", lambda arch, force=False: None)
+    monkeypatch.setattr(runtime_controller, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(runtime_controller, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setattr(runtime_controller, "_apt_update", lambda arch, force=False: None)
 
 
 @pytest.mark.usefixtures("cache_without_update")
@@ -180,8 +180,8 @@ def test_debs_resolves_and_downloads_through_the_private_view(
             return ""
         return "busybox-static\t1:1.35.0-4"
 
-    monkeypatch.setattr(rc, "_run", run)
-    [deb] = rc.debs(["busybox-static"], "arm64")
+    monkeypatch.setattr(runtime_controller, "_run", run)
+    [deb] = runtime_controller.debs(["busybox-static"], "arm64")
     assert deb["package"] == "busybox-static" and deb["version"] == "1:1.35.0-4"
     assert Path(deb["path"]).parent == tmp_path / "artifacts/debs/arm64"
     apt_calls = [c for c in calls if c[0].startswith("apt")]
@@ -189,7 +189,7 @@ def test_debs_resolves_and_downloads_through_the_private_view(
     assert not [c for c in calls for a in c if a.endswith(":arm64")], "no foreign-architecture qualifier"
     assert calls[2][:3] == ["apt-get", "download", "-q"] and calls[2][-1] == "busybox-static=1:1.35.0-4"
     calls.clear()
-    rc.debs(["busybox-static"], "arm64")
+    runtime_controller.debs(["busybox-static"], "arm64")
     assert not [c for c in calls if c[:2] == ["apt-get", "download"]], "a cached .deb is reused"
 
 
@@ -213,14 +213,14 @@ def test_a_superseded_package_leaves_the_cache_with_the_archives_that_packed_it(
         name, version = Path(cmd[-1]).name.split("_")[:2]
         return f"{name}\t{version}"
 
-    monkeypatch.setattr(rc, "_run", run)
+    monkeypatch.setattr(runtime_controller, "_run", run)
     cache = tmp_path / "artifacts/debs/arm64"
-    old = rc.debs(["runc"], "arm64")
-    with_runc = Path(rc.debs_plan(old, staging_dir="/s")["archive"])
-    libc_only = Path(rc.debs_plan(old[1:], staging_dir="/s")["archive"])
+    old = runtime_controller.debs(["runc"], "arm64")
+    with_runc = Path(runtime_controller.debs_plan(old, staging_dir="/s")["archive"])
+    libc_only = Path(runtime_controller.debs_plan(old[1:], staging_dir="/s")["archive"])
     assert with_runc.parent == libc_only.parent == cache / "archives"
     offered["runc"] = "1.1.5-1+deb12u1"  # a point release
-    new = rc.debs(["runc"], "arm64")
+    new = runtime_controller.debs(["runc"], "arm64")
     assert [d["version"] for d in new] == ["1.1.5-1+deb12u1", "2.36-9"]
     assert sorted(p.name for p in cache.glob("*.deb")) == ["libc6_2.36-9_arm64.deb", "runc_1.1.5-1+deb12u1_arm64.deb"]
     assert sorted(json.loads((cache / "index.json").read_text())) == ["libc6=2.36-9", "runc=1.1.5-1+deb12u1"]

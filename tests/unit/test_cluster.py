@@ -1,4 +1,4 @@
-"""The cluster stage's controller-side Python (edge_provision.cluster) and its templates."""
+"""The cluster stage's controller-side Python (edge_provision.stages.cluster) and its templates."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_provision import cluster
-from edge_provision.roles import render_template, role_defaults
+from edge_provision.role_files import render_template, role_defaults
+from edge_provision.stages.cluster import common, kube_api, kubeadm
 
 NODE = role_defaults("kubernetes_node")
 CONTROL_PLANE = role_defaults("control_plane_kubeadm")
@@ -20,7 +20,7 @@ JOIN = role_defaults("node_join_kubeadm")
 
 def test_pod_subnets_follow_sorted_member_names_and_do_not_overlap() -> None:
     members = ["lab-3", "lab-1", "cam-7", "lab-2"]
-    subnets = {m: cluster.node_pod_subnet(m, members, "10.244.0.0/16") for m in members}
+    subnets = {m: common.node_pod_subnet(m, members, "10.244.0.0/16") for m in members}
     assert subnets["cam-7"] == "10.244.0.0/24"
     assert subnets["lab-1"] == "10.244.1.0/24"
     assert subnets["lab-3"] == "10.244.3.0/24"
@@ -28,12 +28,12 @@ def test_pod_subnets_follow_sorted_member_names_and_do_not_overlap() -> None:
 
 
 def test_pod_subnet_errors_name_the_problem() -> None:
-    with pytest.raises(cluster.ClusterError, match="not a cluster member"):
-        cluster.node_pod_subnet("ghost", ["lab-1"], "10.244.0.0/16")
-    with pytest.raises(cluster.ClusterError, match="fewer than 3"):
-        cluster.node_pod_subnet("c", ["a", "b", "c"], "10.244.0.0/23")
-    with pytest.raises(cluster.ClusterError, match="too small"):
-        cluster.node_pod_subnet("a", ["a"], "10.244.0.0/24", 24)
+    with pytest.raises(common.ClusterError, match="not a cluster member"):
+        common.node_pod_subnet("ghost", ["lab-1"], "10.244.0.0/16")
+    with pytest.raises(common.ClusterError, match="fewer than 3"):
+        common.node_pod_subnet("c", ["a", "b", "c"], "10.244.0.0/23")
+    with pytest.raises(common.ClusterError, match="too small"):
+        common.node_pod_subnet("a", ["a"], "10.244.0.0/24", 24)
 
 
 def test_kubelet_gets_only_the_labels_it_may_set_itself() -> None:
@@ -44,10 +44,10 @@ def test_kubelet_gets_only_the_labels_it_may_set_itself() -> None:
         "node.kubernetes.io/instance-type": "pi4",
         "example.com/owner": "ops",
     }
-    assert cluster.kubelet_node_labels(labels) == (
+    assert common.kubelet_node_labels(labels) == (
         "device=camera,example.com/owner=ops,node.kubernetes.io/instance-type=pi4"
     )
-    assert cluster.kubelet_node_labels({}) == ""
+    assert common.kubelet_node_labels({}) == ""
 
 
 def test_ca_cert_hash_matches_the_openssl_recipe(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_ca_cert_hash_matches_the_openssl_recipe(tmp_path: Path) -> None:
     der = subprocess.run(["openssl", "rsa", "-pubin", "-outform", "der"], input=pubkey, check=True,
                          capture_output=True).stdout
     digest = subprocess.run(["sha256sum"], input=der, check=True, capture_output=True).stdout.split()[0]
-    assert cluster.ca_cert_hash(cert.read_bytes()) == "sha256:" + digest.decode()
+    assert kube_api.ca_cert_hash(cert.read_bytes()) == "sha256:" + digest.decode()
 
 
 ADMIN_CONF = """\
@@ -83,40 +83,40 @@ users:
 
 
 def test_controller_kubeconfig_points_at_the_given_server_and_records_its_source(tmp_path: Path) -> None:
-    text = cluster.controller_kubeconfig(ADMIN_CONF, "https://127.0.0.1:16443")
+    text = common.controller_kubeconfig(ADMIN_CONF, "https://127.0.0.1:16443")
     doc = yaml.safe_load(text)
     assert doc["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:16443"
     assert doc["users"] == yaml.safe_load(ADMIN_CONF)["users"]
     path = tmp_path / "kubeconfig"
     path.write_text(text)
-    assert cluster.kubeconfig_source(path) == hashlib.sha256(ADMIN_CONF.encode()).hexdigest()
+    assert common.kubeconfig_source(path) == hashlib.sha256(ADMIN_CONF.encode()).hexdigest()
     path.write_text(ADMIN_CONF)
-    assert cluster.kubeconfig_source(path) is None
-    assert cluster.kubeconfig_source(tmp_path / "absent") is None
-    with pytest.raises(cluster.ClusterError):
-        cluster.controller_kubeconfig("kind: Config\n", "https://x:6443")
+    assert common.kubeconfig_source(path) is None
+    assert common.kubeconfig_source(tmp_path / "absent") is None
+    with pytest.raises(common.ClusterError):
+        common.controller_kubeconfig("kind: Config\n", "https://x:6443")
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("15m", 900), ("1h30m", 5400), ("90s", 90), ("600", 600)])
 def test_durations(text: str, seconds: int) -> None:
-    assert cluster.parse_duration(text) == seconds
+    assert common.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "15 minutes", "m", "-5"])
 def test_bad_durations(text: str) -> None:
-    with pytest.raises(cluster.ClusterError):
-        cluster.parse_duration(text)
+    with pytest.raises(common.ClusterError):
+        common.parse_duration(text)
 
 
 def test_failure_report_redacts_tokens_and_keeps_the_tail() -> None:
     output = "\n".join(f"line {i}" for i in range(30)) + "\n[bootstrap-token] Using token: ab12cd.0123456789abcdef\n\n"
-    report = cluster.failure_report(output, lines=3)
+    report = common.failure_report(output, lines=3)
     assert report == "line 28\nline 29\n[bootstrap-token] Using token: <token redacted>"
 
 
 def test_a_given_token_must_look_like_one(tmp_path: Path) -> None:
-    with pytest.raises(cluster.ClusterError, match="not a bootstrap token"):
-        cluster.join_token(tmp_path / "kubeconfig", "15m", "not-a-token")
+    with pytest.raises(common.ClusterError, match="not a bootstrap token"):
+        kube_api.join_token(tmp_path / "kubeconfig", "15m", "not-a-token")
 
 
 def _init_vars(labels: str) -> dict[str, object]:
@@ -187,7 +187,7 @@ class _Target:
 
 
 def test_python_step_runs_at_execution_and_reports_a_failure_without_traceback() -> None:
-    from edge_provision.cluster_operations import python_step
+    from edge_provision.pyinfra_engine.operations.cluster import python_step
 
     calls: list[str] = []
     ok = python_step("counting", lambda: calls.append("ran"))
@@ -195,23 +195,23 @@ def test_python_step_runs_at_execution_and_reports_a_failure_without_traceback()
     assert ok.function(None, target) is True and calls == ["ran"] and target.logged == []
 
     def broken() -> None:
-        raise cluster.ClusterError("the API said no")
+        raise common.ClusterError("the API said no")
 
     assert python_step("labels of node lab-9", broken).function(None, target) is False
     assert target.logged == ["host lab-9: labels of node lab-9: the API said no"]
 
 
 def test_kubeadm_init_argv() -> None:
-    assert cluster.kubeadm_init("/etc/k/init.yaml", ["preflight", "addon/coredns"]) == [
+    assert kubeadm.kubeadm_init("/etc/k/init.yaml", ["preflight", "addon/coredns"]) == [
         "kubeadm", "init", "--config=/etc/k/init.yaml", "--skip-phases=preflight,addon/coredns", "--skip-token-print"]
-    assert cluster.kubeadm_init("/c", [], "/etc/k/patches")[-1] == "--experimental-patches=/etc/k/patches"
+    assert kubeadm.kubeadm_init("/c", [], "/etc/k/patches")[-1] == "--experimental-patches=/etc/k/patches"
 
 
 def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
     components = CONTROL_PLANE["control_plane_kubeadm_images"]
     assert CONTROL_PLANE["control_plane_kubeadm_probe_failure_thresholds"] == {}  # kubeadm's own by default
-    assert cluster.probe_patches({}, components) == {}
-    patches = cluster.probe_patches({"startup": 90, "liveness": 30}, components)
+    assert kubeadm.probe_patches({}, components) == {}
+    patches = kubeadm.probe_patches({"startup": 90, "liveness": 30}, components)
     assert sorted(patches) == [
         "kube-apiserver+strategic.yaml", "kube-controller-manager+strategic.yaml", "kube-scheduler+strategic.yaml"]
     assert yaml.safe_load(patches["kube-scheduler+strategic.yaml"]) == {"spec": {"containers": [{
@@ -225,9 +225,9 @@ def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
     class TaggedStr(str):
         pass
 
-    tagged = cluster.probe_patches({"startup": Tagged(90), "liveness": Tagged(30)}, [TaggedStr("kube-scheduler")])
+    tagged = kubeadm.probe_patches({"startup": Tagged(90), "liveness": Tagged(30)}, [TaggedStr("kube-scheduler")])
     assert tagged == {"kube-scheduler+strategic.yaml": patches["kube-scheduler+strategic.yaml"]}
-    only_startup = yaml.safe_load(cluster.probe_patches({"startup": 60}, ["kube-apiserver"])["kube-apiserver+strategic.yaml"])
+    only_startup = yaml.safe_load(kubeadm.probe_patches({"startup": 60}, ["kube-apiserver"])["kube-apiserver+strategic.yaml"])
     assert only_startup["spec"]["containers"][0] == {"name": "kube-apiserver", "startupProbe": {"failureThreshold": 60}}
 
 
@@ -238,14 +238,14 @@ def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
     ({"liveness": True}, r"liveness: True is not a positive whole number"),
 ])
 def test_probe_patches_refuse_what_kubeadm_could_not_take(thresholds: dict[str, object], message: str) -> None:
-    with pytest.raises(cluster.ClusterError, match=message):
-        cluster.probe_patches(thresholds, ["kube-apiserver"])
+    with pytest.raises(common.ClusterError, match=message):
+        kubeadm.probe_patches(thresholds, ["kube-apiserver"])
 
 
 def test_api_calls_retry_what_an_api_server_answers_while_it_cannot_serve() -> None:
-    retry = cluster.api_retry()
+    retry = kube_api.api_retry()
     for status in (429, 500, 502, 503, 504):
         assert retry.is_retry("POST", status), status  # writes too: each is safe to repeat
     for status in (400, 401, 403, 404, 409, 422):
         assert not retry.is_retry("POST", status), status
-    assert retry.status == cluster.API_RETRIES and cluster.api_retry(0).status == 0
+    assert retry.status == kube_api.API_RETRIES and kube_api.api_retry(0).status == 0

@@ -1,5 +1,5 @@
-"""k3s, KubeEdge and OpenYurt (edge_provision.distributions and the shared parts of
-edge_provision.cluster): pins, rendered files, the exact command lines and the guards' inputs,
+"""k3s, KubeEdge and OpenYurt (edge_provision.stages.cluster and the shared parts of
+edge_provision.stages.cluster): pins, rendered files, the exact command lines and the guards' inputs,
 the same through the Ansible filters. No host: the lab tier runs them (tests/lab/test_cluster_distros.py)."""
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
 
-from edge_provision import PROJECT_ROOT, cluster, distributions
+from edge_provision import PROJECT_ROOT
 from edge_provision.artifacts.fetch import ArtifactFetchError, fetch, load_downloads, pinned
-from edge_provision.containerd_config import SCHEMAS, runtime_handler
-from edge_provision.roles import render_template, role_argument_spec, role_defaults
+from edge_provision.role_files import render_template, role_argument_spec, role_defaults
+from edge_provision.stages.cluster import common, k3s, kubeadm, kubeedge, openyurt
+from edge_provision.stages.runtime.containerd_config import SCHEMAS, runtime_handler
 
 DISTRIBUTION_ROLES = ["k3s_node", "k3s_server", "k3s_agent", "kubeedge", "kubeedge_cloud", "kubeedge_edge",
                       "openyurt_join"]
@@ -75,20 +76,20 @@ def test_a_k3s_binary_that_does_not_match_its_pin_is_refused(tmp_path: Path) -> 
     ("v1.32.1+k3s1", 2), ("v1.32.2+k3s1", 3), ("v1.33.0+k3s1", 3), ("v1.35.0+k3s1", 3),
 ])
 def test_k3s_containerd_schema_follows_the_embedded_containerd(version: str, schema: int) -> None:
-    assert distributions.k3s_containerd_schema(version).version == schema
+    assert k3s.k3s_containerd_schema(version).version == schema
     expected = "config-v3.toml.tmpl" if schema == 3 else "config.toml.tmpl"
-    assert distributions.k3s_containerd_template_name(version) == expected
+    assert k3s.k3s_containerd_template_name(version) == expected
 
 
 def test_the_pinned_k3s_reads_config_v3_toml_tmpl() -> None:
     for arch in ("amd64", "arm64"):
-        assert distributions.k3s_containerd_template_name(distributions.k3s_version(arch)) == "config-v3.toml.tmpl"
-    with pytest.raises(distributions.DistributionError, match="not a k3s version"):
-        distributions.k3s_containerd_schema("latest")
+        assert k3s.k3s_containerd_template_name(k3s.k3s_version(arch)) == "config-v3.toml.tmpl"
+    with pytest.raises(common.DistributionError, match="not a k3s version"):
+        k3s.k3s_containerd_schema("latest")
 
 
 def test_k3s_containerd_template_adds_a_separate_wasm_handler_to_k3s_base() -> None:
-    text = distributions.k3s_containerd_template("v1.31.6+k3s1", "crun-wasm", "/usr/local/bin/crun-wasm", True)
+    text = k3s.k3s_containerd_template("v1.31.6+k3s1", "crun-wasm", "/usr/local/bin/crun-wasm", True)
     assert '{{ template "base" . }}' in text
     assert "version" not in text.split('{{ template "base" . }}', 1)[1]
     merged = text.replace('{{ template "base" . }}', K3S_BASE_V3)
@@ -103,7 +104,7 @@ def test_k3s_containerd_template_adds_a_separate_wasm_handler_to_k3s_base() -> N
 
 
 def test_k3s_config_yaml_holds_the_labels_the_kubelet_may_set() -> None:
-    config = distributions.k3s_config(
+    config = k3s.k3s_config(
         node_name="lab-2", node_ip="192.0.2.2", labels=LABELS, tls_sans=["192.0.2.1", "192.0.2.1", "cp"],
         extra={"disable": ["traefik"]},
     )
@@ -130,29 +131,29 @@ def test_k3s_units_run_server_and_agent_from_the_installed_binary() -> None:
 
 def test_k3s_agent_env_joins_with_url_and_token_and_a_fingerprint() -> None:
     token = "K10abc::server:def"
-    text = distributions.k3s_agent_env(token + "\n", "https://192.0.2.1:6443")
+    text = k3s.k3s_agent_env(token + "\n", "https://192.0.2.1:6443")
     lines = text.splitlines()
     assert "K3S_URL=https://192.0.2.1:6443" in lines
     assert f"K3S_TOKEN={token}" in lines
-    assert f"# token sha256 {distributions.token_fingerprint(token)}" in lines
+    assert f"# token sha256 {k3s.token_fingerprint(token)}" in lines
     # the fingerprint is what `tr -d '\n' < token | sha256sum` prints on the server
     import hashlib
-    assert distributions.token_fingerprint(token + "\n") == hashlib.sha256(token.encode()).hexdigest()
-    with pytest.raises(distributions.DistributionError, match="empty"):
-        distributions.k3s_agent_env(" \n", "https://192.0.2.1:6443")
-    assert distributions.k3s_server_env("").count("\n") == 1
-    assert distributions.k3s_server_env("s3cret\n").endswith("K3S_TOKEN=s3cret\n")
+    assert k3s.token_fingerprint(token + "\n") == hashlib.sha256(token.encode()).hexdigest()
+    with pytest.raises(common.DistributionError, match="empty"):
+        k3s.k3s_agent_env(" \n", "https://192.0.2.1:6443")
+    assert k3s.k3s_server_env("").count("\n") == 1
+    assert k3s.k3s_server_env("s3cret\n").endswith("K3S_TOKEN=s3cret\n")
 
 
 # --- KubeEdge ------------------------------------------------------------------------------------
 
 
 def test_keadm_command_lines() -> None:
-    assert distributions.keadm_init("/usr/local/bin/keadm", "192.0.2.1", "/etc/k.conf", ["--x=y"]) == [
+    assert kubeedge.keadm_init("/usr/local/bin/keadm", "192.0.2.1", "/etc/k.conf", ["--x=y"]) == [
         "/usr/local/bin/keadm", "init", "--advertise-address=192.0.2.1", "--kube-config=/etc/k.conf", "--x=y"]
-    assert distributions.keadm_gettoken("keadm", "/etc/k.conf") == ["keadm", "gettoken", "--kube-config=/etc/k.conf"]
-    assert distributions.keadm_reset_edge("keadm") == ["keadm", "reset", "edge", "--force"]
-    assert distributions.keadm_join(
+    assert kubeedge.keadm_gettoken("keadm", "/etc/k.conf") == ["keadm", "gettoken", "--kube-config=/etc/k.conf"]
+    assert kubeedge.keadm_reset_edge("keadm") == ["keadm", "reset", "edge", "--force"]
+    assert kubeedge.keadm_join(
         keadm="keadm", cloudcore="192.0.2.1:10000", token="t0k.en", node_name="lab-2",
         runtime_endpoint="unix:///run/containerd/containerd.sock", labels=LABELS,
     ) == [
@@ -160,21 +161,21 @@ def test_keadm_command_lines() -> None:
         "--remote-runtime-endpoint=unix:///run/containerd/containerd.sock",
         "--labels=device=camera,edge-provision.io/lab=true",
     ]
-    assert "--labels" not in " ".join(distributions.keadm_join(
+    assert "--labels" not in " ".join(kubeedge.keadm_join(
         keadm="keadm", cloudcore="c:1", token="t", node_name="n", runtime_endpoint="e", labels={}))
 
 
 def test_keadm_token_is_the_last_line_of_gettoken() -> None:
-    assert distributions.keadm_token("I1124 log line\nabc.def\n\n") == "abc.def"
-    with pytest.raises(distributions.DistributionError, match="no token"):
-        distributions.keadm_token("\n")
+    assert kubeedge.keadm_token("I1124 log line\nabc.def\n\n") == "abc.def"
+    with pytest.raises(common.DistributionError, match="no token"):
+        kubeedge.keadm_token("\n")
 
 
 # --- OpenYurt ------------------------------------------------------------------------------------
 
 
 def test_yurtadm_join_command_line() -> None:
-    assert distributions.yurtadm_join(
+    assert openyurt.yurtadm_join(
         yurtadm="yurtadm", server="192.0.2.1:6443", token="abcdef.0123456789abcdef", ca_cert_hash="sha256:00",
         cri_socket="/run/containerd/containerd.sock", labels=LABELS, node_name="lab-2",
     ) == [
@@ -182,25 +183,25 @@ def test_yurtadm_join_command_line() -> None:
         "--discovery-token-ca-cert-hash=sha256:00", "--cri-socket=/run/containerd/containerd.sock",
         "--node-name=lab-2", "--node-labels=device=camera,edge-provision.io/lab=true",
     ]
-    assert distributions.yurtadm_reset("yurtadm") == ["yurtadm", "reset", "--force"]
+    assert openyurt.yurtadm_reset("yurtadm") == ["yurtadm", "reset", "--force"]
 
 
 def test_openyurt_node_pool_and_restricted_labels_go_through_the_api() -> None:
-    assert distributions.openyurt_labels(LABELS, "hall-2") == {
+    assert openyurt.openyurt_labels(LABELS, "hall-2") == {
         "apps.openyurt.io/nodepool": "hall-2", "node-role.kubernetes.io/edge": ""}
-    with pytest.raises(distributions.DistributionError, match="node pool"):
-        distributions.openyurt_labels(LABELS, "")
+    with pytest.raises(common.DistributionError, match="node pool"):
+        openyurt.openyurt_labels(LABELS, "")
 
 
 def test_api_labels_are_what_the_node_agent_may_not_set() -> None:
-    assert cluster.api_labels(LABELS) == {"node-role.kubernetes.io/edge": ""}
-    assert cluster.api_labels({"device": "camera"}) == {}
-    assert cluster.missing_labels({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": ""}) == {"b": "3", "c": ""}
+    assert common.api_labels(LABELS) == {"node-role.kubernetes.io/edge": ""}
+    assert common.api_labels({"device": "camera"}) == {}
+    assert common.missing_labels({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": ""}) == {"b": "3", "c": ""}
 
 
 def test_failure_reports_redact_given_secrets_and_bootstrap_tokens() -> None:
     output = "join with abcdef.0123456789abcdef failed\ntoken 5f2a.eyJhbGci rejected\n"
-    report = cluster.failure_report(output, secrets=["5f2a.eyJhbGci"])
+    report = common.failure_report(output, secrets=["5f2a.eyJhbGci"])
     assert "0123456789abcdef" not in report and "eyJhbGci" not in report
     assert report.count("<token redacted>") == 2
 
@@ -224,19 +225,19 @@ def test_filters_are_the_shared_functions() -> None:
     filters = _filters()
     assert filters["edge_provision_keadm_join"](
         "keadm", "t", "c:1", "n", "e", LABELS, []
-    ) == distributions.keadm_join(keadm="keadm", cloudcore="c:1", token="t", node_name="n",
+    ) == kubeedge.keadm_join(keadm="keadm", cloudcore="c:1", token="t", node_name="n",
                                   runtime_endpoint="e", labels=LABELS)
     assert filters["edge_provision_yurtadm_join"](
         "y", {"token": "t", "ca_cert_hash": "h"}, "s:6443", "/s", LABELS, "n", []
-    ) == distributions.yurtadm_join(yurtadm="y", server="s:6443", token="t", ca_cert_hash="h",
+    ) == openyurt.yurtadm_join(yurtadm="y", server="s:6443", token="t", ca_cert_hash="h",
                                     cri_socket="/s", labels=LABELS, node_name="n")
     assert filters["edge_provision_k3s_containerd_template_name"]("arm64") == "config-v3.toml.tmpl"
     assert filters["edge_provision_k3s_containerd_template"]("amd64", "h", "/b", False) == (
-        distributions.k3s_containerd_template(distributions.k3s_version("amd64"), "h", "/b", False))
-    assert filters["edge_provision_openyurt_labels"](LABELS, "p") == distributions.openyurt_labels(LABELS, "p")
+        k3s.k3s_containerd_template(k3s.k3s_version("amd64"), "h", "/b", False))
+    assert filters["edge_provision_openyurt_labels"](LABELS, "p") == openyurt.openyurt_labels(LABELS, "p")
     assert filters["edge_provision_failure_report"]("x abcdef.0123456789abcdef") == "x <token redacted>"
-    assert filters["edge_provision_kubeadm_init"] is cluster.kubeadm_init
-    assert filters["edge_provision_probe_patches"]({"startup": 2}, ["a"]) == cluster.probe_patches({"startup": 2}, ["a"])
+    assert filters["edge_provision_kubeadm_init"] is kubeadm.kubeadm_init
+    assert filters["edge_provision_probe_patches"]({"startup": 2}, ["a"]) == kubeadm.probe_patches({"startup": 2}, ["a"])
     with pytest.raises(AnsibleFilterError, match="unknown probe readiness"):
         filters["edge_provision_probe_patches"]({"readiness": 2}, ["a"])
 
@@ -255,7 +256,7 @@ def test_the_cluster_playbook_runs_one_role_set_per_distribution() -> None:
 
 
 def _ops() -> Any:
-    from edge_provision import cluster_operations
+    from edge_provision.pyinfra_engine.operations import cluster as cluster_operations
 
     return cluster_operations
 
@@ -277,7 +278,7 @@ def test_keadm_join_runs_only_on_a_node_without_edgecore_config() -> None:
 
 
 def test_keadm_init_runs_only_when_gettoken_does_not_answer() -> None:
-    from edge_provision.runtime_facts import CommandOutput
+    from edge_provision.pyinfra_engine.facts.common import CommandOutput
 
     kwargs = {"keadm": "keadm", "kubeconfig": "/k", "advertise_address": "192.0.2.1", "extra": []}
     assert _commands(_ops().keadm_initialised, {CommandOutput: "ready\n"}, **kwargs) == []
@@ -325,10 +326,10 @@ class _Server:
 def test_k3s_agent_env_is_rewritten_only_when_its_token_or_url_changed(
     env_fingerprint: str, server_token: str, given: str, expected: list[str]
 ) -> None:
-    from edge_provision.runtime_facts import CommandOutput
+    from edge_provision.pyinfra_engine.facts.common import CommandOutput
 
-    fingerprints = {"current": distributions.token_fingerprint("K10a::server:b"), "stale": "0" * 64,
-                    "given": distributions.token_fingerprint("K10given")}
+    fingerprints = {"current": k3s.token_fingerprint("K10a::server:b"), "stale": "0" * 64,
+                    "given": k3s.token_fingerprint("K10given")}
 
     def agent_fact(argv: list[str]) -> str:
         if argv[0] == "sed":

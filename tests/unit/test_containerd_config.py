@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from edge_provision.containerd_config import (
+from edge_provision.stages.runtime.containerd_config import (
     SCHEMAS,
     ContainerdConfigError,
     runtime_handler,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_provision import runtime_controller as rc
 from edge_provision.artifacts import fetch
-from edge_provision.roles import render_template, role_argument_spec, role_defaults
+from edge_provision.role_files import render_template, role_argument_spec, role_defaults
+from edge_provision.stages.runtime import controller as runtime_controller
 
 VERSIONS = yaml.safe_load(fetch.VERSIONS_FILE.read_text())
 C = role_defaults("containerd")
@@ -64,8 +64,8 @@ def test_rendered_commands_check_the_pins_then_install(tmp_path: Path) -> None:
     """With the pinned files, the first command checks exactly the versions.yml checksums."""
     staging = "/var/cache/edge-provision/release"
     found = [{"name": n, "file": fetch.pinned(n, "amd64").file, "sha256": fetch.pinned(n, "amd64").sha256}
-             for n in rc.RELEASE_COMPONENTS]
-    plan = rc.release_plan(found, staging_dir=staging, prefix="/usr/local", stamp_file=C["containerd_release_stamp_file"])
+             for n in runtime_controller.RELEASE_COMPONENTS]
+    plan = runtime_controller.release_plan(found, staging_dir=staging, prefix="/usr/local", stamp_file=C["containerd_release_stamp_file"])
     stamp = "\n".join(f"{f['sha256']}  {f['file']}" for f in found)
     assert plan["stamp"] == stamp
     assert plan["commands"] == [
@@ -90,7 +90,7 @@ def test_rendered_commands_install_on_a_scratch_root(tmp_path: Path) -> None:
     staging.mkdir()
     prefix.mkdir(parents=True)
     found = _files(staging, _containerd_tarball(), b"runc binary")
-    plan = rc.release_plan(found, staging_dir=str(staging), prefix=str(prefix),
+    plan = runtime_controller.release_plan(found, staging_dir=str(staging), prefix=str(prefix),
                            stamp_file=str(tmp_path / "root" / "var" / "lib" / "stamp"))
     assert _run_all(plan["commands"]) is None
     assert sorted(p.name for p in (prefix / "bin").iterdir()) == ["containerd", "containerd-shim-runc-v2", "ctr"]
@@ -105,7 +105,7 @@ def test_a_damaged_copy_on_the_node_stops_before_anything_is_installed(tmp_path:
     staging.mkdir()
     prefix.mkdir()
     found = _files(staging, _containerd_tarball(), b"runc binary")
-    plan = rc.release_plan(found, staging_dir=str(staging), prefix=str(prefix), stamp_file=str(tmp_path / "stamp"))
+    plan = runtime_controller.release_plan(found, staging_dir=str(staging), prefix=str(prefix), stamp_file=str(tmp_path / "stamp"))
     (staging / "runc.amd64").write_bytes(b"runc binary, damaged in transit")
     failed = _run_all(plan["commands"])
     assert failed is not None and "runc.amd64: FAILED" in failed.stdout
@@ -129,7 +129,7 @@ def test_a_mismatching_archive_stops_on_the_controller(tmp_path: Path) -> None:
     archive = fetch.pinned("containerd_release", "amd64")
     (source / archive.file).write_bytes(_containerd_tarball())
     result = subprocess.run(
-        [sys.executable, "-m", "edge_provision.runtime_controller", "--arch", "amd64", "--source", str(source),
+        [sys.executable, "-m", "edge_provision.stages.runtime", "--arch", "amd64", "--source", str(source),
          "--release", C["containerd_release_staging_dir"], C["containerd_release_prefix"],
          C["containerd_release_stamp_file"]],
         text=True, capture_output=True, env={**os.environ, "EDGE_PROVISION_CACHE": str(cache)}, check=False,

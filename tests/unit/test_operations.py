@@ -13,8 +13,9 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents
 
-from edge_provision import facts, operations
-from edge_provision.roles import role_defaults
+from edge_provision.pyinfra_engine.facts import host_prep as facts
+from edge_provision.pyinfra_engine.operations import host_prep as operations
+from edge_provision.role_files import role_defaults
 
 DEFAULTS = role_defaults("host_prep")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from edge_provision import runtime_controller as rc
-from edge_provision.containerd_config import ContainerdConfigError, runtime_handler, schema_for
-from edge_provision.roles import role_argument_spec, role_defaults
+from edge_provision.role_files import role_argument_spec, role_defaults
+from edge_provision.stages.runtime import controller as runtime_controller
+from edge_provision.stages.runtime.containerd_config import ContainerdConfigError, runtime_handler, schema_for
 
 DEBIAN_CONFIG = """\
 version = 2
@@ -44,7 +44,7 @@ def cri(text: str) -> dict:  # type: ignore[type-arg]
 
 
 def test_debian_config_gets_the_handler_and_keeps_its_settings() -> None:
-    new = rc.containerd_config(DEBIAN_CONFIG, **SETTINGS)
+    new = runtime_controller.containerd_config(DEBIAN_CONFIG, **SETTINGS)
     handler = runtime_handler(new, schema_for("1.6.20"), "crun-wasm")
     assert handler["options"] == {"BinaryName": "/usr/local/bin/crun-wasm", "SystemdCgroup": True}
     assert cri(new)["cni"] == {"bin_dir": "/usr/lib/cni", "conf_dir": "/etc/cni/net.d"}
@@ -55,7 +55,7 @@ def test_debian_config_gets_the_handler_and_keeps_its_settings() -> None:
 def test_default_runtime_table_added_when_runtimes_are_defined() -> None:
     """containerd replaces (not merges) its runtimes map with the config's: without a runc
     table the CRI plugin would not start for want of its default runtime."""
-    runc = cri(rc.containerd_config(DEBIAN_CONFIG, **SETTINGS))["containerd"]["runtimes"]["runc"]
+    runc = cri(runtime_controller.containerd_config(DEBIAN_CONFIG, **SETTINGS))["containerd"]["runtimes"]["runc"]
     assert runc == {"runtime_type": "io.containerd.runc.v2", "options": {"SystemdCgroup": True}}
 
 
@@ -64,31 +64,31 @@ def test_existing_runc_table_is_kept() -> None:
         '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n'
         '  runtime_type = "io.containerd.runc.v2"\n  privileged_without_host_devices = true\n'
     )
-    runc = cri(rc.containerd_config(current, **SETTINGS))["containerd"]["runtimes"]["runc"]
+    runc = cri(runtime_controller.containerd_config(current, **SETTINGS))["containerd"]["runtimes"]["runc"]
     assert runc["privileged_without_host_devices"] is True
     assert runc["options"]["SystemdCgroup"] is True
 
 
 def test_a_config_with_the_handler_is_a_fixpoint() -> None:
-    once = rc.containerd_config(DEBIAN_CONFIG, **SETTINGS)
-    assert rc.containerd_config(once, **SETTINGS) == once
-    assert rc.containerd_config(rc.containerd_config(once, **SETTINGS), **SETTINGS) == once
+    once = runtime_controller.containerd_config(DEBIAN_CONFIG, **SETTINGS)
+    assert runtime_controller.containerd_config(once, **SETTINGS) == once
+    assert runtime_controller.containerd_config(runtime_controller.containerd_config(once, **SETTINGS), **SETTINGS) == once
 
 
 def test_empty_config_starts_from_nothing() -> None:
-    new = rc.containerd_config("", **SETTINGS)
+    new = runtime_controller.containerd_config("", **SETTINGS)
     assert runtime_handler(new, schema_for("1.6.20"), "crun-wasm")["options"]["BinaryName"]
 
 
 def test_containerd_default_config_fixture_is_a_fixpoint() -> None:
     default = (Path(__file__).parent / "fixtures" / "containerd-1.6.20-default.toml").read_text()
-    once = rc.containerd_config(default, **SETTINGS)
-    assert rc.containerd_config(once, **SETTINGS) == once
+    once = runtime_controller.containerd_config(default, **SETTINGS)
+    assert runtime_controller.containerd_config(once, **SETTINGS) == once
     assert cri(once)["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
 
 
 def test_containerd_2_uses_schema_3() -> None:
-    new = rc.containerd_config("", **{**SETTINGS, "version": "2.0.2"})
+    new = runtime_controller.containerd_config("", **{**SETTINGS, "version": "2.0.2"})
     assert tomlkit.parse(new)["version"] == 3
     assert runtime_handler(new, schema_for("2.0.2"), "crun-wasm")
 
@@ -98,11 +98,11 @@ def test_containerd_2_uses_schema_3() -> None:
     (True, False, True), (False, True, False),
 ])
 def test_auto_settings(setting: object, detected: bool, expected: bool) -> None:
-    assert rc.resolve_auto(setting, detected) is expected
+    assert runtime_controller.resolve_auto(setting, detected) is expected
 
 
 def test_auto_follows_the_node() -> None:
-    no_systemd = rc.containerd_config(DEBIAN_CONFIG, **{**SETTINGS, "systemd_pid1": False, "cap_sys_resource": True})
+    no_systemd = runtime_controller.containerd_config(DEBIAN_CONFIG, **{**SETTINGS, "systemd_pid1": False, "cap_sys_resource": True})
     assert runtime_handler(no_systemd, schema_for("1.6"), "crun-wasm")["options"]["SystemdCgroup"] is False
     assert cri(no_systemd)["restrict_oom_score_adj"] is False
 
@@ -110,23 +110,23 @@ def test_auto_follows_the_node() -> None:
 def test_wrong_types_pass_through_to_containerd() -> None:
     """containerd validates the file before it replaces the running one; the model does not
     second-guess a wrongly typed override (containerd's error names the key)."""
-    assert cri(rc.containerd_config(DEBIAN_CONFIG, **{**SETTINGS, "sandbox_image": 5}))["sandbox_image"] == 5
+    assert cri(runtime_controller.containerd_config(DEBIAN_CONFIG, **{**SETTINGS, "sandbox_image": 5}))["sandbox_image"] == 5
 
 
 def test_invalid_current_config_is_reported() -> None:
     with pytest.raises(ContainerdConfigError, match="not valid TOML"):
-        rc.containerd_config("version = = 2", **SETTINGS)
+        runtime_controller.containerd_config("version = = 2", **SETTINGS)
 
 
 @pytest.mark.parametrize(("capbnd", "lacks"), [("0000003ffeffffff", True), ("000001ffffffffff", False)])
 def test_cap_sys_resource(capbnd: str, lacks: bool) -> None:
-    assert rc.lacks_cap_sys_resource(capbnd) is lacks
+    assert runtime_controller.lacks_cap_sys_resource(capbnd) is lacks
 
 
 def test_debs_missing() -> None:
     wanted = [{"package": p} for p in ("containerd", "runc", "libc6", "libyajl2")]
     dpkg = "libc6 installed\nrunc config-files\nlibyajl2:amd64 installed\n"
-    assert [d["package"] for d in rc.debs_missing(wanted, dpkg)] == ["containerd", "runc"]
+    assert [d["package"] for d in runtime_controller.debs_missing(wanted, dpkg)] == ["containerd", "runc"]
 
 
 def _fake_debs(directory: Path) -> list[dict[str, str]]:
@@ -141,11 +141,11 @@ def _fake_debs(directory: Path) -> list[dict[str, str]]:
 def test_debs_plan_ships_one_archive_that_the_node_commands_unpack_and_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rc, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setattr(runtime_controller, "ARTIFACTS_DIR", tmp_path / "artifacts")
     (tmp_path / "cache").mkdir()
     debs = _fake_debs(tmp_path / "cache")
     staging = tmp_path / "node staging"  # a space: the commands quote their paths
-    plan = rc.debs_plan(debs, staging_dir=str(staging))
+    plan = runtime_controller.debs_plan(debs, staging_dir=str(staging))
     with tarfile.open(plan["archive"]) as tar:
         members = tar.getmembers()
     assert [(m.name, m.uid, m.mode) for m in members] == [(d["file"], 0, 0o644) for d in debs]
@@ -159,15 +159,15 @@ def test_debs_plan_ships_one_archive_that_the_node_commands_unpack_and_check(
     subprocess.run(["sh", "-c", remove], check=True)
     assert list(staging.iterdir()) == []
     packed = Path(plan["archive"]).stat().st_mtime_ns
-    assert rc.debs_plan(debs, staging_dir=str(staging)) == plan  # the same packages: the same archive,
+    assert runtime_controller.debs_plan(debs, staging_dir=str(staging)) == plan  # the same packages: the same archive,
     assert Path(plan["archive"]).stat().st_mtime_ns == packed  # reused, not packed again
 
 
 def test_a_damaged_package_stops_the_node_before_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rc, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setattr(runtime_controller, "ARTIFACTS_DIR", tmp_path / "artifacts")
     debs = _fake_debs(tmp_path)
     debs[1]["sha256"] = "0" * 64  # what the node unpacks is not what was pinned
-    plan = rc.debs_plan(debs, staging_dir=str(tmp_path / "staging"))
+    plan = runtime_controller.debs_plan(debs, staging_dir=str(tmp_path / "staging"))
     (tmp_path / "staging").mkdir()
     shutil.copy(plan["archive"], tmp_path / "staging" / plan["file"])
     checked = subprocess.run(["sh", "-c", plan["commands"][0]], capture_output=True, text=True)
@@ -186,10 +186,10 @@ def test_images_missing() -> None:
         {"reference": "edge-provision.local/busybox:1.35.0", "digest": "sha256:new"},
         {"reference": "edge-provision.local/wasi-demo:0.1.0", "digest": "sha256:ccc"},
     ]
-    assert [i["reference"] for i in rc.images_missing(wanted, listed)] == [
+    assert [i["reference"] for i in runtime_controller.images_missing(wanted, listed)] == [
         "edge-provision.local/busybox:1.35.0", "edge-provision.local/wasi-demo:0.1.0",
     ]
-    assert len(rc.images_missing(wanted, "")) == 3
+    assert len(runtime_controller.images_missing(wanted, "")) == 3
 
 
 @pytest.mark.parametrize(("engine", "on_node", "message"), [
@@ -197,12 +197,12 @@ def test_images_missing() -> None:
     ("wamr", False, "unknown Wasm engine"),
 ])
 def test_engines_that_cannot_be_installed_fail_clearly(engine: str, on_node: bool, message: str) -> None:
-    with pytest.raises(rc.RuntimeStageError, match=message):
-        rc.check_engine(engine, on_node)
+    with pytest.raises(runtime_controller.RuntimeStageError, match=message):
+        runtime_controller.check_engine(engine, on_node)
 
 
 def test_wasmtime_is_installable() -> None:
-    rc.check_engine("wasmtime", False)
+    runtime_controller.check_engine("wasmtime", False)
 
 
 def test_handler_binary_is_where_wasm_runtime_installs_crun() -> None:
@@ -228,8 +228,8 @@ def test_filters_are_the_shared_functions() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     filters = module.FilterModule().filters()
-    assert filters["edge_provision_debs_missing"] is rc.debs_missing
-    assert filters["edge_provision_debs_plan"] is rc.debs_plan
-    assert filters["edge_provision_containerd_config"](DEBIAN_CONFIG, **SETTINGS) == rc.containerd_config(
+    assert filters["edge_provision_debs_missing"] is runtime_controller.debs_missing
+    assert filters["edge_provision_debs_plan"] is runtime_controller.debs_plan
+    assert filters["edge_provision_containerd_config"](DEBIAN_CONFIG, **SETTINGS) == runtime_controller.containerd_config(
         DEBIAN_CONFIG, **SETTINGS
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jinja2
 import pytest
 
-from edge_provision.roles import ROLES_DIR, render_template, role_defaults
+from edge_provision.role_files import ROLES_DIR, render_template, role_defaults
 
 HOST_PREP = role_defaults("host_prep")
 MEMBERS = [{"name": "cp-1", "address": "192.0.2.10"}, {"name": "cam-1", "address": "192.0.2.21"}]

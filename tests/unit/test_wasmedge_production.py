@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_provision import runtime_controller as rc
 from edge_provision.artifacts import fetch
 from edge_provision.artifacts.builders import crun_wasmedge as cw
+from edge_provision.stages.runtime import controller as runtime_controller
 
 VERSIONS = yaml.safe_load(fetch.VERSIONS_FILE.read_text())
 MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
@@ -90,13 +90,13 @@ def test_extraction_steps_take_include_and_lib64_only(tmp_path: Path) -> None:
 
 
 def test_wasmedge_is_an_engine_now() -> None:
-    rc.check_engine("wasmedge", False)
-    assert rc.ENGINE_DOWNLOADS["wasmedge"] == ("crun_release", "wasmedge")
+    runtime_controller.check_engine("wasmedge", False)
+    assert runtime_controller.ENGINE_DOWNLOADS["wasmedge"] == ("crun_release", "wasmedge")
 
 
 def _controller(args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGE_PROVISION_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "edge_provision.runtime_controller", *args],
+    return subprocess.run([sys.executable, "-m", "edge_provision.stages.runtime", *args],
                           text=True, capture_output=True, env=env, check=False)
 
 

@@ -1,4 +1,4 @@
-"""The workloads stage's Python (edge_provision.workloads) and manifests."""
+"""The workloads stage's Python (edge_provision.stages.workloads) and manifests."""
 
 from __future__ import annotations
 
@@ -8,43 +8,43 @@ from pathlib import Path
 
 import pytest
 
-from edge_provision import workloads
-from edge_provision.roles import role_defaults, role_path
+from edge_provision.role_files import role_defaults, role_path
+from edge_provision.stages.workloads import node_metadata, samples
 
-A = workloads.MANAGED_LABELS_ANNOTATION
+A = node_metadata.MANAGED_LABELS_ANNOTATION
 
 
 def test_labels_are_added_and_the_owned_keys_recorded() -> None:
-    patch = workloads.label_patch({"kubernetes.io/os": "linux"}, {}, {"device": "camera", "edge-provision.io/wasm": "wasmtime"})
+    patch = node_metadata.label_patch({"kubernetes.io/os": "linux"}, {}, {"device": "camera", "edge-provision.io/wasm": "wasmtime"})
     assert patch == {"metadata": {"labels": {"device": "camera", "edge-provision.io/wasm": "wasmtime"},
                                   "annotations": {A: "device,edge-provision.io/wasm"}}}
 
 
 def test_nothing_to_do_when_labels_and_record_match() -> None:
-    assert workloads.label_patch({"device": "camera", "x": "1"}, {A: "device"}, {"device": "camera"}) is None
+    assert node_metadata.label_patch({"device": "camera", "x": "1"}, {A: "device"}, {"device": "camera"}) is None
 
 
 def test_dropped_owned_labels_are_removed_but_foreign_ones_kept() -> None:
     current = {"device": "camera", "example.com/owner": "ops", "zone": "a"}
-    patch = workloads.label_patch(current, {A: "device,zone"}, {"zone": "b"})
+    patch = node_metadata.label_patch(current, {A: "device,zone"}, {"zone": "b"})
     assert patch == {"metadata": {"labels": {"zone": "b", "device": None}, "annotations": {A: "zone"}}}
 
 
 def test_a_label_someone_else_set_is_taken_over_only_when_the_inventory_names_it() -> None:
-    patch = workloads.label_patch({"device": "gpio"}, {}, {"device": "camera"})
+    patch = node_metadata.label_patch({"device": "gpio"}, {}, {"device": "camera"})
     assert patch is not None and patch["metadata"]["labels"] == {"device": "camera"}
-    assert workloads.label_patch({"device": "gpio"}, {}, {}) is None
+    assert node_metadata.label_patch({"device": "gpio"}, {}, {}) is None
 
 
 def test_wanted_labels_add_the_wasm_engine() -> None:
-    assert workloads.wanted_labels({"device": "camera"}, "edge-provision.io/wasm", "wasmtime") == {
+    assert node_metadata.wanted_labels({"device": "camera"}, "edge-provision.io/wasm", "wasmtime") == {
         "device": "camera", "edge-provision.io/wasm": "wasmtime"}
 
 
 def test_manifests() -> None:
-    v = workloads.role_variables({"edge_wasm_engine": "wasmedge", "workloads_wasm_image": "r.example/w:1",
+    v = samples.role_variables({"edge_wasm_engine": "wasmedge", "workloads_wasm_image": "r.example/w:1",
                                   "workloads_container_image": "r.example/c:1"})
-    runtime_class, job, _wasm_deployment, deployment = workloads.manifests(v)
+    runtime_class, job, _wasm_deployment, deployment = samples.manifests(v)
     assert runtime_class["handler"] == "crun-wasm"
     assert runtime_class["scheduling"]["nodeSelector"] == {"edge-provision.io/wasm": "wasmedge"}
     pod = job["spec"]["template"]
@@ -59,8 +59,8 @@ def test_manifests() -> None:
 
 
 def test_wasm_deployment_runs_the_demo_in_heartbeat_mode_on_the_wasm_handler() -> None:
-    v = workloads.role_variables({"workloads_wasm_heartbeat_seconds": 5, "workloads_wasm_replicas": 2})
-    docs = {d["metadata"]["name"]: d for d in workloads.manifests(v)}
+    v = samples.role_variables({"workloads_wasm_heartbeat_seconds": 5, "workloads_wasm_replicas": 2})
+    docs = {d["metadata"]["name"]: d for d in samples.manifests(v)}
     wasm = docs["wasi-demo-heartbeat"]
     assert wasm["kind"] == "Deployment" and wasm["spec"]["replicas"] == 2
     pod = wasm["spec"]["template"]
@@ -90,21 +90,21 @@ File content is This is in a file
 
 
 def test_wasm_output_problems_accepts_the_demo_and_names_what_is_missing() -> None:
-    v = workloads.role_variables({})
-    assert workloads.wasm_output_problems(DEMO_LOG, v) == []
-    assert workloads.wasm_output_problems(DEMO_LOG.replace("A_TEST: hello\n", ""), v) == [
+    v = samples.role_variables({})
+    assert samples.wasm_output_problems(DEMO_LOG, v) == []
+    assert samples.wasm_output_problems(DEMO_LOG.replace("A_TEST: hello\n", ""), v) == [
         "env A_TEST=hello not listed"]
-    assert workloads.wasm_output_problems(DEMO_LOG.replace("3\n", ""), v) != []
+    assert samples.wasm_output_problems(DEMO_LOG.replace("3\n", ""), v) != []
 
 
 def test_heartbeat_output_needs_the_demo_then_counted_beats() -> None:
-    v = workloads.role_variables({})
-    assert workloads.wasm_output_problems(DEMO_LOG, v, heartbeat=True) != []  # no beat yet
+    v = samples.role_variables({})
+    assert samples.wasm_output_problems(DEMO_LOG, v, heartbeat=True) != []  # no beat yet
     beating = DEMO_LOG + "Heartbeat 1\nHeartbeat 2\n"
-    assert workloads.wasm_output_problems(beating, v, heartbeat=True) == []
-    assert workloads.wasm_output_problems(beating, v) != []  # a Job's demo ends at the file line
-    assert workloads.wasm_output_problems(DEMO_LOG + "Heartbeat 2\n", v, heartbeat=True) != []
-    assert workloads.wasm_output_problems(beating + "oops\n", v, heartbeat=True) != []
+    assert samples.wasm_output_problems(beating, v, heartbeat=True) == []
+    assert samples.wasm_output_problems(beating, v) != []  # a Job's demo ends at the file line
+    assert samples.wasm_output_problems(DEMO_LOG + "Heartbeat 2\n", v, heartbeat=True) != []
+    assert samples.wasm_output_problems(beating + "oops\n", v, heartbeat=True) != []
 
 
 @pytest.mark.parametrize(("output", "summary"), [
@@ -114,16 +114,16 @@ def test_heartbeat_output_needs_the_demo_then_counted_beats() -> None:
     ("", ""),
 ])
 def test_crun_summary(output: str, summary: str) -> None:
-    assert workloads.crun_summary(output) == summary
+    assert node_metadata.crun_summary(output) == summary
 
 
 def test_crun_annotation_is_set_changed_and_removed_only_when_it_differs() -> None:
-    key = workloads.CRUN_ANNOTATION
-    assert workloads.annotation_patch({}, "1.8.1 +WASM:wasmtime") == {
+    key = node_metadata.CRUN_ANNOTATION
+    assert node_metadata.annotation_patch({}, "1.8.1 +WASM:wasmtime") == {
         "metadata": {"annotations": {key: "1.8.1 +WASM:wasmtime"}}}
-    assert workloads.annotation_patch({key: "1.8.1 +WASM:wasmtime"}, "1.8.1 +WASM:wasmtime") is None
-    assert workloads.annotation_patch({key: "1.8.1 +WASM:wasmtime"}, "") == {"metadata": {"annotations": {key: None}}}
-    assert workloads.annotation_patch({}, "") is None
+    assert node_metadata.annotation_patch({key: "1.8.1 +WASM:wasmtime"}, "1.8.1 +WASM:wasmtime") is None
+    assert node_metadata.annotation_patch({key: "1.8.1 +WASM:wasmtime"}, "") == {"metadata": {"annotations": {key: None}}}
+    assert node_metadata.annotation_patch({}, "") is None
 
 
 def test_workloads_crun_path_is_the_runtime_stages_crun() -> None:
@@ -131,9 +131,9 @@ def test_workloads_crun_path_is_the_runtime_stages_crun() -> None:
 
 
 def test_wasm_sample_node_selector_places_its_pod() -> None:
-    v = workloads.role_variables({"workloads_wasm_node_selector": {"edge-provision.io/wasm-sample": "true"},
+    v = samples.role_variables({"workloads_wasm_node_selector": {"edge-provision.io/wasm-sample": "true"},
                                   "workloads_wasm_image": "r.example/w:1", "workloads_container_image": "r.example/c:1"})
-    _runtime_class, job, wasm_deployment, deployment = workloads.manifests(v)
+    _runtime_class, job, wasm_deployment, deployment = samples.manifests(v)
     for wasm in (job, wasm_deployment):  # both Wasm samples
         assert wasm["spec"]["template"]["spec"]["nodeSelector"] == {"edge-provision.io/wasm-sample": "true"}
         assert wasm["spec"]["template"]["spec"]["runtimeClassName"] == "crun-wasm"
@@ -142,8 +142,8 @@ def test_wasm_sample_node_selector_places_its_pod() -> None:
 
 @pytest.mark.parametrize("key", ["workloads_namespace", "edge_wasm_engine", "workloads_wasm_node_selector"])
 def test_role_variables_take_fleet_overrides(key: str) -> None:
-    assert workloads.role_variables({key: "x", "unrelated": 1})[key] == "x"
-    assert "unrelated" not in workloads.role_variables({"unrelated": 1})
+    assert samples.role_variables({key: "x", "unrelated": 1})[key] == "x"
+    assert "unrelated" not in samples.role_variables({"unrelated": 1})
 
 
 def _detect(root: Path) -> dict[str, str]:
@@ -165,24 +165,24 @@ def test_device_detection_proposes_labels(tmp_path: Path) -> None:
                                  "edge-provision.io/serial": "true", "edge-provision.io/bluetooth": "true"}
 
 
-T = workloads.MANAGED_TAINTS_ANNOTATION
+T = node_metadata.MANAGED_TAINTS_ANNOTATION
 MASTER = {"key": "node-role.kubernetes.io/master", "effect": "NoSchedule"}
 
 
 def test_taints_are_added_beside_others_and_recorded() -> None:
-    patch = workloads.taint_patch([MASTER], {}, [{"key": "dedicated", "value": "camera", "effect": "NoSchedule"}])
+    patch = node_metadata.taint_patch([MASTER], {}, [{"key": "dedicated", "value": "camera", "effect": "NoSchedule"}])
     assert patch == {"spec": {"taints": [MASTER, {"key": "dedicated", "effect": "NoSchedule", "value": "camera"}]},
                      "metadata": {"annotations": {T: "dedicated:NoSchedule"}}}
 
 
 def test_taints_in_place_need_nothing() -> None:
     current = [MASTER, {"key": "dedicated", "value": "camera", "effect": "NoSchedule"}]
-    assert workloads.taint_patch(current, {T: "dedicated:NoSchedule"},
+    assert node_metadata.taint_patch(current, {T: "dedicated:NoSchedule"},
                                  [{"key": "dedicated", "value": "camera", "effect": "NoSchedule"}]) is None
-    assert workloads.taint_patch([MASTER], {}, []) is None
+    assert node_metadata.taint_patch([MASTER], {}, []) is None
 
 
 def test_owned_taints_dropped_from_the_inventory_are_removed_others_kept() -> None:
     current = [MASTER, {"key": "dedicated", "effect": "NoSchedule"}]
-    patch = workloads.taint_patch(current, {T: "dedicated:NoSchedule"}, [])
+    patch = node_metadata.taint_patch(current, {T: "dedicated:NoSchedule"}, [])
     assert patch == {"spec": {"taints": [MASTER]}, "metadata": {"annotations": {T: ""}}}

@@ -28,7 +28,7 @@ containerd 1.6.20, checked). So the Wasm image is a *Linux* image: one image ind
 import and in the CRI, with no flags. crun (built with a Wasm engine) decides to run the
 entrypoint as Wasm from the OCI spec's annotations: the pod carries
 ``module.wasm.image/variant: compat-smart`` and containerd passes it through
-``pod_annotations`` of the Wasm runtime handler (``edge_provision.containerd_config``).
+``pod_annotations`` of the Wasm runtime handler (``edge_provision.stages.runtime.containerd_config``).
 containerd does not copy image annotations into the spec; the manifest annotation is
 there for CRI-O (which does) and for people reading the image.
 """
@@ -286,7 +286,7 @@ def build_wasi_demo_image(platforms: Sequence[str] = WASM_PLATFORMS) -> Path:
 def busybox_deb(arch: str) -> tuple[Path, str]:
     """Debian's busybox-static .deb for ``arch`` and its version, downloaded on the controller with
     ``apt-get download`` (``runtime_controller.debs``: apt checks it against the signed indexes)."""
-    from edge_provision import runtime_controller
+    from edge_provision.stages.runtime import controller as runtime_controller
 
     for deb in runtime_controller.debs([BUSYBOX_PACKAGE], arch):
         if deb["package"] == BUSYBOX_PACKAGE:

@@ -19,7 +19,7 @@ from types import ModuleType
 import pytest
 from kubernetes import client
 
-from edge_provision import cluster
+from edge_provision.stages.cluster import common, kube_api
 from tests.lab import test_cluster as lab_cluster
 from tests.lab.conftest import LabFleet
 
@@ -44,7 +44,7 @@ fleet = _DEFAULT.fleet
 SCENARIO, HOSTS, INVENTORY, NAMES = _DEFAULT.SCENARIO, _DEFAULT.HOSTS, _DEFAULT.INVENTORY, _DEFAULT.NAMES
 
 STAGES = os.environ.get("EDGE_MOLECULE_STAGES", "host_prep,runtime,cluster,workloads").split(",")
-KUBECONFIG = INVENTORY / cluster.KUBECONFIG_FILE
+KUBECONFIG = INVENTORY / common.KUBECONFIG_FILE
 CONTROL_PLANE, EDGE = NAMES[0], NAMES[1]
 ARCH = {h.name: h.arch for h in HOSTS}
 # The address cluster members know a node by: edge_node_ip where the lab wrote one (VMs), else
@@ -55,7 +55,7 @@ WASM_SAMPLE_LABEL = "edge-provision.io/wasm-sample"
 
 
 def _core() -> client.CoreV1Api:
-    return client.CoreV1Api(cluster.api_client(KUBECONFIG))
+    return client.CoreV1Api(kube_api.api_client(KUBECONFIG))
 
 
 def test_every_node_has_its_own_address() -> None:

@@ -1,4 +1,4 @@
-"""pyinfra operations for edge hosts: read state with facts, yield only what changes it."""
+"""pyinfra operations of the host_prep stage: read state with facts, yield only what changes it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ from pyinfra.context import host
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files
 
-from edge_provision.facts import ActiveSwaps, ExistingPaths, Preflight, SwapUnits, SysctlValues
+from edge_provision.pyinfra_engine.facts.host_prep import (
+    ActiveSwaps,
+    ExistingPaths,
+    Preflight,
+    SwapUnits,
+    SysctlValues,
+)
 
 Commands = Generator[Any, None, None]
 

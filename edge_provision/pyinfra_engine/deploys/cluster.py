@@ -1,7 +1,7 @@
 """Stage cluster for pyinfra: the same work as playbooks/cluster.yml's roles (kubeadm:
 kubernetes_node, control_plane_kubeadm, node_join_kubeadm; k3s: k3s_node, k3s_server, k3s_agent;
 KubeEdge: kubeedge_cloud, kubeedge_edge; OpenYurt: openyurt_join), from the same defaults and
-templates, computed by the same Python (edge_provision.cluster, edge_provision.distributions)."""
+templates, computed by the same Python (edge_provision.stages.cluster)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pyinfra.context import host, inventory
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
-from edge_provision import cluster, distributions
-from edge_provision import cluster_operations as ops
-from edge_provision import runtime_operations as runtime_ops
 from edge_provision.inventory import node_address
-from edge_provision.roles import render_template, role_defaults, role_vars
+from edge_provision.pyinfra_engine.operations import cluster as ops
+from edge_provision.pyinfra_engine.operations import runtime as runtime_ops
+from edge_provision.role_files import render_template, role_defaults, role_vars
+from edge_provision.stages.cluster import common, k3s, kubeadm, openyurt
 
 NODE_GROUPS = ("control_plane", "edge")
 
@@ -33,7 +33,7 @@ def _fleet(name: str) -> Any:
 def _artifacts(
     arch: str, binaries: tuple[str, ...], images: tuple[str, ...], packages: tuple[str, ...]
 ) -> dict[str, Any]:
-    return cluster.artifacts(arch, binaries, images, packages)
+    return kubeadm.artifacts(arch, binaries, images, packages)
 
 
 def _controller(what: str, *args: Any) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def _members() -> list[str]:
 
 
 def _kubeconfig() -> str:
-    return f"{host.data.get('inventory_dir')}/{cluster.KUBECONFIG_FILE}"
+    return f"{host.data.get('inventory_dir')}/{common.KUBECONFIG_FILE}"
 
 
 def _node_ip() -> str:
@@ -79,7 +79,7 @@ def kubernetes_node() -> None:
     arts = _controller(
         "Kubernetes artifacts", _fleet("edge_arch"), tuple(v["kubernetes_node_binaries"]), (), packages
     )
-    subnet = v["kubernetes_node_pod_subnet"] or cluster.node_pod_subnet(
+    subnet = v["kubernetes_node_pod_subnet"] or common.node_pod_subnet(
         host.name, _members(), v["kubernetes_node_pod_network"], int(v["kubernetes_node_pod_subnet_prefix"])
     )
     template_vars = {**v, "kubernetes_node_pod_subnet_effective": subnet}
@@ -162,7 +162,7 @@ def control_plane() -> None:
         "control-plane artifacts", _fleet("edge_arch"), (), tuple(v["control_plane_kubeadm_images"]), packages
     )
     node_ip = _node_ip()
-    labels = cluster.kubelet_node_labels(_fleet("edge_node_labels"))
+    labels = common.kubelet_node_labels(_fleet("edge_node_labels"))
     sans = list(dict.fromkeys([node_ip, str(host.data.get("ansible_host")), host.name]))
 
     _packages(arts["debs"], v["control_plane_kubeadm_packages"], "Install etcd")
@@ -206,10 +206,10 @@ def control_plane() -> None:
         mode="600",
     )
     try:
-        patches = cluster.probe_patches(
+        patches = kubeadm.probe_patches(
             v["control_plane_kubeadm_probe_failure_thresholds"], v["control_plane_kubeadm_images"]
         )
-    except cluster.ClusterError as exc:
+    except common.ClusterError as exc:
         raise DeployError(f"host {host.name}: {exc}") from exc
     if patches:
         files.directory(
@@ -262,7 +262,7 @@ def node_join() -> None:
             "api_server_endpoint": endpoint,
             "node_name": host.name,
             "node_ip": _node_ip(),
-            "node_labels": cluster.kubelet_node_labels(_fleet("edge_node_labels")),
+            "node_labels": common.kubelet_node_labels(_fleet("edge_node_labels")),
         },
         template_vars={**n, **v},
     )
@@ -295,7 +295,7 @@ def _control_plane_ready() -> None:
 
 @cache
 def _k3s_binary(arch: str, source: str) -> dict[str, str]:
-    return distributions.k3s_binary(arch, source)
+    return k3s.k3s_binary(arch, source)
 
 
 def _control_plane() -> Any:
@@ -332,14 +332,14 @@ def _k3s_node() -> list[Any]:
     containerd_dir = f"{v['k3s_node_data_dir']}/agent/etc/containerd"
     for directory in (v["k3s_node_config_file"].rsplit("/", 1)[0], containerd_dir):
         files.directory(name=f"Make {directory}", path=directory, user="root", group="root", mode="755")
-    version = distributions.k3s_version(arch)
+    version = k3s.k3s_version(arch)
     changed.append(files.put(
         name="Write k3s's containerd template with the Wasm handler",
-        src=StringIO(distributions.k3s_containerd_template(
+        src=StringIO(k3s.k3s_containerd_template(
             version, v["k3s_node_wasm_handler"], v["k3s_node_wasm_binary"],
             bool(v["k3s_node_wasm_systemd_cgroup"]),
         )),
-        dest=f"{containerd_dir}/{distributions.k3s_containerd_template_name(version)}",
+        dest=f"{containerd_dir}/{k3s.k3s_containerd_template_name(version)}",
         user="root", group="root", mode="644",
     ))
     return changed
@@ -352,7 +352,7 @@ def _k3s_service(unit: str, mode: str, env: Any, tls_sans: list[str], changed: l
     config = files.put(
         name="Write k3s's configuration",
         src=StringIO(render_template("k3s_node", "config.yaml.j2", {
-            "k3s_node_rendered_config": distributions.k3s_config(
+            "k3s_node_rendered_config": k3s.k3s_config(
                 node_name=host.name, node_ip=_node_ip(), labels=_fleet("edge_node_labels"),
                 tls_sans=tls_sans, extra=v["k3s_node_extra_config"],
             ),
@@ -387,7 +387,7 @@ def k3s_server() -> None:
     ]))
     env = files.put(
         name="Write the service's environment, 0600 (k3s)",
-        src=StringIO(distributions.k3s_server_env(str(v["k3s_server_token"] or ""))),
+        src=StringIO(k3s.k3s_server_env(str(v["k3s_server_token"] or ""))),
         dest="/etc/systemd/system/k3s.service.env", user="root", group="root", mode="600",
     )
     _k3s_service("k3s", "server", env, tls_sans, changed)
@@ -400,7 +400,7 @@ def k3s_server() -> None:
         name="Keep the admin kubeconfig in the fleet directory (0600)",
         kubeconfig=_kubeconfig(), server=controller_url, admin_conf=v["k3s_server_kubeconfig_file"],
     )
-    _api_labels(cluster.api_labels(_fleet("edge_node_labels")), n["k3s_node_register_timeout"])
+    _api_labels(common.api_labels(_fleet("edge_node_labels")), n["k3s_node_register_timeout"])
 
 
 @deploy("k3s agent")
@@ -422,7 +422,7 @@ def k3s_agent() -> None:
         server_token_file=f"{n['k3s_node_data_dir']}/server/token",
     )
     _k3s_service("k3s-agent", "agent", env, [], changed)
-    _api_labels(cluster.api_labels(_fleet("edge_node_labels")), n["k3s_node_register_timeout"])
+    _api_labels(common.api_labels(_fleet("edge_node_labels")), n["k3s_node_register_timeout"])
 
 
 # --- KubeEdge ----------------------------------------------------------------------------------
@@ -460,7 +460,7 @@ def kubeedge_edge() -> None:
         runtime_endpoint=v["kubeedge_edge_runtime_endpoint"], labels=_fleet("edge_node_labels"),
         extra=list(v["kubeedge_edge_join_args"]),
     )
-    _api_labels(cluster.api_labels(_fleet("edge_node_labels")), v["kubeedge_edge_register_timeout"])
+    _api_labels(common.api_labels(_fleet("edge_node_labels")), v["kubeedge_edge_register_timeout"])
 
 
 # --- OpenYurt ----------------------------------------------------------------------------------
@@ -479,8 +479,8 @@ def openyurt_join() -> None:
         labels=_fleet("edge_node_labels"), extra=list(v["openyurt_join_args"]),
     )
     try:
-        labels = distributions.openyurt_labels(_fleet("edge_node_labels"), v["openyurt_join_nodepool"])
-    except distributions.DistributionError as exc:
+        labels = openyurt.openyurt_labels(_fleet("edge_node_labels"), v["openyurt_join_nodepool"])
+    except common.DistributionError as exc:
         raise DeployError(f"host {host.name}: {exc}") from exc
     _api_labels(labels, v["openyurt_join_register_timeout"])
 

@@ -1,6 +1,6 @@
 """pyinfra operations of the cluster stage. The work that needs the cluster (a join token, the
 admin kubeconfig, readiness) runs at execution time as Python on the controller
-(``FunctionCommand``), with the functions the Ansible roles call (``edge_provision.cluster``).
+(``FunctionCommand``), with the functions the Ansible roles call (``edge_provision.stages.cluster``).
 
 Secrets: kubeadm's output (it prints the token ``kubeadm init`` creates) is captured, never
 printed, and only shown redacted on failure; the join token lives in memory and in a 0600 file
@@ -22,10 +22,10 @@ from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.files import File, Sha256File
 
-from edge_provision import cluster, distributions
-from edge_provision.roles import render_template, role_path
-from edge_provision.runtime_facts import CommandOutput
-from edge_provision.runtime_operations import _executing, _pending
+from edge_provision.pyinfra_engine.facts.common import CommandOutput
+from edge_provision.pyinfra_engine.operations.runtime import _executing, _pending
+from edge_provision.role_files import render_template, role_path
+from edge_provision.stages.cluster import common, k3s, kube_api, kubeadm, kubeedge, openyurt
 
 Commands = Generator[Any, None, None]
 
@@ -72,7 +72,7 @@ def _run(
     return _failed(
         target,
         f"host {target.name}: {what} failed ({undone}fix and re-run):\n"
-        f"{cluster.failure_report(text, secrets=secrets)}",
+        f"{common.failure_report(text, secrets=secrets)}",
     )
 
 
@@ -102,11 +102,11 @@ def cni_loaded(conf_file: str, stamp_file: str) -> Commands:
 
 @operation(is_idempotent=True)
 def kubeadm_initialised(config_file: str, skip_phases: Sequence[str], patches_dir: str = "") -> Commands:
-    """``kubeadm init`` (:func:`cluster.kubeadm_init`) unless the node has /etc/kubernetes/admin.conf."""
+    """``kubeadm init`` (:func:`kubeadm.kubeadm_init`) unless the node has /etc/kubernetes/admin.conf."""
     if host.get_fact(File, path=ADMIN_CONF):
         host.noop("the control plane is initialised")
         return
-    yield tool_step(shlex.join(cluster.kubeadm_init(config_file, skip_phases, patches_dir)), "kubeadm init")
+    yield tool_step(shlex.join(kubeadm.kubeadm_init(config_file, skip_phases, patches_dir)), "kubeadm init")
 
 
 @operation(is_idempotent=True)
@@ -118,7 +118,7 @@ def controller_kubeconfig(kubeconfig: str, server: str, admin_conf: str = ADMIN_
         yield from _pending(f"{admin_conf} does not exist yet")
         return
     path = Path(kubeconfig)
-    if cluster.kubeconfig_source(path) == source and path.stat().st_mode & 0o077 == 0:
+    if common.kubeconfig_source(path) == source and path.stat().st_mode & 0o077 == 0:
         host.noop(f"{kubeconfig} is current")
         return
 
@@ -132,7 +132,7 @@ def controller_kubeconfig(kubeconfig: str, server: str, admin_conf: str = ADMIN_
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.chmod(0o600)
-        path.write_text(cluster.controller_kubeconfig(text, server))
+        path.write_text(common.controller_kubeconfig(text, server))
         return True
 
     yield FunctionCommand(fetch, (), {})
@@ -147,13 +147,13 @@ def node_ready(kubeconfig: str, node: str, timeout: float) -> Commands:
         return
     if _executing():
         try:
-            if cluster.node_status(path, node, retries=0)["ready"]:
+            if kube_api.node_status(path, node, retries=0)["ready"]:
                 host.noop(f"node {node} is Ready")
                 return
         except Exception:  # not reachable yet: wait below
             pass
 
-    yield python_step(f"node {node} Ready", lambda: cluster.wait_node_ready(path, node, timeout))
+    yield python_step(f"node {node} Ready", lambda: kube_api.wait_node_ready(path, node, timeout))
 
 
 @operation(is_idempotent=True)
@@ -181,7 +181,7 @@ def kubeadm_joined(
 
     def run_join(state: Any, host: Any) -> bool:
         try:
-            token = cluster.join_token(Path(kubeconfig), ttl, given_token, signed_within)
+            token = kube_api.join_token(Path(kubeconfig), ttl, given_token, signed_within)
         except Exception as exc:
             return _failed(host, f"host {host.name}: cannot create a join token: {exc}")
         content = render_template(
@@ -205,7 +205,7 @@ def kubeadm_joined(
     yield FunctionCommand(run_join, (), {})
 
 
-# --- k3s, KubeEdge, OpenYurt (edge_provision.distributions) -------------------------------------
+# --- k3s, KubeEdge, OpenYurt (edge_provision.stages.cluster) -------------------------------------
 
 
 @operation(is_idempotent=True)
@@ -239,7 +239,7 @@ def k3s_agent_env(
     have = (host.get_fact(CommandOutput, argv=fingerprint_argv) or "").strip()
     url = (host.get_fact(CommandOutput, argv=["grep", "-x", f"K3S_URL={server_url}", env_file]) or "").strip()
     if given_token:
-        want = distributions.token_fingerprint(given_token)
+        want = k3s.token_fingerprint(given_token)
     else:
         want = (server.get_fact(
             CommandOutput, argv=["sh", "-c", f"tr -d '\\n' < {shlex.quote(server_token_file)} | sha256sum"]
@@ -258,8 +258,8 @@ def k3s_agent_env(
                 return _failed(host, f"host {host.name}: cannot read {server_token_file} on {server.name}")
             token = buffer.getvalue().decode()
         try:
-            content = distributions.k3s_agent_env(token, server_url)
-        except distributions.DistributionError as exc:
+            content = k3s.k3s_agent_env(token, server_url)
+        except common.DistributionError as exc:
             return _failed(host, f"host {host.name}: {exc}")
         prepare = f"install -m 600 /dev/null {shlex.quote(env_file)}"
         if not _run(host, prepare, f"preparing {env_file}", reset=None):
@@ -280,7 +280,7 @@ def k3s_node_password_forgotten(kubeconfig: str, node: str, password_file: str) 
         return
 
     yield python_step(
-        "forgetting the node's k3s password", lambda: cluster.forget_node_password(Path(kubeconfig), node)
+        "forgetting the node's k3s password", lambda: kube_api.forget_node_password(Path(kubeconfig), node)
     )
 
 
@@ -296,24 +296,24 @@ def node_labelled(kubeconfig: str, node: str, labels: Mapping[str, str], timeout
         return
     if _executing():
         try:
-            status = cluster.node_status(path, node, retries=0)
-            if status["registered"] and not cluster.missing_labels(status["labels"], labels):
+            status = kube_api.node_status(path, node, retries=0)
+            if status["registered"] and not common.missing_labels(status["labels"], labels):
                 host.noop(f"node {node} has its labels")
                 return
         except Exception:  # not reachable yet: wait below
             pass
 
-    yield python_step(f"labels of node {node}", lambda: cluster.label_node(path, node, labels, timeout))
+    yield python_step(f"labels of node {node}", lambda: kube_api.label_node(path, node, labels, timeout))
 
 
 @operation(is_idempotent=True)
 def keadm_initialised(keadm: str, kubeconfig: str, advertise_address: str, extra: Sequence[str]) -> Commands:
     """``keadm init`` unless cloudcore answers ``keadm gettoken`` (whose token stays on the host)."""
-    probe = f"{_shell(distributions.keadm_gettoken(keadm, kubeconfig))} >/dev/null 2>&1 && echo ready"
+    probe = f"{_shell(kubeedge.keadm_gettoken(keadm, kubeconfig))} >/dev/null 2>&1 && echo ready"
     if (host.get_fact(CommandOutput, argv=["sh", "-c", probe]) or "").strip() == "ready":
         host.noop("cloudcore is installed")
         return
-    command = _shell(distributions.keadm_init(keadm, advertise_address, kubeconfig, extra))
+    command = _shell(kubeedge.keadm_init(keadm, advertise_address, kubeconfig, extra))
     yield tool_step(command, "keadm init", reset=None)
 
 
@@ -328,23 +328,23 @@ def keadm_joined(
     if host.get_fact(File, path=joined_file):
         host.noop("the node has joined KubeEdge")
         return
-    reset = _shell(distributions.keadm_reset_edge(keadm))
+    reset = _shell(kubeedge.keadm_reset_edge(keadm))
 
     def join(state: Any, host: Any) -> bool:
-        gettoken = _shell(distributions.keadm_gettoken(keadm, cloud_kubeconfig))
+        gettoken = _shell(kubeedge.keadm_gettoken(keadm, cloud_kubeconfig))
         ok, output = cloud.run_shell_command(gettoken, print_output=False, print_input=False)
         if not ok:
             text = "\n".join(line.line for line in output.combined_lines)
             return _failed(host, f"host {host.name}: keadm gettoken on {cloud.name} failed:\n"
-                                 f"{cluster.failure_report(text)}")
+                                 f"{common.failure_report(text)}")
         try:
-            token = distributions.keadm_token("\n".join(output.stdout_lines))
-        except distributions.DistributionError as exc:
+            token = kubeedge.keadm_token("\n".join(output.stdout_lines))
+        except common.DistributionError as exc:
             return _failed(host, f"host {host.name}: {exc}")
         leftovers = f"if [ -n \"$(ls -A {shlex.quote(config_dir)} 2>/dev/null)\" ]; then {reset}; fi"
         if not _run(host, leftovers, "resetting KubeEdge's leftovers", reset=None):
             return False
-        argv = distributions.keadm_join(
+        argv = kubeedge.keadm_join(
             keadm=keadm, cloudcore=cloudcore, token=token, node_name=host.name,
             runtime_endpoint=runtime_endpoint, labels=labels, extra=extra,
         )
@@ -366,14 +366,14 @@ def yurtadm_joined(
 
     def join(state: Any, host: Any) -> bool:
         try:
-            token = cluster.join_token(Path(kubeconfig), ttl, given_token)
+            token = kube_api.join_token(Path(kubeconfig), ttl, given_token)
         except Exception as exc:
             return _failed(host, f"host {host.name}: cannot create a join token: {exc}")
-        argv = distributions.yurtadm_join(
+        argv = openyurt.yurtadm_join(
             yurtadm=yurtadm, server=server, token=token.token, ca_cert_hash=token.ca_cert_hash,
             cri_socket=cri_socket, labels=labels, node_name=host.name, extra=extra,
         )
-        reset = _shell(distributions.yurtadm_reset(yurtadm))
+        reset = _shell(openyurt.yurtadm_reset(yurtadm))
         return _run(host, _shell(argv), "yurtadm join", reset=reset, secrets=[token.token])
 
     yield FunctionCommand(join, (), {})

@@ -1,5 +1,5 @@
 """Stage workloads for pyinfra: the same work as roles/workloads, from the same defaults and
-templates, through the same Python (edge_provision.workloads)."""
+templates, through the same Python (edge_provision.stages.workloads)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,29 @@ import json
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host
 
-from edge_provision import cluster, workloads
-from edge_provision import workload_operations as ops
-from edge_provision.roles import role_defaults, role_path
-from edge_provision.runtime_facts import CommandOutput
+from edge_provision.pyinfra_engine.facts.common import CommandOutput
+from edge_provision.pyinfra_engine.operations import workloads as ops
+from edge_provision.role_files import role_defaults, role_path
+from edge_provision.stages.cluster import common
+from edge_provision.stages.workloads import node_metadata, samples
 
 
 def _kubeconfig() -> str:
-    return f"{host.data.get('inventory_dir')}/{cluster.KUBECONFIG_FILE}"
+    return f"{host.data.get('inventory_dir')}/{common.KUBECONFIG_FILE}"
 
 
 @deploy("Workloads")
 def workloads_stage() -> None:
     """Every node reconciles its own labels; then the control plane host applies and verifies
     the cluster-wide manifests (after every node's labels: the operation is shared by all hosts)."""
-    v = workloads.role_variables(host.data.dict())
+    v = samples.role_variables(host.data.dict())
     engine = host.data.get("edge_wasm_engine", role_defaults("edge")["edge_wasm_engine"])
     labels = dict(host.data.get("edge_node_labels") or {})
     if str(v["workloads_detect_devices"]).lower() in ("true", "yes", "1", "on"):  # --data gives strings
         script = role_path("workloads", "files", "devices.sh").read_text()
         detected = json.loads(host.get_fact(CommandOutput, argv=["sh", "-c", script, "devices"]) or "{}")
         labels = {**detected, **labels}  # inventory labels win
-    wanted = workloads.wanted_labels(labels, v["workloads_wasm_label"], engine)
+    wanted = node_metadata.wanted_labels(labels, v["workloads_wasm_label"], engine)
     crun = host.get_fact(CommandOutput, argv=[v["workloads_crun_path"], "--version"])
     ops.node_labels(
         name="Reconcile the labels and taints edge-provision owns",
@@ -37,7 +38,7 @@ def workloads_stage() -> None:
         node=host.name,
         wanted=wanted,
         taints=list(host.data.get("edge_node_taints") or []),
-        crun=workloads.crun_summary(crun or ""),
+        crun=node_metadata.crun_summary(crun or ""),
     )
     if "control_plane" in (host.data.get("edge_groups") or []):
         ops.applied(name="Apply the RuntimeClass and the samples", kubeconfig=_kubeconfig(), variables=v)

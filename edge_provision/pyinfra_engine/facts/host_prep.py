@@ -1,4 +1,4 @@
-"""pyinfra facts: one probe each, read-only."""
+"""pyinfra facts of the host_prep stage: one probe each, read-only."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from pyinfra.api.facts import FactBase
 
-from edge_provision.roles import role_path
+from edge_provision.role_files import role_path
 
 
 class Preflight(FactBase[dict[str, Any]]):

@@ -1,7 +1,7 @@
 """pyinfra operations of the runtime stage: read state with facts, yield only what changes it.
 
 What a node lacks is computed by the same functions the Ansible roles call through
-plugins/filter/runtime.py (edge_provision.runtime_controller).
+plugins/filter/runtime.py (edge_provision.stages.runtime).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import host
 from pyinfra.operations import files
 
-from edge_provision import runtime_controller as rc
-from edge_provision.runtime_facts import CommandOutput, ContainerdNode
+from edge_provision.pyinfra_engine.facts.common import CommandOutput
+from edge_provision.pyinfra_engine.facts.runtime import ContainerdNode
+from edge_provision.stages.runtime import controller as runtime_controller
 
 Commands = Generator[Any, None, None]
 
@@ -46,11 +47,11 @@ def debs_installed(debs: Sequence[Mapping[str, Any]], staging_dir: str) -> Comma
     """Ship the .deb files (runtime_controller.debs) of the packages the node lacks in one
     archive and install them (runtime_controller.debs_plan)."""
     output = host.get_fact(CommandOutput, argv=_dpkg_query([str(d["package"]) for d in debs]))
-    missing = rc.debs_missing(debs, output)
+    missing = runtime_controller.debs_missing(debs, output)
     if not missing:
         host.noop("packages installed")
         return
-    plan = rc.debs_plan(missing, staging_dir=staging_dir)
+    plan = runtime_controller.debs_plan(missing, staging_dir=staging_dir)
     yield f"install -d -m 755 {shlex.quote(staging_dir)}"
     yield from files.put._inner(src=plan["archive"], dest=f"{staging_dir}/{plan['file']}", mode="644")
     yield from plan["commands"]
@@ -82,7 +83,7 @@ def containerd_configured(config_file: str, settings: Mapping[str, Any]) -> Comm
     if not node["version"]:
         yield from _pending("containerd is not installed")
         return
-    wanted = rc.containerd_config(
+    wanted = runtime_controller.containerd_config(
         node["config"], version=node["version"], systemd_pid1=node["systemd_pid1"],
         cap_sys_resource=node["cap_sys_resource"], **settings,
     )
@@ -131,7 +132,7 @@ def images_imported(images: Sequence[Mapping[str, Any]], namespace: str, image_d
         dest = f"{image_dir}/{image['name']}.tar"
         yield from files.put._inner(src=str(image["path"]), dest=dest, mode="644")
     listed = host.get_fact(CommandOutput, argv=["ctr", "-n", namespace, "images", "ls"])
-    missing = rc.images_missing(images, listed)
+    missing = runtime_controller.images_missing(images, listed)
     if not missing:
         host.noop("images imported")
     for image in missing:

@@ -1,5 +1,5 @@
 """pyinfra operations of the workloads stage: API work done at execution time on the controller
-(``FunctionCommand``), with the functions the Ansible role calls (edge_provision.workloads).
+(``FunctionCommand``), with the functions the Ansible role calls (edge_provision.stages.workloads).
 Each operation first asks the API (a dry run) and reports no change when there is none."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Any
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from edge_provision import cluster, workloads
-from edge_provision.cluster_operations import _failed, python_step
-from edge_provision.runtime_operations import _executing, _pending
+from edge_provision.pyinfra_engine.operations.cluster import _failed, python_step
+from edge_provision.pyinfra_engine.operations.runtime import _executing, _pending
+from edge_provision.stages.cluster import kube_api
+from edge_provision.stages.workloads import node_metadata, samples
 
 Commands = Generator[Any, None, None]
 
@@ -32,9 +33,9 @@ def node_labels(
         yield from _pending(f"{kubeconfig} is written by the cluster stage")
         return
     try:  # at prepare time one question (no retries): an API that is away means "not yet"
-        needed = workloads.reconcile_labels(
+        needed = node_metadata.reconcile_labels(
             Path(kubeconfig), node, wanted, taints, crun, dry_run=True,
-            retries=cluster.API_RETRIES if _executing() else 0,
+            retries=kube_api.API_RETRIES if _executing() else 0,
         )
     except Exception:
         if _executing():
@@ -47,7 +48,7 @@ def node_labels(
 
     yield python_step(
         f"labels of node {node}",
-        lambda: workloads.reconcile_labels(Path(kubeconfig), node, wanted, taints, crun),
+        lambda: node_metadata.reconcile_labels(Path(kubeconfig), node, wanted, taints, crun),
     )
 
 
@@ -57,13 +58,13 @@ def applied(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
     if not _ready(kubeconfig):
         yield from _pending(f"{kubeconfig} is written by the cluster stage")
         return
-    docs = workloads.manifests(variables)
-    changes = workloads.apply(Path(kubeconfig), docs, dry_run=True)
+    docs = samples.manifests(variables)
+    changes = samples.apply(Path(kubeconfig), docs, dry_run=True)
     if not changes:
         host.noop("manifests applied")
         return
 
-    yield python_step(f"applying {', '.join(changes)}", lambda: workloads.apply(Path(kubeconfig), docs))
+    yield python_step(f"applying {', '.join(changes)}", lambda: samples.apply(Path(kubeconfig), docs))
 
 
 @operation(is_idempotent=True)
@@ -72,14 +73,14 @@ def misplaced_replaced(kubeconfig: str, variables: Mapping[str, Any]) -> Command
     if not _ready(kubeconfig):
         yield from _pending(f"{kubeconfig} is written by the cluster stage")
         return
-    pods = workloads.misplaced_pods(Path(kubeconfig), variables)
+    pods = samples.misplaced_pods(Path(kubeconfig), variables)
     if not pods:
         host.noop("container sample placed by its label")
         return
 
     yield python_step(
         f"replacing {', '.join(pods)}",
-        lambda: workloads.misplaced_pods(Path(kubeconfig), variables, delete=True),
+        lambda: samples.misplaced_pods(Path(kubeconfig), variables, delete=True),
     )
 
 
@@ -90,7 +91,7 @@ def verified(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
         return  # nothing to ask before the run
         yield
     try:
-        result = workloads.verify(Path(kubeconfig), variables, float(variables["workloads_timeout"]))
+        result = samples.verify(Path(kubeconfig), variables, float(variables["workloads_timeout"]))
     except Exception as exc:
         _failed(host, f"host {host.name}: samples: {exc}")
         raise

@@ -1,5 +1,5 @@
 """Stage runtime for pyinfra: the same work as roles/containerd and roles/wasm_runtime, from
-the same defaults, computed by the same Python (edge_provision.runtime_controller)."""
+the same defaults, computed by the same Python (edge_provision.stages.runtime)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.context import host
 from pyinfra.operations import apt, files, systemd
 
-from edge_provision import runtime_controller as rc
-from edge_provision import runtime_operations as ops
-from edge_provision.roles import render_template, role_defaults, role_vars
+from edge_provision.pyinfra_engine.operations import runtime as ops
+from edge_provision.role_files import render_template, role_defaults, role_vars
+from edge_provision.stages.runtime import controller as runtime_controller
 
 
 def _fleet(name: str) -> Any:
@@ -24,28 +24,30 @@ def _fleet(name: str) -> Any:
 # Controller-side artifacts, once per argument set (every host of an architecture shares them).
 @cache
 def _debs(packages: tuple[str, ...], arch: str) -> list[dict[str, str]]:
-    return rc.debs(packages, arch)
+    return runtime_controller.debs(packages, arch)
 
 
 @cache
 def _images(names: tuple[str, ...], arch: str) -> list[dict[str, Any]]:
-    return rc.images(names, arch)
+    return runtime_controller.images(names, arch)
 
 
 @cache
 def _crun(arch: str, engine: str, source: str) -> dict[str, Any]:
-    return rc.wasm_crun(arch, engine, source)
+    return runtime_controller.wasm_crun(arch, engine, source)
 
 
 @cache
 def _engine_downloads(engine: str, arch: str, source: str) -> list[dict[str, Any]]:
-    return rc.engine_downloads(engine, arch, source)
+    return runtime_controller.engine_downloads(engine, arch, source)
 
 
 @cache
 def _release(arch: str, source: str, staging_dir: str, prefix: str, stamp_file: str) -> dict[str, Any]:
-    found = rc.release_files(arch, source)
-    plan = rc.release_plan(found, staging_dir=staging_dir, prefix=prefix, stamp_file=stamp_file)
+    found = runtime_controller.release_files(arch, source)
+    plan = runtime_controller.release_plan(
+        found, staging_dir=staging_dir, prefix=prefix, stamp_file=stamp_file
+    )
     return {"files": found, **plan}
 
 
@@ -86,7 +88,7 @@ def containerd() -> None:
     images = _controller("images", _images, tuple(v["containerd_images"]), arch)
     sandbox = v["containerd_sandbox_image"]
     if sandbox is None or sandbox == "":
-        sandbox = _controller("pause image", rc.sandbox_image, "", arch)
+        sandbox = _controller("pause image", runtime_controller.sandbox_image, "", arch)
 
     ops.systemd_pid1_required(name="Check that systemd runs the host")
     if release is None:
@@ -131,8 +133,8 @@ def wasm_runtime() -> None:
     c = role_vars("containerd", host.data.dict())
     arch, engine, source = _fleet("edge_arch"), _fleet("edge_wasm_engine"), _fleet("edge_artifact_source")
     try:
-        rc.check_engine(engine, bool(v["wasm_runtime_build_on_node"]))
-    except rc.RuntimeStageError as exc:
+        runtime_controller.check_engine(engine, bool(v["wasm_runtime_build_on_node"]))
+    except runtime_controller.RuntimeStageError as exc:
         raise DeployError(f"host {host.name}: {exc}") from exc
     if c["containerd_wasm_binary"] != v["wasm_runtime_crun_path"]:
         raise DeployError(

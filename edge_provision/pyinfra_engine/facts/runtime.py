@@ -9,7 +9,7 @@ from typing import Any
 
 from pyinfra.api.facts import FactBase
 
-from edge_provision.roles import role_path
+from edge_provision.role_files import role_path
 
 
 class ContainerdNode(FactBase[dict[str, Any]]):
@@ -24,14 +24,3 @@ class ContainerdNode(FactBase[dict[str, Any]]):
         facts: dict[str, Any] = json.loads("\n".join(output))
         facts["config"] = base64.b64decode(facts["config"]).decode() if facts["config"] else ""
         return facts
-
-
-class CommandOutput(FactBase[str]):
-    """stdout of a read-only command (stderr dropped, exit status ignored): what the
-    Ansible roles register and hand to the same parsing filters."""
-
-    def command(self, argv: list[str]) -> str:
-        return " ".join(shlex.quote(a) for a in argv) + " 2>/dev/null || true"
-
-    def process(self, output: list[str]) -> str:
-        return "\n".join(output) + ("\n" if output else "")

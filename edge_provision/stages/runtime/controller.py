@@ -1,11 +1,11 @@
 """Stage runtime, the controller's side: what both engines compute or fetch before touching a node.
 
 One implementation for Ansible (``plugins/filter/runtime.py`` and ``python -m
-edge_provision.runtime_controller``) and pyinfra (``edge_provision.deploys.runtime``):
+edge_provision.stages.runtime``) and pyinfra (``edge_provision.pyinfra_engine.deploys.runtime``):
 
 * :func:`containerd_config` -- a node's new ``config.toml`` from its current one (the Wasm
   handler, systemd cgroups, sandbox image, OOM score restriction), on top of
-  :func:`edge_provision.containerd_config.with_wasm_handler`;
+  :func:`edge_provision.stages.runtime.containerd_config.with_wasm_handler`;
 * :func:`debs` -- Debian packages and their dependency closure, downloaded on the controller
   with ``apt-get download`` into the artifact cache, so nodes install them without reaching a
   mirror (the air-gapped path);
@@ -20,13 +20,11 @@ edge_provision.runtime_controller``) and pyinfra (``edge_provision.deploys.runti
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shlex
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -38,27 +36,39 @@ import tomlkit
 
 from edge_provision.artifacts import ARTIFACTS_DIR, CACHE_DIR, locked, sha256_file
 from edge_provision.artifacts.fetch import UPSTREAM, ArtifactFetchError, fetch, pinned
-from edge_provision.containerd_config import ContainerdConfigError, _table, schema_for, with_wasm_handler
+from edge_provision.stages.runtime.containerd_config import (
+    ContainerdConfigError,
+    _table,
+    schema_for,
+    with_wasm_handler,
+)
 
 # containerd's built-in runtime table for runc (what it uses when the config names none).
 RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
+
+
 # Bit of CAP_SYS_RESOURCE in /proc/<pid>/status CapBnd.
 CAP_SYS_RESOURCE = 24
+
+
 # Wasm engines crun can be built with: wasmtime from Debian's crun source and the PyPI wheel
 # (the lab), wasmedge from the pinned release tarballs in the artifact source (production).
 ENGINES = ("wasmtime", "wasmedge")
+
+
 # What each engine's build takes from the artifact source (versions.yml entries).
 ENGINE_DOWNLOADS: dict[str, tuple[str, ...]] = {"wasmtime": (), "wasmedge": ("crun_release", "wasmedge")}
+
+
 # Release files of containerd_install_from: release (versions.yml entries), in install order.
 RELEASE_COMPONENTS = ("containerd_release", "runc_release")
+
+
 IMAGE_NAMES = ("pause", "busybox", "wasi-demo")
 
 
 class RuntimeStageError(RuntimeError):
     """A controller-side step of the runtime stage failed; the message says what to do."""
-
-
-# -- settings with an "auto" value ----------------------------------------------------------------
 
 
 def resolve_auto(setting: Any, detected: bool) -> Any:
@@ -75,9 +85,6 @@ def resolve_auto(setting: Any, detected: bool) -> Any:
 def lacks_cap_sys_resource(capbnd_hex: str) -> bool:
     """Whether a CapBnd mask (hex, as in /proc/self/status) lacks CAP_SYS_RESOURCE."""
     return not int(capbnd_hex, 16) >> CAP_SYS_RESOURCE & 1
-
-
-# -- containerd's config.toml -------------------------------------------------------------------
 
 
 def containerd_config(
@@ -136,9 +143,6 @@ def containerd_config(
     return wanted
 
 
-# -- Debian packages, downloaded on the controller ----------------------------------------------
-
-
 def _apt_env() -> dict[str, str]:
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
 
@@ -153,8 +157,6 @@ def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
             f"{what}: `{' '.join(cmd)}` exited with {proc.returncode}: {proc.stderr.strip()}"
         )
     return proc.stdout
-
-
 
 
 # apt's view of one architecture: a private state (lists, package cache, an empty dpkg status)
@@ -326,9 +328,6 @@ def _cached_deb(cache: Path, entry: Mapping[str, str] | None) -> bool:
     )
 
 
-# -- crun with a Wasm engine, images ------------------------------------------------------------
-
-
 def check_engine(engine: str, build_on_node: bool = False) -> None:
     """Fail clearly for what this project cannot install."""
     if build_on_node:
@@ -393,9 +392,6 @@ def wasm_crun(arch: str, engine: str, source: str = UPSTREAM) -> dict[str, Any]:
     }
 
 
-# -- containerd and runc from their release files ---------------------------------------------
-
-
 def release_files(arch: str, source: str = UPSTREAM) -> list[dict[str, Any]]:
     """containerd's release archive and runc for ``arch``, fetched and verified on the controller."""
     return _fetched(RELEASE_COMPONENTS, arch, source)
@@ -458,9 +454,6 @@ def sandbox_image(configured: Any, arch: str) -> Any:
 
         return builders.pause_reference()
     return configured
-
-
-# -- what a node lacks, from its command output (same parsing for both engines) ----------------
 
 
 def installed_packages(dpkg_query_output: str) -> set[str]:
@@ -545,49 +538,3 @@ def images_missing(wanted: Sequence[Mapping[str, Any]], ctr_images_ls_output: st
     """The images of ``wanted`` (from :func:`images`) absent, or with another digest, in containerd."""
     present = present_images(ctr_images_ls_output)
     return [i for i in wanted if present.get(str(i["reference"])) != i["digest"]]
-
-
-# -- command line, for Ansible (delegated to the controller) ------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_provision.runtime_controller",
-                                     description="Controller-side artifacts of the runtime stage, as JSON.")
-    parser.add_argument("--arch", required=True)
-    parser.add_argument("--packages", nargs="*", default=[], help="Debian packages (with their closure)")
-    parser.add_argument("--images", nargs="*", default=[], help=f"images: {', '.join(IMAGE_NAMES)}")
-    parser.add_argument("--engine", help="Wasm engine of crun to build or find")
-    parser.add_argument("--engine-downloads", metavar="ENGINE",
-                        help="fetch and verify what ENGINE's crun build needs, build nothing")
-    parser.add_argument("--source", default=UPSTREAM, help="artifact source (edge_artifact_source)")
-    parser.add_argument("--release", nargs=3, metavar=("STAGING_DIR", "PREFIX", "STAMP_FILE"),
-                        help="containerd and runc release files, and the node commands installing them")
-    args = parser.parse_args(argv)
-    try:
-        out: dict[str, Any] = {}
-        if args.engine_downloads:
-            out["engine_downloads"] = engine_downloads(args.engine_downloads, args.arch, args.source)
-        if args.release:
-            files = release_files(args.arch, args.source)
-            staging, prefix, stamp_file = args.release
-            plan = release_plan(files, staging_dir=staging, prefix=prefix, stamp_file=stamp_file)
-            out["release"] = {"files": files, **plan}
-        out["debs"] = debs(args.packages, args.arch) if args.packages else []
-        out["images"] = images(args.images, args.arch)
-        if args.engine:
-            out["crun"] = wasm_crun(args.arch, args.engine, args.source)
-        out["pause_reference"] = sandbox_image("", args.arch)
-    except (RuntimeStageError, ContainerdConfigError, ArtifactFetchError) as exc:
-        print(f"runtime: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # a builder's own error class, with its step and output tail
-        print(f"runtime: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    json.dump(out, sys.stdout, indent=2)
-    print()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

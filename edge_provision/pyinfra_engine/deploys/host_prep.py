@@ -8,10 +8,10 @@ from pyinfra.api.deploy import deploy
 from pyinfra.context import host, inventory
 from pyinfra.operations import files
 
-from edge_provision import operations
-from edge_provision.facts import Preflight
 from edge_provision.inventory import cluster_members
-from edge_provision.roles import render_template, role_vars
+from edge_provision.pyinfra_engine.facts.host_prep import Preflight
+from edge_provision.pyinfra_engine.operations import host_prep as operations
+from edge_provision.role_files import render_template, role_vars
 
 ROLE = "host_prep"
 

@@ -1,17 +1,10 @@
-"""Stage workloads: node labels owned by edge-provision, the RuntimeClass of the Wasm handler and
-the sample workloads, through the Kubernetes API (the ``kubernetes`` client).
-
-Ansible applies the manifests with kubernetes.core.k8s (server-side apply) and calls
-``python -m edge_provision.workloads labels|verify`` for the rest; the pyinfra deploy
-(edge_provision/deploys/workloads.py) calls these functions. The manifests are the role's
-templates (roles/workloads/templates), rendered the same way for both engines.
+"""The RuntimeClass of the Wasm handler and the sample workloads: rendered from the workloads role's
+templates (the same bytes for both engines), applied server-side, the container sample's
+misplaced pods replaced, and everything verified running (the Wasm demo's every output line).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,15 +12,12 @@ from typing import Any
 
 import yaml
 
-from edge_provision import cluster
-from edge_provision.roles import render_template, role_defaults
+from edge_provision.role_files import render_template, role_defaults
+from edge_provision.stages.cluster import kube_api
 
-MANAGED_LABELS_ANNOTATION = "edge-provision.io/managed-labels"
-MANAGED_TAINTS_ANNOTATION = "edge-provision.io/managed-taints"
-# crun's version and Wasm engine on the node ("1.8.1 +WASM:wasmtime"), for `edge-provision status`:
-# the CRI reports containerd's version only.
-CRUN_ANNOTATION = "edge-provision.io/crun"
 FIELD_MANAGER = "edge-provision"
+
+
 MANIFESTS = (
     "runtimeclass.yaml.j2",
     "wasi-demo-job.yaml.j2",
@@ -38,128 +28,6 @@ MANIFESTS = (
 
 class WorkloadError(RuntimeError):
     pass
-
-
-# --- node labels ---------------------------------------------------------------------------
-
-
-def label_patch(
-    current: Mapping[str, str], annotations: Mapping[str, str], wanted: Mapping[str, str]
-) -> dict[str, Any] | None:
-    """The metadata patch that makes ``wanted`` the labels edge-provision owns on a node: set
-    what differs, remove what it set before and the inventory dropped, never touch a label it
-    does not own. None when nothing changes."""
-    owned = {k for k in annotations.get(MANAGED_LABELS_ANNOTATION, "").split(",") if k}
-    labels: dict[str, str | None] = {k: str(v) for k, v in wanted.items() if current.get(k) != str(v)}
-    for key in sorted(owned - set(wanted)):
-        if key in current:
-            labels[key] = None
-    record = ",".join(sorted(wanted))
-    if not labels and annotations.get(MANAGED_LABELS_ANNOTATION, "") == record:
-        return None
-    return {"metadata": {"labels": labels, "annotations": {MANAGED_LABELS_ANNOTATION: record}}}
-
-
-def _taint_id(taint: Mapping[str, Any]) -> str:
-    return f"{taint['key']}:{taint['effect']}"
-
-
-def taint_patch(
-    current: Sequence[Mapping[str, Any]], annotations: Mapping[str, str], wanted: Sequence[Mapping[str, Any]]
-) -> dict[str, Any] | None:
-    """The patch that makes ``wanted`` the taints edge-provision owns (key:effect recorded in an
-    annotation): others' taints are kept, owned ones dropped from the inventory removed."""
-    owned = {t for t in annotations.get(MANAGED_TAINTS_ANNOTATION, "").split(",") if t}
-    want = [
-        {
-            "key": str(t["key"]),
-            "effect": str(t["effect"]),
-            **({"value": str(t["value"])} if t.get("value") else {}),
-        }
-        for t in wanted
-    ]
-    want_ids = {_taint_id(t) for t in want}
-    kept = [dict(t) for t in current if _taint_id(t) not in owned | want_ids]
-    taints = kept + want
-    record = ",".join(sorted(want_ids))
-
-    def norm(items: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
-        return sorted((str(t["key"]), str(t.get("value") or ""), str(t["effect"])) for t in items)
-
-    if norm(taints) == norm(current) and annotations.get(MANAGED_TAINTS_ANNOTATION, "") == record:
-        return None
-    return {"spec": {"taints": taints}, "metadata": {"annotations": {MANAGED_TAINTS_ANNOTATION: record}}}
-
-
-def crun_summary(version_output: str) -> str:
-    """``<version> +WASM:<engine>`` from ``crun --version`` ("" when there is no crun)."""
-    version = ""
-    engines: list[str] = []
-    for line in version_output.splitlines():
-        if line.startswith("crun version "):
-            version = line.split()[2]
-        engines += [word for word in line.split() if word.startswith("+WASM:")]
-    return " ".join([version, *engines]) if version else ""
-
-
-def annotation_patch(annotations: Mapping[str, str], crun: str) -> dict[str, Any] | None:
-    """The patch that records ``crun`` (:func:`crun_summary`) on a node; removes the record when
-    the node has no crun. None when it is up to date."""
-    if annotations.get(CRUN_ANNOTATION) == (crun or None):
-        return None
-    return {"metadata": {"annotations": {CRUN_ANNOTATION: crun or None}}}
-
-
-def wanted_labels(inventory_labels: Mapping[str, Any], wasm_label: str, engine: str) -> dict[str, str]:
-    return {**{str(k): str(v) for k, v in inventory_labels.items()}, wasm_label: engine}
-
-
-def reconcile_labels(
-    kubeconfig: Path,
-    node: str,
-    wanted: Mapping[str, str],
-    taints: Sequence[Mapping[str, Any]] = (),
-    crun: str = "",
-    *,
-    dry_run: bool = False,
-    retries: int = cluster.API_RETRIES,
-) -> bool:
-    """Apply :func:`label_patch`, :func:`taint_patch` and :func:`annotation_patch` to Node
-    ``node``; return whether it changed (would change)."""
-    from kubernetes import client
-
-    with cluster.api_client(kubeconfig, retries=retries) as api:
-        core: Any = client.CoreV1Api(api)
-        try:
-            obj = core.read_node(node)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                raise WorkloadError(f"node {node} is not registered with the cluster (did its cluster stage "
-                                    "fail, or not run yet?)") from None
-            raise
-        annotations = obj.metadata.annotations or {}
-        current_taints = [
-            {k: v for k, v in t.to_dict().items() if k in ("key", "value", "effect") and v}
-            for t in obj.spec.taints or []
-        ]
-        patches = [
-            p
-            for p in (
-                label_patch(obj.metadata.labels or {}, annotations, wanted),
-                taint_patch(current_taints, annotations, taints),
-                annotation_patch(annotations, crun),
-            )
-            if p
-        ]
-        if patches and not dry_run:
-            for patch in patches:
-                if "spec" in patch:  # the whole taint list: only over the version it was computed from
-                    patch["metadata"]["resourceVersion"] = obj.metadata.resource_version
-                core.patch_node(node, patch)
-    return bool(patches)
-
-
-# --- manifests ------------------------------------------------------------------------------
 
 
 def image_references(variables: Mapping[str, Any]) -> dict[str, str]:
@@ -202,7 +70,7 @@ def apply(kubeconfig: Path, docs: Sequence[Mapping[str, Any]], *, dry_run: bool 
     from kubernetes.dynamic.exceptions import NotFoundError
 
     changed = []
-    with cluster.api_client(kubeconfig) as api:
+    with kube_api.api_client(kubeconfig) as api:
         dynamic = DynamicClient(api)  # type: ignore[no-untyped-call]
         for doc in docs:
             resource = _resource(dynamic, doc)
@@ -234,7 +102,7 @@ def misplaced_pods(kubeconfig: Path, variables: Mapping[str, Any], *, delete: bo
     ns = str(variables["workloads_namespace"])
     wanted = {str(k): str(v) for k, v in variables["workloads_container_node_label"].items()}
     name = str(variables["workloads_container_deployment"])
-    with cluster.api_client(kubeconfig) as api:
+    with kube_api.api_client(kubeconfig) as api:
         core: Any = client.CoreV1Api(api)
         labels = {n.metadata.name: n.metadata.labels or {} for n in core.list_node().items}
         pods = core.list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/name={name}").items
@@ -255,15 +123,12 @@ def misplaced_pods(kubeconfig: Path, variables: Mapping[str, Any], *, delete: bo
     return misplaced
 
 
-# --- verification ---------------------------------------------------------------------------
-
-
 def job_result(kubeconfig: Path, namespace: str, job: str, timeout: float) -> dict[str, Any]:
     """Wait for Job ``job`` to finish; its pod's node, runtime class, phase and log."""
     from kubernetes import client
 
     deadline = time.monotonic() + timeout
-    with cluster.api_client(kubeconfig) as api:
+    with kube_api.api_client(kubeconfig) as api:
         core: Any = client.CoreV1Api(api)
         batch: Any = client.BatchV1Api(api)
         while True:
@@ -297,7 +162,7 @@ def deployment_pods(
     from kubernetes import client
 
     deadline = time.monotonic() + timeout
-    with cluster.api_client(kubeconfig) as api:
+    with kube_api.api_client(kubeconfig) as api:
         apps: Any = client.AppsV1Api(api)
         core: Any = client.CoreV1Api(api)
         while True:
@@ -382,57 +247,3 @@ def role_variables(overrides: Mapping[str, Any]) -> dict[str, Any]:
     values = {**role_defaults("workloads"), "edge_wasm_engine": role_defaults("edge")["edge_wasm_engine"]}
     values.update({k: v for k, v in overrides.items() if k in values})
     return values
-
-
-# --- CLI for the Ansible role ---------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge_provision.workloads")
-    sub = parser.add_subparsers(dest="command", required=True)
-    labels = sub.add_parser("labels", help="reconcile the labels edge-provision owns on a node")
-    labels.add_argument("--kubeconfig", type=Path, required=True)
-    labels.add_argument("--node", required=True)
-    labels.add_argument("--labels", required=True, help="JSON object of the wanted labels")
-    labels.add_argument("--taints", default="[]", help="JSON list of the wanted taints")
-    labels.add_argument("--crun-version", default="", help="output of the node's `crun --version`")
-    labels.add_argument("--check", action="store_true", help="report, change nothing")
-    render = sub.add_parser("manifests", help="the rendered manifests, as a JSON list")
-    render.add_argument("--vars", required=True, help="JSON object of the workloads role's variables")
-    move = sub.add_parser("replace-misplaced", help="delete container-sample pods on nodes without its label")
-    move.add_argument("--kubeconfig", type=Path, required=True)
-    move.add_argument("--vars", required=True, help="JSON object of the workloads role's variables")
-    move.add_argument("--check", action="store_true", help="report, change nothing")
-    check = sub.add_parser("verify", help="wait for the sample workloads and check them")
-    check.add_argument("--kubeconfig", type=Path, required=True)
-    check.add_argument("--vars", required=True, help="JSON object of the workloads role's variables")
-    check.add_argument("--timeout", type=float, default=300)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "labels":
-            changed = reconcile_labels(
-                args.kubeconfig,
-                args.node,
-                json.loads(args.labels),
-                json.loads(args.taints),
-                crun_summary(args.crun_version),
-                dry_run=args.check,
-            )
-            print(json.dumps({"changed": changed}))
-        elif args.command == "replace-misplaced":
-            pods = misplaced_pods(
-                args.kubeconfig, role_variables(json.loads(args.vars)), delete=not args.check
-            )
-            print(json.dumps({"changed": bool(pods), "pods": pods}))
-        elif args.command == "manifests":
-            print(json.dumps(manifests(role_variables(json.loads(args.vars)))))
-        else:
-            print(json.dumps(verify(args.kubeconfig, role_variables(json.loads(args.vars)), args.timeout)))
-    except Exception as exc:  # the API's and our own errors, without a traceback for Ansible's log
-        print(f"edge-provision workloads {args.command}: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,1 +1,0 @@
-"""pyinfra deploys, one per stage; each reads its Ansible role's defaults and templates."""

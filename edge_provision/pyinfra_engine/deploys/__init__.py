@@ -1,0 +1,1 @@
+"""pyinfra deploys, one per stage (deploy.py runs them)."""

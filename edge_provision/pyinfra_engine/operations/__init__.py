@@ -1,0 +1,1 @@
+"""pyinfra operations, by stage."""

@@ -1,0 +1,1 @@
+"""Logic both engines share, one package per stage. Imports neither pyinfra nor Ansible."""

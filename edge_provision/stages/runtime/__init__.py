@@ -1,0 +1,1 @@
+"""Stage runtime: containerd with a Wasm handler on crun (roles containerd, wasm_runtime)."""

@@ -1,0 +1,1 @@
+"""Stage workloads: node labels and taints, the RuntimeClass and the sample workloads (role workloads)."""
