@@ -71,6 +71,8 @@ class FilterModule:
             "edge_provision_pod_subnet": pod_subnet,
             "edge_provision_kubelet_node_labels": common.kubelet_node_labels,
             "edge_provision_kubeadm_init": kubeadm.kubeadm_init,
+            "edge_provision_kubeadm_join": kubeadm.kubeadm_join,
+            "edge_provision_kubeadm_reset": kubeadm.kubeadm_reset,
             "edge_provision_probe_patches": _filter_errors(kubeadm.probe_patches),
             "edge_provision_api_labels": common.api_labels,
             "edge_provision_controller_kubeconfig": controller_kubeconfig,

@@ -187,7 +187,7 @@ class _Target:
 
 
 def test_python_step_runs_at_execution_and_reports_a_failure_without_traceback() -> None:
-    from edge_provision.pyinfra_engine.operations.cluster import python_step
+    from edge_provision.pyinfra_engine.operations.common import python_step
 
     calls: list[str] = []
     ok = python_step("counting", lambda: calls.append("ran"))

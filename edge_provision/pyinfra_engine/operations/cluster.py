@@ -11,82 +11,34 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
 
-from pyinfra import logger
 from pyinfra.api.command import FunctionCommand
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.facts.files import File, Sha256File
 
 from edge_provision.pyinfra_engine.facts.common import CommandOutput
-from edge_provision.pyinfra_engine.operations.runtime import _executing, _pending
+from edge_provision.pyinfra_engine.operations.common import (
+    Commands,
+    executing,
+    failed,
+    pending,
+    python_step,
+    run_quietly,
+    tool_step,
+)
 from edge_provision.role_files import render_template, role_path
 from edge_provision.stages.cluster import common, k3s, kube_api, kubeadm, kubeedge, openyurt
-
-Commands = Generator[Any, None, None]
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
 
 
-def _failed(target: Any, message: str) -> bool:
-    """Report a failed step of a Python callback: pyinfra then fails the operation, no traceback."""
-    target.log_styled(message, fg="red", log_func=logger.error)
-    return False
-
-
-def python_step(what: str, step: Callable[[], object]) -> FunctionCommand:
-    """The command that calls ``step`` on the controller when the operation executes; an
-    exception fails the operation with "host <name>: <what>: <error>" and no traceback."""
-
-    def call(state: Any, host: Any) -> bool:
-        try:
-            step()
-        except Exception as exc:
-            return _failed(host, f"host {host.name}: {what}: {exc}")
-        return True
-
-    return FunctionCommand(call, (), {})
-
-
-KUBEADM_RESET = "kubeadm reset --force"
-
-
-def _run(
-    target: Any, command: str, what: str, reset: str | None = KUBEADM_RESET, secrets: Sequence[str] = ()
-) -> bool:
-    """Run ``command`` on ``target`` without echoing it or its output; on failure undo the
-    tool's work with ``reset`` (None: nothing to undo) and report the output's tail, tokens
-    (and ``secrets``) redacted."""
-    ok, output = target.run_shell_command(command, print_output=False, print_input=False)
-    if ok:
-        return True
-    text = "\n".join(line.line for line in output.combined_lines)
-    if reset:
-        target.run_shell_command(reset, print_output=False, print_input=False)
-    undone = "the node was reset; " if reset else ""
-    return _failed(
-        target,
-        f"host {target.name}: {what} failed ({undone}fix and re-run):\n"
-        f"{common.failure_report(text, secrets=secrets)}",
-    )
-
-
-def tool_step(command: str, what: str, reset: str | None = KUBEADM_RESET) -> FunctionCommand:
-    """The command that runs ``command`` on the host via ``_run``: quiet, reset and reported on failure."""
-
-    def call(state: Any, host: Any) -> bool:
-        return _run(host, command, what, reset=reset)
-
-    return FunctionCommand(call, (), {})
-
-
-def _shell(argv: Sequence[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
+KUBEADM_RESET = shlex.join(kubeadm.kubeadm_reset())
 
 
 @operation(is_idempotent=True)
@@ -106,7 +58,8 @@ def kubeadm_initialised(config_file: str, skip_phases: Sequence[str], patches_di
     if host.get_fact(File, path=ADMIN_CONF):
         host.noop("the control plane is initialised")
         return
-    yield tool_step(shlex.join(kubeadm.kubeadm_init(config_file, skip_phases, patches_dir)), "kubeadm init")
+    init = shlex.join(kubeadm.kubeadm_init(config_file, skip_phases, patches_dir))
+    yield tool_step(init, "kubeadm init", reset=KUBEADM_RESET)
 
 
 @operation(is_idempotent=True)
@@ -115,7 +68,7 @@ def controller_kubeconfig(kubeconfig: str, server: str, admin_conf: str = ADMIN_
     unless the copy there was made from the node's current admin kubeconfig."""
     source = host.get_fact(Sha256File, path=admin_conf)
     if not source:
-        yield from _pending(f"{admin_conf} does not exist yet")
+        yield from pending(f"{admin_conf} does not exist yet")
         return
     path = Path(kubeconfig)
     if common.kubeconfig_source(path) == source and path.stat().st_mode & 0o077 == 0:
@@ -125,10 +78,10 @@ def controller_kubeconfig(kubeconfig: str, server: str, admin_conf: str = ADMIN_
     def fetch(state: Any, host: Any) -> bool:
         buffer = BytesIO()
         if not host.get_file(admin_conf, buffer, print_output=False, print_input=False):
-            return _failed(host, f"host {host.name}: cannot read {admin_conf}")
+            return failed(host, f"host {host.name}: cannot read {admin_conf}")
         text = buffer.getvalue().decode()
         if hashlib.sha256(text.encode()).hexdigest() != source:
-            return _failed(host, f"host {host.name}: {admin_conf} changed while it was read; re-run")
+            return failed(host, f"host {host.name}: {admin_conf} changed while it was read; re-run")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.chmod(0o600)
@@ -142,10 +95,10 @@ def controller_kubeconfig(kubeconfig: str, server: str, admin_conf: str = ADMIN_
 def node_ready(kubeconfig: str, node: str, timeout: float) -> Commands:
     """Wait until the Node is Ready (no change when it already is)."""
     path = Path(kubeconfig)
-    if not _executing() and not path.is_file():
-        yield from _pending(f"{kubeconfig} is written by the control plane stage")
+    if not executing() and not path.is_file():
+        yield from pending(f"{kubeconfig} is written by the control plane stage")
         return
-    if _executing():
+    if executing():
         try:
             if kube_api.node_status(path, node, retries=0)["ready"]:
                 host.noop(f"node {node} is Ready")
@@ -175,15 +128,13 @@ def kubeadm_joined(
         host.noop("the node has joined")
         return
     directory = str(Path(config_file).parent)
-    command = (
-        f"kubeadm join --config={shlex.quote(config_file)} --skip-phases={shlex.quote(','.join(skip_phases))}"
-    )
+    command = shlex.join(kubeadm.kubeadm_join(config_file, skip_phases))
 
     def run_join(state: Any, host: Any) -> bool:
         try:
             token = kube_api.join_token(Path(kubeconfig), ttl, given_token, signed_within)
         except Exception as exc:
-            return _failed(host, f"host {host.name}: cannot create a join token: {exc}")
+            return failed(host, f"host {host.name}: cannot create a join token: {exc}")
         content = render_template(
             "node_join_kubeadm",
             "kubeadm-join.yaml.j2",
@@ -194,11 +145,11 @@ def kubeadm_joined(
             f"install -m 600 /dev/null {shlex.quote(config_file)}"
         )
         try:
-            if not _run(host, prepare, "preparing the join configuration"):
+            if not run_quietly(host, prepare, "preparing the join configuration", reset=KUBEADM_RESET):
                 return False
             if not host.put_file(StringIO(content), config_file, print_output=False, print_input=False):
-                return _failed(host, f"host {host.name}: cannot write {config_file}")
-            return _run(host, command, "kubeadm join")
+                return failed(host, f"host {host.name}: cannot write {config_file}")
+            return run_quietly(host, command, "kubeadm join", reset=KUBEADM_RESET)
         finally:
             host.run_shell_command(f"rm -f {shlex.quote(config_file)}", print_output=False, print_input=False)
 
@@ -255,17 +206,17 @@ def k3s_agent_env(
         if not token:
             buffer = BytesIO()
             if not server.get_file(server_token_file, buffer, print_output=False, print_input=False):
-                return _failed(host, f"host {host.name}: cannot read {server_token_file} on {server.name}")
+                return failed(host, f"host {host.name}: cannot read {server_token_file} on {server.name}")
             token = buffer.getvalue().decode()
         try:
             content = k3s.k3s_agent_env(token, server_url)
         except common.DistributionError as exc:
-            return _failed(host, f"host {host.name}: {exc}")
+            return failed(host, f"host {host.name}: {exc}")
         prepare = f"install -m 600 /dev/null {shlex.quote(env_file)}"
-        if not _run(host, prepare, f"preparing {env_file}", reset=None):
+        if not run_quietly(host, prepare, f"preparing {env_file}"):
             return False
         if not host.put_file(StringIO(content), env_file, print_output=False, print_input=False):
-            return _failed(host, f"host {host.name}: cannot write {env_file}")
+            return failed(host, f"host {host.name}: cannot write {env_file}")
         return True
 
     yield FunctionCommand(write, (), {})
@@ -291,10 +242,10 @@ def node_labelled(kubeconfig: str, node: str, labels: Mapping[str, str], timeout
     if not labels:
         host.noop("no labels to set through the API")
         return
-    if not _executing() and not path.is_file():
-        yield from _pending(f"{kubeconfig} is written by the control plane stage")
+    if not executing() and not path.is_file():
+        yield from pending(f"{kubeconfig} is written by the control plane stage")
         return
-    if _executing():
+    if executing():
         try:
             status = kube_api.node_status(path, node, retries=0)
             if status["registered"] and not common.missing_labels(status["labels"], labels):
@@ -309,12 +260,12 @@ def node_labelled(kubeconfig: str, node: str, labels: Mapping[str, str], timeout
 @operation(is_idempotent=True)
 def keadm_initialised(keadm: str, kubeconfig: str, advertise_address: str, extra: Sequence[str]) -> Commands:
     """``keadm init`` unless cloudcore answers ``keadm gettoken`` (whose token stays on the host)."""
-    probe = f"{_shell(kubeedge.keadm_gettoken(keadm, kubeconfig))} >/dev/null 2>&1 && echo ready"
+    probe = f"{shlex.join(kubeedge.keadm_gettoken(keadm, kubeconfig))} >/dev/null 2>&1 && echo ready"
     if (host.get_fact(CommandOutput, argv=["sh", "-c", probe]) or "").strip() == "ready":
         host.noop("cloudcore is installed")
         return
-    command = _shell(kubeedge.keadm_init(keadm, advertise_address, kubeconfig, extra))
-    yield tool_step(command, "keadm init", reset=None)
+    command = shlex.join(kubeedge.keadm_init(keadm, advertise_address, kubeconfig, extra))
+    yield tool_step(command, "keadm init")
 
 
 @operation(is_idempotent=True)
@@ -328,27 +279,27 @@ def keadm_joined(
     if host.get_fact(File, path=joined_file):
         host.noop("the node has joined KubeEdge")
         return
-    reset = _shell(kubeedge.keadm_reset_edge(keadm))
+    reset = shlex.join(kubeedge.keadm_reset_edge(keadm))
 
     def join(state: Any, host: Any) -> bool:
-        gettoken = _shell(kubeedge.keadm_gettoken(keadm, cloud_kubeconfig))
+        gettoken = shlex.join(kubeedge.keadm_gettoken(keadm, cloud_kubeconfig))
         ok, output = cloud.run_shell_command(gettoken, print_output=False, print_input=False)
         if not ok:
             text = "\n".join(line.line for line in output.combined_lines)
-            return _failed(host, f"host {host.name}: keadm gettoken on {cloud.name} failed:\n"
+            return failed(host, f"host {host.name}: keadm gettoken on {cloud.name} failed:\n"
                                  f"{common.failure_report(text)}")
         try:
             token = kubeedge.keadm_token("\n".join(output.stdout_lines))
         except common.DistributionError as exc:
-            return _failed(host, f"host {host.name}: {exc}")
+            return failed(host, f"host {host.name}: {exc}")
         leftovers = f"if [ -n \"$(ls -A {shlex.quote(config_dir)} 2>/dev/null)\" ]; then {reset}; fi"
-        if not _run(host, leftovers, "resetting KubeEdge's leftovers", reset=None):
+        if not run_quietly(host, leftovers, "resetting KubeEdge's leftovers"):
             return False
         argv = kubeedge.keadm_join(
             keadm=keadm, cloudcore=cloudcore, token=token, node_name=host.name,
             runtime_endpoint=runtime_endpoint, labels=labels, extra=extra,
         )
-        return _run(host, _shell(argv), "keadm join", reset=reset, secrets=[token])
+        return run_quietly(host, shlex.join(argv), "keadm join", reset=reset, secrets=[token])
 
     yield FunctionCommand(join, (), {})
 
@@ -368,12 +319,12 @@ def yurtadm_joined(
         try:
             token = kube_api.join_token(Path(kubeconfig), ttl, given_token)
         except Exception as exc:
-            return _failed(host, f"host {host.name}: cannot create a join token: {exc}")
+            return failed(host, f"host {host.name}: cannot create a join token: {exc}")
         argv = openyurt.yurtadm_join(
             yurtadm=yurtadm, server=server, token=token.token, ca_cert_hash=token.ca_cert_hash,
             cri_socket=cri_socket, labels=labels, node_name=host.name, extra=extra,
         )
-        reset = _shell(openyurt.yurtadm_reset(yurtadm))
-        return _run(host, _shell(argv), "yurtadm join", reset=reset, secrets=[token.token])
+        reset = shlex.join(openyurt.yurtadm_reset(yurtadm))
+        return run_quietly(host, shlex.join(argv), "yurtadm join", reset=reset, secrets=[token.token])
 
     yield FunctionCommand(join, (), {})

@@ -7,35 +7,20 @@ plugins/filter/runtime.py (edge_provision.stages.runtime).
 from __future__ import annotations
 
 import shlex
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 from pyinfra.api.exceptions import OperationError
 from pyinfra.api.operation import operation
-from pyinfra.api.state import StateStage
 from pyinfra.context import host
 from pyinfra.operations import files
 
 from edge_provision.pyinfra_engine.facts.common import CommandOutput
 from edge_provision.pyinfra_engine.facts.runtime import ContainerdNode
+from edge_provision.pyinfra_engine.operations.common import Commands, executing, pending
 from edge_provision.stages.runtime import controller as runtime_controller
-
-Commands = Generator[Any, None, None]
-
-
-def _executing() -> bool:
-    """Whether pyinfra is executing (not preparing): facts then show earlier operations' work."""
-    return bool(host.state.current_stage == StateStage.Execute)
-
-
-def _pending(what: str) -> Commands:
-    """At prepare time, on a host where an earlier operation has not run yet: report a change;
-    the operation is computed again, from live facts, when it executes."""
-    if _executing():
-        raise OperationError(what)
-    yield f"echo {shlex.quote('pending: ' + what)}"
 
 
 def _dpkg_query(packages: Sequence[str]) -> list[str]:
@@ -81,7 +66,7 @@ def containerd_configured(config_file: str, settings: Mapping[str, Any]) -> Comm
     operation fails with containerd's error."""
     node = host.get_fact(ContainerdNode, config_file=config_file)
     if not node["version"]:
-        yield from _pending("containerd is not installed")
+        yield from pending("containerd is not installed")
         return
     wanted = runtime_controller.containerd_config(
         node["config"], version=node["version"], systemd_pid1=node["systemd_pid1"],
@@ -107,7 +92,7 @@ def containerd_configured(config_file: str, settings: Mapping[str, Any]) -> Comm
 @operation(is_idempotent=True)
 def cri_plugin_running() -> Commands:
     """Fail unless containerd's CRI plugin loaded (it refuses a config it cannot use)."""
-    if not _executing():
+    if not executing():
         return
     output = host.get_fact(CommandOutput, argv=["ctr", "plugins", "ls"])
     for line in output.splitlines():
@@ -153,7 +138,7 @@ def loader_cache_has(path: str) -> Commands:
 @operation(is_idempotent=True)
 def wasm_crun_verified(crun_path: str, engine: str) -> Commands:
     """Fail unless ``crun --version`` lists +WASM:<engine> and every shared library resolves."""
-    if not _executing():
+    if not executing():
         return
     version = host.get_fact(CommandOutput, argv=[crun_path, "--version"])
     if f"+WASM:{engine}" not in version.split():

@@ -4,24 +4,21 @@ Each operation first asks the API (a dry run) and reports no change when there i
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from edge_provision.pyinfra_engine.operations.cluster import _failed, python_step
-from edge_provision.pyinfra_engine.operations.runtime import _executing, _pending
+from edge_provision.pyinfra_engine.operations.common import Commands, executing, failed, pending, python_step
 from edge_provision.stages.cluster import kube_api
 from edge_provision.stages.workloads import node_metadata, samples
-
-Commands = Generator[Any, None, None]
 
 
 def _ready(kubeconfig: str) -> bool:
     """Whether the API can be asked now (at execution; at prepare time only when the cluster exists)."""
-    return _executing() or Path(kubeconfig).is_file()
+    return executing() or Path(kubeconfig).is_file()
 
 
 @operation(is_idempotent=True)
@@ -30,17 +27,17 @@ def node_labels(
 ) -> Commands:
     """Reconcile the labels, taints and crun record edge-provision owns on Node ``node``."""
     if not _ready(kubeconfig):
-        yield from _pending(f"{kubeconfig} is written by the cluster stage")
+        yield from pending(f"{kubeconfig} is written by the cluster stage")
         return
     try:  # at prepare time one question (no retries): an API that is away means "not yet"
         needed = node_metadata.reconcile_labels(
             Path(kubeconfig), node, wanted, taints, crun, dry_run=True,
-            retries=kube_api.API_RETRIES if _executing() else 0,
+            retries=kube_api.API_RETRIES if executing() else 0,
         )
     except Exception:
-        if _executing():
+        if executing():
             raise
-        yield from _pending(f"node {node} is not registered yet")
+        yield from pending(f"node {node} is not registered yet")
         return
     if not needed:
         host.noop(f"node {node} has its labels")
@@ -56,7 +53,7 @@ def node_labels(
 def applied(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
     """Server-side apply the RuntimeClass and the samples."""
     if not _ready(kubeconfig):
-        yield from _pending(f"{kubeconfig} is written by the cluster stage")
+        yield from pending(f"{kubeconfig} is written by the cluster stage")
         return
     docs = samples.manifests(variables)
     changes = samples.apply(Path(kubeconfig), docs, dry_run=True)
@@ -71,7 +68,7 @@ def applied(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
 def misplaced_replaced(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
     """Delete container-sample pods on nodes that lost its label, so they are placed again."""
     if not _ready(kubeconfig):
-        yield from _pending(f"{kubeconfig} is written by the cluster stage")
+        yield from pending(f"{kubeconfig} is written by the cluster stage")
         return
     pods = samples.misplaced_pods(Path(kubeconfig), variables)
     if not pods:
@@ -87,13 +84,13 @@ def misplaced_replaced(kubeconfig: str, variables: Mapping[str, Any]) -> Command
 @operation(is_idempotent=True)
 def verified(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
     """Fail unless the Wasm Job completed with the demo's output and the container sample runs."""
-    if not _executing():
+    if not executing():
         return  # nothing to ask before the run
         yield
     try:
         result = samples.verify(Path(kubeconfig), variables, float(variables["workloads_timeout"]))
     except Exception as exc:
-        _failed(host, f"host {host.name}: samples: {exc}")
+        failed(host, f"host {host.name}: samples: {exc}")
         raise
     where = ", ".join(result["container_nodes"])
     host.noop(f"samples: Wasm Job on {result['wasm_job']['node']}, container on {where}")

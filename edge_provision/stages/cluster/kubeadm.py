@@ -24,6 +24,17 @@ def kubeadm_init(config_file: str, skip_phases: Sequence[str], patches_dir: str 
     return [*argv, f"--experimental-patches={patches_dir}"] if patches_dir else argv
 
 
+def kubeadm_join(config_file: str, skip_phases: Sequence[str]) -> list[str]:
+    """``kubeadm join``'s argv: everything else (endpoint, token, CA hash, node) is in the 0600
+    JoinConfiguration ``config_file``, so no secret is on the command line."""
+    return ["kubeadm", "join", f"--config={config_file}", f"--skip-phases={','.join(skip_phases)}"]
+
+
+def kubeadm_reset(kubeadm: str = "kubeadm") -> list[str]:
+    """What undoes a failed ``kubeadm init`` or ``join``, so a later run starts clean."""
+    return [kubeadm, "reset", "--force"]
+
+
 def probe_patches(thresholds: Mapping[str, Any], components: Sequence[str]) -> dict[str, str]:
     """kubeadm patch files (name -> text) that set the ``failureThreshold`` of the ``startup``
     and ``liveness`` probes in ``thresholds`` on the static pods ``components``; none when

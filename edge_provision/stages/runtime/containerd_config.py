@@ -83,16 +83,16 @@ def with_wasm_handler(
         )
     doc["version"] = schema.version
 
-    runtimes = _table(doc, schema.runtimes)
+    runtimes = subtable(doc, schema.runtimes)
     _set_wasm_handler(runtimes, handler, binary, systemd_cgroup, annotations)
     for name in systemd_cgroup_runtimes:
         if name in runtimes:  # set the key, never redefine someone else's runtime table
-            _table(runtimes[name], ("options",))["SystemdCgroup"] = systemd_cgroup
+            subtable(runtimes[name], ("options",))["SystemdCgroup"] = systemd_cgroup
 
     *sandbox_path, sandbox_key = schema.sandbox_image
-    _table(doc, tuple(sandbox_path))[sandbox_key] = sandbox_image
+    subtable(doc, tuple(sandbox_path))[sandbox_key] = sandbox_image
     *oom_path, oom_key = schema.restrict_oom_score_adj
-    _table(doc, tuple(oom_path))[oom_key] = restrict_oom_score_adj
+    subtable(doc, tuple(oom_path))[oom_key] = restrict_oom_score_adj
     return tomlkit.dumps(doc)
 
 
@@ -119,11 +119,11 @@ def wasm_handler_tables(
 def _set_wasm_handler(
     runtimes: Any, handler: str, binary: str, systemd_cgroup: bool, annotations: Sequence[str]
 ) -> None:
-    wasm = _table(runtimes, (handler,))
+    wasm = subtable(runtimes, (handler,))
     wasm["runtime_type"] = "io.containerd.runc.v2"
     wasm["pod_annotations"] = _merged(wasm.get("pod_annotations"), annotations)
     wasm["container_annotations"] = _merged(wasm.get("container_annotations"), annotations)
-    options = _table(wasm, ("options",))
+    options = subtable(wasm, ("options",))
     options["BinaryName"] = binary
     options["SystemdCgroup"] = systemd_cgroup
 
@@ -137,7 +137,8 @@ def runtime_handler(text: str, schema: Schema, handler: str) -> dict[str, Any]:
     return result
 
 
-def _table(parent: Any, path: tuple[str, ...]) -> Any:
+def subtable(parent: Any, path: tuple[str, ...]) -> Any:
+    """The table at ``path`` under ``parent``, made (empty) where missing."""
     node = parent
     for key in path:
         if key not in node:
