@@ -38,8 +38,8 @@ from edge_provision.artifacts import ARTIFACTS_DIR, CACHE_DIR, locked, sha256_fi
 from edge_provision.artifacts.fetch import UPSTREAM, ArtifactFetchError, fetch, pinned
 from edge_provision.stages.runtime.containerd_config import (
     ContainerdConfigError,
-    _table,
     schema_for,
+    subtable,
     with_wasm_handler,
 )
 
@@ -120,11 +120,11 @@ def containerd_config(
     except tomlkit.exceptions.ParseError as exc:
         raise ContainerdConfigError(f"the current config is not valid TOML: {exc}") from None
     if current.strip() and doc.get("version") == schema.version:
-        runtimes = _table(doc, schema.runtimes)
+        runtimes = subtable(doc, schema.runtimes)
         if default_runtime not in runtimes:
-            runc = _table(runtimes, (default_runtime,))
+            runc = subtable(runtimes, (default_runtime,))
             runc["runtime_type"] = RUNC_RUNTIME_TYPE
-            _table(runc, ("options",))
+            subtable(runc, ("options",))
         current = tomlkit.dumps(doc)
     wanted = with_wasm_handler(
         current,
