@@ -34,6 +34,12 @@ def role_argument_spec(role: str, entry_point: str = "main") -> dict[str, Any]:
     return spec
 
 
+def fleet_value(name: str, host_data: Mapping[str, Any]) -> Any:
+    """A fleet-wide variable (the edge role's, e.g. edge_arch, edge_wasm_handler): the fleet's
+    value, else the edge role's default."""
+    return host_data[name] if name in host_data else role_defaults("edge")[name]
+
+
 def role_vars(role: str, host_data: Mapping[str, Any]) -> dict[str, Any]:
     """The role's defaults, overridden by fleet data, as Ansible's precedence does."""
     values = dict(role_defaults(role))

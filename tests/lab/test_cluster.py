@@ -170,7 +170,7 @@ def check_wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(kubeconfig: Pa
     result = samples.job_result(kubeconfig, "default", WORKLOADS["workloads_wasm_job"], 120)
     assert result["succeeded"] and result["runtime_class"] == "crun-wasm", result
     rc = client.NodeV1Api(kube_api.api_client(kubeconfig)).read_runtime_class("crun-wasm")
-    assert rc.handler == role_defaults("containerd")["containerd_wasm_handler"]
+    assert rc.handler == role_defaults("edge")["edge_wasm_handler"]
     node = client.CoreV1Api(kube_api.api_client(kubeconfig)).read_node(result["node"])
     assert node.metadata.labels["edge-provision.io/wasm"] == "wasmtime"
     assert demo_output_problems(result["log"], args=["/wasi_demo.wasm", "1", "2", "3"]) == [], result["log"]

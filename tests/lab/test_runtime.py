@@ -38,7 +38,7 @@ LAB_HOSTS = 2
 C = role_defaults("containerd")
 W = role_defaults("wasm_runtime")
 CONFIG = C["containerd_config_file"]
-CRUN = W["wasm_runtime_crun_path"]
+CRUN = role_defaults("edge")["edge_wasm_crun_path"]
 DEMO_ARGS = ["/wasi_demo.wasm", "50000000"]
 VERSIONS = yaml.safe_load(fetch.VERSIONS_FILE.read_text())
 @pytest.fixture(scope="module", params=["ansible", "pyinfra"])
@@ -103,7 +103,7 @@ def test_config_has_the_wasm_handler(fleet: LabFleet, cold_run: EngineRun, name:
 
     text = fleet.sh(name, f"cat {CONFIG}")
     schema = schema_for(fleet.sh(name, "containerd --version").split()[2])
-    handler = runtime_handler(text, schema, C["containerd_wasm_handler"])
+    handler = runtime_handler(text, schema, role_defaults("edge")["edge_wasm_handler"])
     assert handler["runtime_type"] == "io.containerd.runc.v2"
     assert handler["options"] == {"BinaryName": CRUN, "SystemdCgroup": True}  # systemd is PID 1 in the lab
     for key in ("pod_annotations", "container_annotations"):

@@ -205,10 +205,6 @@ def test_wasmtime_is_installable() -> None:
     runtime_controller.check_engine("wasmtime", False)
 
 
-def test_handler_binary_is_where_wasm_runtime_installs_crun() -> None:
-    assert role_defaults("containerd")["containerd_wasm_binary"] == role_defaults("wasm_runtime")["wasm_runtime_crun_path"]
-
-
 @pytest.mark.parametrize("role", ["containerd", "wasm_runtime"])
 def test_defaults_and_argument_specs_agree(role: str) -> None:
     defaults = role_defaults(role)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_provision.role_files import role_defaults, role_path
+from edge_provision.role_files import role_path
 from edge_provision.stages.workloads import node_metadata, samples
 
 A = node_metadata.MANAGED_LABELS_ANNOTATION
@@ -124,10 +124,6 @@ def test_crun_annotation_is_set_changed_and_removed_only_when_it_differs() -> No
     assert node_metadata.annotation_patch({key: "1.8.1 +WASM:wasmtime"}, "1.8.1 +WASM:wasmtime") is None
     assert node_metadata.annotation_patch({key: "1.8.1 +WASM:wasmtime"}, "") == {"metadata": {"annotations": {key: None}}}
     assert node_metadata.annotation_patch({}, "") is None
-
-
-def test_workloads_crun_path_is_the_runtime_stages_crun() -> None:
-    assert role_defaults("workloads")["workloads_crun_path"] == role_defaults("wasm_runtime")["wasm_runtime_crun_path"]
 
 
 def test_wasm_sample_node_selector_places_its_pod() -> None:

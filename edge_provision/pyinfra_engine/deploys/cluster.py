@@ -17,6 +17,7 @@ from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from edge_provision.inventory import node_address
+from edge_provision.pyinfra_engine.deploys.common import fleet
 from edge_provision.pyinfra_engine.operations import cluster as ops
 from edge_provision.pyinfra_engine.operations import runtime as runtime_ops
 from edge_provision.role_files import render_template, role_defaults, role_vars
@@ -24,9 +25,6 @@ from edge_provision.stages.cluster import common, k3s, kubeadm, openyurt
 
 NODE_GROUPS = ("control_plane", "edge")
 
-
-def _fleet(name: str) -> Any:
-    return host.data.get(name, role_defaults("edge")[name])
 
 
 @cache
@@ -77,7 +75,7 @@ def kubernetes_node() -> None:
     v = role_vars("kubernetes_node", host.data.dict())
     packages = tuple(v["kubernetes_node_packages"]) if _install_from() == "controller" else ()
     arts = _controller(
-        "Kubernetes artifacts", _fleet("edge_arch"), tuple(v["kubernetes_node_binaries"]), (), packages
+        "Kubernetes artifacts", fleet("edge_arch"), tuple(v["kubernetes_node_binaries"]), (), packages
     )
     subnet = v["kubernetes_node_pod_subnet"] or common.node_pod_subnet(
         host.name, _members(), v["kubernetes_node_pod_network"], int(v["kubernetes_node_pod_subnet_prefix"])
@@ -159,10 +157,10 @@ def control_plane() -> None:
     c = role_vars("containerd", host.data.dict())
     packages = tuple(v["control_plane_kubeadm_packages"]) if _install_from() == "controller" else ()
     arts = _controller(
-        "control-plane artifacts", _fleet("edge_arch"), (), tuple(v["control_plane_kubeadm_images"]), packages
+        "control-plane artifacts", fleet("edge_arch"), (), tuple(v["control_plane_kubeadm_images"]), packages
     )
     node_ip = _node_ip()
-    labels = common.kubelet_node_labels(_fleet("edge_node_labels"))
+    labels = common.kubelet_node_labels(fleet("edge_node_labels"))
     sans = list(dict.fromkeys([node_ip, str(host.data.get("ansible_host")), host.name]))
 
     _packages(arts["debs"], v["control_plane_kubeadm_packages"], "Install etcd")
@@ -262,7 +260,7 @@ def node_join() -> None:
             "api_server_endpoint": endpoint,
             "node_name": host.name,
             "node_ip": _node_ip(),
-            "node_labels": common.kubelet_node_labels(_fleet("edge_node_labels")),
+            "node_labels": common.kubelet_node_labels(fleet("edge_node_labels")),
         },
         template_vars={**n, **v},
     )
@@ -318,11 +316,11 @@ def _api_labels(labels: dict[str, str], timeout: Any) -> None:
 def _k3s_node() -> list[Any]:
     """roles/k3s_node: the binary and the containerd template (what restarts the service)."""
     v = role_vars("k3s_node", host.data.dict())
-    arch = _fleet("edge_arch")
+    arch = fleet("edge_arch")
     changed = []
     if v["k3s_node_install_binary"]:
         try:
-            binary = _k3s_binary(arch, str(_fleet("edge_artifact_source")))
+            binary = _k3s_binary(arch, str(fleet("edge_artifact_source")))
         except Exception as exc:  # the fetcher names the file, source and reason
             raise DeployError(f"host {host.name}: k3s binary: {exc}") from exc
         changed.append(files.put(
@@ -336,7 +334,7 @@ def _k3s_node() -> list[Any]:
     changed.append(files.put(
         name="Write k3s's containerd template with the Wasm handler",
         src=StringIO(k3s.k3s_containerd_template(
-            version, v["k3s_node_wasm_handler"], v["k3s_node_wasm_binary"],
+            version, fleet("edge_wasm_handler"), fleet("edge_wasm_crun_path"),
             bool(v["k3s_node_wasm_systemd_cgroup"]),
         )),
         dest=f"{containerd_dir}/{k3s.k3s_containerd_template_name(version)}",
@@ -353,7 +351,7 @@ def _k3s_service(unit: str, mode: str, env: Any, tls_sans: list[str], changed: l
         name="Write k3s's configuration",
         src=StringIO(render_template("k3s_node", "config.yaml.j2", {
             "k3s_node_rendered_config": k3s.k3s_config(
-                node_name=host.name, node_ip=_node_ip(), labels=_fleet("edge_node_labels"),
+                node_name=host.name, node_ip=_node_ip(), labels=fleet("edge_node_labels"),
                 tls_sans=tls_sans, extra=v["k3s_node_extra_config"],
             ),
         })),
@@ -400,7 +398,7 @@ def k3s_server() -> None:
         name="Keep the admin kubeconfig in the fleet directory (0600)",
         kubeconfig=_kubeconfig(), server=controller_url, admin_conf=v["k3s_server_kubeconfig_file"],
     )
-    _api_labels(common.api_labels(_fleet("edge_node_labels")), n["k3s_node_register_timeout"])
+    _api_labels(common.api_labels(fleet("edge_node_labels")), n["k3s_node_register_timeout"])
 
 
 @deploy("k3s agent")
@@ -422,7 +420,7 @@ def k3s_agent() -> None:
         server_token_file=f"{n['k3s_node_data_dir']}/server/token",
     )
     _k3s_service("k3s-agent", "agent", env, [], changed)
-    _api_labels(common.api_labels(_fleet("edge_node_labels")), n["k3s_node_register_timeout"])
+    _api_labels(common.api_labels(fleet("edge_node_labels")), n["k3s_node_register_timeout"])
 
 
 # --- KubeEdge ----------------------------------------------------------------------------------
@@ -457,10 +455,10 @@ def kubeedge_edge() -> None:
         keadm=k["kubeedge_keadm"], cloud=cloud, cloud_kubeconfig=k["kubeedge_cloud_kubeconfig"],
         cloudcore=f"{node_address(cloud.data.dict())}:{k['kubeedge_cloud_port']}",
         config_dir=v["kubeedge_edge_config_dir"], joined_file=v["kubeedge_edge_joined_file"],
-        runtime_endpoint=v["kubeedge_edge_runtime_endpoint"], labels=_fleet("edge_node_labels"),
+        runtime_endpoint=v["kubeedge_edge_runtime_endpoint"], labels=fleet("edge_node_labels"),
         extra=list(v["kubeedge_edge_join_args"]),
     )
-    _api_labels(common.api_labels(_fleet("edge_node_labels")), v["kubeedge_edge_register_timeout"])
+    _api_labels(common.api_labels(fleet("edge_node_labels")), v["kubeedge_edge_register_timeout"])
 
 
 # --- OpenYurt ----------------------------------------------------------------------------------
@@ -476,10 +474,10 @@ def openyurt_join() -> None:
         given_token=str(v["openyurt_join_token"] or ""), ttl=v["openyurt_join_token_ttl"],
         server=f"{node_address(server.data.dict())}:{v['openyurt_join_api_port']}",
         cri_socket=v["openyurt_join_cri_socket"], joined_file=v["openyurt_join_joined_file"],
-        labels=_fleet("edge_node_labels"), extra=list(v["openyurt_join_args"]),
+        labels=fleet("edge_node_labels"), extra=list(v["openyurt_join_args"]),
     )
     try:
-        labels = openyurt.openyurt_labels(_fleet("edge_node_labels"), v["openyurt_join_nodepool"])
+        labels = openyurt.openyurt_labels(fleet("edge_node_labels"), v["openyurt_join_nodepool"])
     except common.DistributionError as exc:
         raise DeployError(f"host {host.name}: {exc}") from exc
     _api_labels(labels, v["openyurt_join_register_timeout"])
@@ -496,8 +494,8 @@ def cluster_stage() -> None:
     """playbooks/cluster.yml for pyinfra: the control plane of the fleet's distribution, then
     its edge nodes (kubeadm's also wait for the control plane to be Ready)."""
     groups = host.data.get("edge_groups") or []
-    distribution = _fleet("edge_cluster_distribution")
-    provision = _fleet("edge_cluster_control_plane") == "provision"
+    distribution = fleet("edge_cluster_distribution")
+    provision = fleet("edge_cluster_control_plane") == "provision"
     if distribution == "k3s":
         if "control_plane" in groups:
             k3s_server()

@@ -12,13 +12,10 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.context import host
 from pyinfra.operations import apt, files, systemd
 
+from edge_provision.pyinfra_engine.deploys.common import fleet
 from edge_provision.pyinfra_engine.operations import runtime as ops
-from edge_provision.role_files import render_template, role_defaults, role_vars
+from edge_provision.role_files import render_template, role_vars
 from edge_provision.stages.runtime import controller as runtime_controller
-
-
-def _fleet(name: str) -> Any:
-    return host.data.get(name, role_defaults("edge")[name])
 
 
 # Controller-side artifacts, once per argument set (every host of an architecture shares them).
@@ -73,14 +70,14 @@ def _packages(v: dict[str, Any], packages: list[str], arch: str, name: str) -> N
 @deploy("containerd")
 def containerd() -> None:
     v = role_vars("containerd", host.data.dict())
-    arch, source = _fleet("edge_arch"), _fleet("edge_artifact_source")
+    arch, source = fleet("edge_arch"), fleet("edge_artifact_source")
     install_from = v["containerd_install_from"]
     if install_from not in ("controller", "apt", "release"):
         raise DeployError(f"host {host.name}: containerd_install_from must be controller, apt or release, "
                           f"not {install_from!r}")
     # Before any operation: what the Wasm engine's build and a release install take from the
     # artifact source, fetched and verified, so a missing or damaged file stops the run here.
-    _controller("Wasm engine downloads", _engine_downloads, _fleet("edge_wasm_engine"), arch, source)
+    _controller("Wasm engine downloads", _engine_downloads, fleet("edge_wasm_engine"), arch, source)
     release = None
     if install_from == "release":
         release = _controller("release files", _release, arch, source, v["containerd_release_staging_dir"],
@@ -112,8 +109,8 @@ def containerd() -> None:
         name="Write the config with the Wasm handler, validated by containerd first",
         config_file=v["containerd_config_file"],
         settings={
-            "handler": v["containerd_wasm_handler"],
-            "binary": v["containerd_wasm_binary"],
+            "handler": fleet("edge_wasm_handler"),
+            "binary": fleet("edge_wasm_crun_path"),
             "systemd_cgroup": v["containerd_systemd_cgroup"],
             "sandbox_image": sandbox,
             "restrict_oom_score_adj": v["containerd_restrict_oom_score_adj"],
@@ -131,22 +128,17 @@ def containerd() -> None:
 def wasm_runtime() -> None:
     v = role_vars("wasm_runtime", host.data.dict())
     c = role_vars("containerd", host.data.dict())
-    arch, engine, source = _fleet("edge_arch"), _fleet("edge_wasm_engine"), _fleet("edge_artifact_source")
+    arch, engine, source = fleet("edge_arch"), fleet("edge_wasm_engine"), fleet("edge_artifact_source")
     try:
         runtime_controller.check_engine(engine, bool(v["wasm_runtime_build_on_node"]))
     except runtime_controller.RuntimeStageError as exc:
         raise DeployError(f"host {host.name}: {exc}") from exc
-    if c["containerd_wasm_binary"] != v["wasm_runtime_crun_path"]:
-        raise DeployError(
-            f"host {host.name}: wasm_runtime_crun_path ({v['wasm_runtime_crun_path']}) differs from "
-            f"containerd_wasm_binary ({c['containerd_wasm_binary']}), the Wasm handler would not find crun"
-        )
     crun = _controller("crun", _crun, arch, engine, source)
     images = _controller("images", _images, tuple(v["wasm_runtime_images"]), arch)
 
     _packages(c, v["wasm_runtime_packages"], arch, "Install the libraries crun needs")
     files.put(
-        name="Install crun with the Wasm engine", src=crun["crun"], dest=v["wasm_runtime_crun_path"],
+        name="Install crun with the Wasm engine", src=crun["crun"], dest=fleet("edge_wasm_crun_path"),
         user="root", group="root", mode="755",
     )
     library = f"{v['wasm_runtime_lib_dir']}/{crun['library']}"
@@ -155,7 +147,7 @@ def wasm_runtime() -> None:
         user="root", group="root", mode="644",
     )
     ops.loader_cache_has(name="Refresh the loader cache", path=library)
-    ops.wasm_crun_verified(name="Verify crun", crun_path=v["wasm_runtime_crun_path"], engine=engine)
+    ops.wasm_crun_verified(name="Verify crun", crun_path=fleet("edge_wasm_crun_path"), engine=engine)
     ops.images_imported(
         name="Import missing images", images=images,
         namespace=c["containerd_namespace"], image_dir=c["containerd_image_dir"],

@@ -8,9 +8,10 @@ import json
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host
 
+from edge_provision.pyinfra_engine.deploys.common import fleet
 from edge_provision.pyinfra_engine.facts.common import CommandOutput
 from edge_provision.pyinfra_engine.operations import workloads as ops
-from edge_provision.role_files import role_defaults, role_path
+from edge_provision.role_files import role_path
 from edge_provision.stages.cluster import common
 from edge_provision.stages.workloads import node_metadata, samples
 
@@ -24,14 +25,14 @@ def workloads_stage() -> None:
     """Every node reconciles its own labels; then the control plane host applies and verifies
     the cluster-wide manifests (after every node's labels: the operation is shared by all hosts)."""
     v = samples.role_variables(host.data.dict())
-    engine = host.data.get("edge_wasm_engine", role_defaults("edge")["edge_wasm_engine"])
+    engine = fleet("edge_wasm_engine")
     labels = dict(host.data.get("edge_node_labels") or {})
     if str(v["workloads_detect_devices"]).lower() in ("true", "yes", "1", "on"):  # --data gives strings
         script = role_path("workloads", "files", "devices.sh").read_text()
         detected = json.loads(host.get_fact(CommandOutput, argv=["sh", "-c", script, "devices"]) or "{}")
         labels = {**detected, **labels}  # inventory labels win
     wanted = node_metadata.wanted_labels(labels, v["workloads_wasm_label"], engine)
-    crun = host.get_fact(CommandOutput, argv=[v["workloads_crun_path"], "--version"])
+    crun = host.get_fact(CommandOutput, argv=[fleet("edge_wasm_crun_path"), "--version"])
     ops.node_labels(
         name="Reconcile the labels and taints edge-provision owns",
         kubeconfig=_kubeconfig(),

@@ -242,8 +242,9 @@ def verify(kubeconfig: Path, variables: Mapping[str, Any], timeout: float) -> di
 
 
 def role_variables(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The workloads role's variables and the fleet's edge_wasm_engine, from ``overrides``
-    (fleet values) over their defaults."""
-    values = {**role_defaults("workloads"), "edge_wasm_engine": role_defaults("edge")["edge_wasm_engine"]}
+    """The workloads role's variables and the fleet's edge_wasm_engine and edge_wasm_handler, from
+    ``overrides`` (fleet values) over their defaults."""
+    edge = role_defaults("edge")
+    values = {**role_defaults("workloads"), **{k: edge[k] for k in ("edge_wasm_engine", "edge_wasm_handler")}}
     values.update({k: v for k, v in overrides.items() if k in values})
     return values
