@@ -123,10 +123,16 @@ def test_k3s_units_run_server_and_agent_from_the_installed_binary() -> None:
     node = role_defaults("k3s_node")
     for unit, mode in (("k3s", "server"), ("k3s-agent", "agent")):
         text = render_template("k3s_node", "k3s.service.j2",
-                               {**node, "k3s_node_service": {"unit": unit, "mode": mode, "tls_sans": []}})
+                               {**node, "k3s_node_service": {"unit": unit, "mode": mode, "tls_sans": []},
+                                "k3s_node_env_file": k3s.service_env_file(unit)})
         assert f"ExecStart=/usr/local/bin/k3s {mode}\n" in text
         assert f"EnvironmentFile=-/etc/systemd/system/{unit}.service.env\n" in text
         assert "Type=notify" in text
+        assert k3s.service_unit_file(unit) == f"/etc/systemd/system/{unit}.service"
+
+
+def test_k3s_agents_read_the_servers_token_file() -> None:
+    assert k3s.server_token_file(role_defaults("k3s_node")["k3s_node_data_dir"]) == "/var/lib/rancher/k3s/server/token"
 
 
 def test_k3s_agent_env_joins_with_url_and_token_and_a_fingerprint() -> None:

@@ -359,8 +359,10 @@ def _k3s_service(unit: str, mode: str, env: Any, tls_sans: list[str], changed: l
     )
     unit_file = files.put(
         name=f"Write the unit of {unit}",
-        src=StringIO(render_template("k3s_node", "k3s.service.j2", {**v, "k3s_node_service": service})),
-        dest=f"/etc/systemd/system/{unit}.service", user="root", group="root", mode="644",
+        src=StringIO(render_template("k3s_node", "k3s.service.j2", {
+            **v, "k3s_node_service": service, "k3s_node_env_file": k3s.service_env_file(unit),
+        })),
+        dest=k3s.service_unit_file(unit), user="root", group="root", mode="644",
     )
     systemd.daemon_reload(name="Reload systemd's units", _if=unit_file.did_change)
     started = systemd.service(name=f"Run {unit} now and at boot", service=unit, running=True, enabled=True)
@@ -386,12 +388,12 @@ def k3s_server() -> None:
     env = files.put(
         name="Write the service's environment, 0600 (k3s)",
         src=StringIO(k3s.k3s_server_env(str(v["k3s_server_token"] or ""))),
-        dest="/etc/systemd/system/k3s.service.env", user="root", group="root", mode="600",
+        dest=k3s.service_env_file("k3s"), user="root", group="root", mode="600",
     )
     _k3s_service("k3s", "server", env, tls_sans, changed)
     ops.files_present(
         name="Wait for k3s's token and admin kubeconfig",
-        paths=[f"{n['k3s_node_data_dir']}/server/token", v["k3s_server_kubeconfig_file"]],
+        paths=[k3s.server_token_file(n["k3s_node_data_dir"]), v["k3s_server_kubeconfig_file"]],
         timeout=float(v["k3s_server_start_timeout"]),
     )
     ops.controller_kubeconfig(
@@ -413,11 +415,11 @@ def k3s_agent() -> None:
     )
     env = ops.k3s_agent_env(
         name="Write the service's environment, 0600 (k3s-agent)",
-        env_file="/etc/systemd/system/k3s-agent.service.env",
+        env_file=k3s.service_env_file("k3s-agent"),
         server_url=f"https://{node_address(server.data.dict())}:{n['k3s_node_api_port']}",
         given_token=str(v["k3s_agent_token"] or ""),
         server=server,
-        server_token_file=f"{n['k3s_node_data_dir']}/server/token",
+        server_token_file=k3s.server_token_file(n["k3s_node_data_dir"]),
     )
     _k3s_service("k3s-agent", "agent", env, [], changed)
     _api_labels(common.api_labels(fleet("edge_node_labels")), n["k3s_node_register_timeout"])

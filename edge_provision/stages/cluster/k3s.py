@@ -77,6 +77,24 @@ def k3s_version(arch: str) -> str:
     return pinned(K3S_ARTIFACT, arch).version
 
 
+SYSTEMD_UNIT_DIR = "/etc/systemd/system"
+
+
+def server_token_file(data_dir: str) -> str:
+    """Where a k3s server keeps the token agents join with (``data_dir``: k3s_node_data_dir)."""
+    return f"{data_dir}/server/token"
+
+
+def service_unit_file(unit: str) -> str:
+    """The systemd unit file of ``unit`` (k3s or k3s-agent), where k3s's install.sh puts it."""
+    return f"{SYSTEMD_UNIT_DIR}/{unit}.service"
+
+
+def service_env_file(unit: str) -> str:
+    """The 0600 EnvironmentFile of ``unit`` (k3s or k3s-agent): K3S_TOKEN, and K3S_URL for agents."""
+    return f"{SYSTEMD_UNIT_DIR}/{unit}.service.env"
+
+
 def k3s_server_env(token: str) -> str:
     """The k3s server's EnvironmentFile (0600): a given cluster token, or none (k3s makes one)."""
     header = "# Managed by edge-provision (roles/k3s_server). May hold the cluster token: 0600.\n"
