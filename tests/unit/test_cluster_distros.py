@@ -20,8 +20,6 @@ from edge_provision.role_files import render_template, role_argument_spec, role_
 from edge_provision.stages.cluster import common, k3s, kubeadm, kubeedge, openyurt
 from edge_provision.stages.runtime.containerd_config import SCHEMAS, runtime_handler
 
-DISTRIBUTION_ROLES = ["k3s_node", "k3s_server", "k3s_agent", "kubeedge", "kubeedge_cloud", "kubeedge_edge",
-                      "openyurt_join"]
 LABELS = {"device": "camera", "edge-provision.io/lab": "true", "node-role.kubernetes.io/edge": ""}
 # k3s's own template "base" for containerd 2, trimmed to the tables it shares with the handler.
 K3S_BASE_V3 = """version = 3
@@ -213,18 +211,6 @@ def test_failure_reports_redact_given_secrets_and_bootstrap_tokens() -> None:
 
 
 # --- both engines, one source --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("role", DISTRIBUTION_ROLES)
-def test_defaults_and_argument_specs_agree(role: str) -> None:
-    defaults = role_defaults(role)
-    options = role_argument_spec(role)["options"]
-    assert set(defaults) == set(options)
-    prefix = f"{role}_"
-    assert all(name.startswith(prefix) for name in defaults), role
-    assert [n for n in defaults if n.endswith("_token")] == [
-        n for n, spec in options.items() if spec.get("no_log")
-    ]
 
 
 def test_filters_are_the_shared_functions() -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from edge_provision.role_files import role_argument_spec, role_defaults
 from edge_provision.stages.runtime import controller as runtime_controller
 from edge_provision.stages.runtime.containerd_config import ContainerdConfigError, runtime_handler, schema_for
 
@@ -203,15 +202,6 @@ def test_engines_that_cannot_be_installed_fail_clearly(engine: str, on_node: boo
 
 def test_wasmtime_is_installable() -> None:
     runtime_controller.check_engine("wasmtime", False)
-
-
-@pytest.mark.parametrize("role", ["containerd", "wasm_runtime"])
-def test_defaults_and_argument_specs_agree(role: str) -> None:
-    defaults = role_defaults(role)
-    options = role_argument_spec(role)["options"]
-    assert set(defaults) == set(options)
-    assert all(name.startswith(f"{role}_") for name in defaults)
-    assert not [name for name, spec in options.items() if "default" in spec]
 
 
 def test_filters_are_the_shared_functions() -> None:
