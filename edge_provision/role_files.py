@@ -28,6 +28,13 @@ def role_defaults(role: str) -> dict[str, Any]:
 
 
 @cache
+def role_dependencies(role: str) -> tuple[str, ...]:
+    """The roles ``role`` depends on (its meta/main.yml), which Ansible runs before it."""
+    meta = yaml.safe_load(role_path(role, "meta", "main.yml").read_text()) or {}
+    return tuple(d["role"] if isinstance(d, dict) else str(d) for d in meta.get("dependencies") or [])
+
+
+@cache
 def role_argument_spec(role: str, entry_point: str = "main") -> dict[str, Any]:
     data = yaml.safe_load(role_path(role, "meta", "argument_specs.yml").read_text())
     spec: dict[str, Any] = data["argument_specs"][entry_point]

@@ -8,7 +8,7 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 
 from edge_provision.inventory import node_address
-from edge_provision.stages.cluster import common, k3s, kubeadm, kubeedge, openyurt
+from edge_provision.stages.cluster import common, distributions, k3s, kubeadm, kubeedge, openyurt
 
 
 def pod_subnet(name: str, members: list[str], network: str, prefix: int = 24) -> str:
@@ -68,6 +68,7 @@ def yurtadm_join(yurtadm: str, token: Mapping[str, str], server: str, cri_socket
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
+            "edge_provision_cluster_roles": distributions.cluster_roles,
             "edge_provision_pod_subnet": pod_subnet,
             "edge_provision_kubelet_node_labels": common.kubelet_node_labels,
             "edge_provision_kubeadm_init": kubeadm.kubeadm_init,

@@ -17,7 +17,7 @@ from ansible.errors import AnsibleFilterError
 from edge_provision import PROJECT_ROOT
 from edge_provision.artifacts.fetch import ArtifactFetchError, fetch, load_downloads, pinned
 from edge_provision.role_files import render_template, role_argument_spec, role_defaults
-from edge_provision.stages.cluster import common, k3s, kubeadm, kubeedge, openyurt
+from edge_provision.stages.cluster import common, distributions, k3s, kubeadm, kubeedge, openyurt
 from edge_provision.stages.runtime.containerd_config import SCHEMAS, runtime_handler
 
 LABELS = {"device": "camera", "edge-provision.io/lab": "true", "node-role.kubernetes.io/edge": ""}
@@ -234,14 +234,34 @@ def test_filters_are_the_shared_functions() -> None:
         filters["edge_provision_probe_patches"]({"readiness": 2}, ["a"])
 
 
-def test_the_cluster_playbook_runs_one_role_set_per_distribution() -> None:
-    plays = yaml.safe_load((PROJECT_ROOT / "playbooks" / "cluster.yml").read_text())
-    roles = {play["name"]: {r["role"]: r["when"] for r in play["roles"]} for play in plays}
-    assert set(roles["Control plane"]) == {"control_plane_kubeadm", "k3s_server", "kubeedge_cloud"}
-    assert set(roles["Edge nodes join"]) == {"node_join_kubeadm", "k3s_agent", "kubeedge_edge", "openyurt_join"}
+def test_the_cluster_playbook_runs_the_roles_of_the_one_table() -> None:
+    plays = {play["hosts"]: play for play in yaml.safe_load((PROJECT_ROOT / "playbooks" / "cluster.yml").read_text())}
+    assert set(plays) == set(distributions.NODE_GROUPS)
+    for group, play in plays.items():
+        table = {r for d in distributions.ROLES.values() for r in d[group]}
+        assert {r["role"] for r in play["roles"]} == table, group
+        for role in play["roles"]:
+            assert role["when"] == f"'{role['role']}' in edge_cluster_stage_roles"
+        assert f"edge_provision_cluster_roles('{group}', edge_cluster_control_plane)" in play["vars"][
+            "edge_cluster_stage_roles"]
     choices = role_argument_spec("edge")["options"]["edge_cluster_distribution"]["choices"]
-    for distribution in choices:
-        assert any(distribution in str(when) for when in roles["Edge nodes join"].values()), distribution
+    assert sorted(choices) == sorted(distributions.ROLES)
+
+
+def test_cluster_roles_per_distribution_and_control_plane() -> None:
+    assert distributions.cluster_roles("kubeadm", "control_plane") == ["control_plane_kubeadm"]
+    assert distributions.cluster_roles("kubeedge", "control_plane") == ["control_plane_kubeadm", "kubeedge_cloud"]
+    assert distributions.cluster_roles("kubeedge", "control_plane", "existing") == ["kubeedge_cloud"]
+    assert distributions.cluster_roles("openyurt", "control_plane", "existing") == []
+    assert distributions.cluster_roles("k3s", "edge", "existing") == ["k3s_agent"]
+    with pytest.raises(ValueError, match="distribution 'rke2'"):
+        distributions.cluster_roles("rke2", "edge")
+
+
+def test_the_pyinfra_deploy_has_a_deploy_for_every_role_of_the_table() -> None:
+    from edge_provision.pyinfra_engine.deploys.cluster import ROLE_DEPLOYS
+
+    assert set(ROLE_DEPLOYS) == {r for d in distributions.ROLES.values() for g in d.values() for r in g}
 
 
 # --- the pyinfra operations' guards (facts in, commands out) ---------------------------------------

@@ -5,6 +5,7 @@ templates, computed by the same Python (edge_provision.stages.cluster)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from io import StringIO
 from typing import Any
@@ -20,11 +21,8 @@ from edge_provision.inventory import node_address
 from edge_provision.pyinfra_engine.deploys.common import fleet
 from edge_provision.pyinfra_engine.operations import cluster as ops
 from edge_provision.pyinfra_engine.operations import runtime as runtime_ops
-from edge_provision.role_files import render_template, role_defaults, role_vars
-from edge_provision.stages.cluster import common, k3s, kubeadm, openyurt
-
-NODE_GROUPS = ("control_plane", "edge")
-
+from edge_provision.role_files import render_template, role_defaults, role_dependencies, role_vars
+from edge_provision.stages.cluster import common, distributions, k3s, kubeadm, openyurt
 
 
 @cache
@@ -59,7 +57,7 @@ def _packages(debs: list[dict[str, Any]], packages: list[str], name: str) -> Non
 
 
 def _members() -> list[str]:
-    return [h.name for group in NODE_GROUPS for h in inventory.get_group(group, [])]
+    return [h.name for group in distributions.NODE_GROUPS for h in inventory.get_group(group, [])]
 
 
 def _kubeconfig() -> str:
@@ -492,33 +490,38 @@ def _control_plane_done() -> None:
 # --- the stage ---------------------------------------------------------------------------------
 
 
+# The pyinfra deploy of each role that stages.cluster.distributions names.
+ROLE_DEPLOYS: dict[str, Callable[[], object]] = {
+    "control_plane_kubeadm": control_plane,
+    "node_join_kubeadm": node_join,
+    "k3s_server": k3s_server,
+    "k3s_agent": k3s_agent,
+    "kubeedge_cloud": kubeedge_cloud,
+    "kubeedge_edge": kubeedge_edge,
+    "openyurt_join": openyurt_join,
+}
+
+
 def cluster_stage() -> None:
-    """playbooks/cluster.yml for pyinfra: the control plane of the fleet's distribution, then
-    its edge nodes (kubeadm's also wait for the control plane to be Ready)."""
+    """playbooks/cluster.yml for pyinfra: the roles stages.cluster.distributions names for the
+    fleet's distribution, the control plane's first, then the edge nodes'. kubernetes_node, the
+    kubeadm roles' dependency, comes first on every host that runs one of them (the edge nodes
+    prepare while the control plane initialises); every host waits for kubeadm's control plane
+    to be Ready, and the edge nodes' steps come after every control-plane step."""
     groups = host.data.get("edge_groups") or []
-    distribution = fleet("edge_cluster_distribution")
-    provision = fleet("edge_cluster_control_plane") == "provision"
-    if distribution == "k3s":
+    distribution, mode = fleet("edge_cluster_distribution"), fleet("edge_cluster_control_plane")
+    control_plane_roles = distributions.cluster_roles(distribution, "control_plane", mode)
+    edge_roles = distributions.cluster_roles(distribution, "edge", mode)
+    mine = [*(control_plane_roles if "control_plane" in groups else []),
+            *(edge_roles if "edge" in groups else [])]
+    if any("kubernetes_node" in role_dependencies(role) for role in mine):
+        kubernetes_node()
+    for role in control_plane_roles:
         if "control_plane" in groups:
-            k3s_server()
-        _control_plane_done()
-        if "edge" in groups:
-            k3s_agent()
-        return
-    if provision:  # kubeadm's control plane (kubeadm, KubeEdge, OpenYurt)
-        if distribution == "kubeadm" or "control_plane" in groups:
-            kubernetes_node()
-        if "control_plane" in groups:
-            control_plane()
-        _control_plane_ready()
-    if distribution == "kubeedge":
-        if "control_plane" in groups:
-            kubeedge_cloud()
-        _control_plane_done()
-        if "edge" in groups:
-            kubeedge_edge()
-    elif distribution == "openyurt":
-        if "edge" in groups:
-            openyurt_join()
-    elif "edge" in groups:
-        node_join()
+            ROLE_DEPLOYS[role]()
+        if role == distributions.KUBEADM_CONTROL_PLANE:
+            _control_plane_ready()
+    _control_plane_done()
+    if "edge" in groups:
+        for role in edge_roles:
+            ROLE_DEPLOYS[role]()
