@@ -1,5 +1,6 @@
 """Molecule's testinfra verifiers run pytest from a scenario directory: make the repository's
-`tests` package (the lab tier's checks, reused by every scenario) importable."""
+`tests` package importable (the checks the lab tier shares with every scenario, tests/checks,
+and what a verifier reads of its scenario, tests/molecule/scenario.py)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ cluster does not know, which must fail on the controller before the node is touc
 joins for real at -vvv. No token of the cluster may appear in any of that output. A second run of
 each engine changes nothing.
 
-The `check_*` functions take a fleet's admin kubeconfig (and node names) only: Molecule's
-scenario cluster (molecule/cluster/tests) runs them on its VMs too.
+The checks of the cluster and its workloads are tests/checks/cluster.py's, which Molecule's
+scenarios cluster and containers (molecule/cluster/tests) run on their hosts too.
 """
 
 from __future__ import annotations
@@ -26,15 +26,14 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edge_provision.artifacts.builders.images import demo_output_problems
 from edge_provision.role_files import role_defaults
 from edge_provision.stages.cluster import common, kube_api
-from edge_provision.stages.workloads import node_metadata, samples
+from edge_provision.stages.workloads import samples
+from tests.checks import cluster
 from tests.conftest import run, tool
 from tests.lab.conftest import EngineRun, LabFleet
 
 LAB_HOSTS = 3
-WORKLOADS = samples.role_variables({"edge_wasm_engine": "wasmtime"})
 UNKNOWN_TOKEN = "abcdef.0123456789abcdef"  # well formed, never made in this cluster
 JOIN_CONFIG = role_defaults("node_join_kubeadm")["node_join_kubeadm_config_file"]
 # The kubelet's kernel tunables; the lab keeps it from writing the machine's (see lab/image.py).
@@ -112,110 +111,22 @@ def _core(runs: ClusterRuns) -> client.CoreV1Api:
     return client.CoreV1Api(kube_api.api_client(runs.kubeconfig))
 
 
-# --- checks on any fleet's cluster (also run by molecule/cluster) --------------------------
-
-
-def check_control_plane_runs_its_static_pods(kubeconfig: Path) -> None:
-    core = client.CoreV1Api(kube_api.api_client(kubeconfig))
-    pods = core.list_namespaced_pod("kube-system").items
-    running = {p.metadata.labels.get("component"): p.status.phase for p in pods if p.metadata.labels}
-    for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
-        assert running.get(component) == "Running", running
-    images = {c.image for p in pods for c in p.spec.containers}
-    assert all(i.startswith("edge-provision.local/") for i in images), images
-
-
-def check_every_node_is_ready_with_the_lab_labels(kubeconfig: Path, names: list[str]) -> dict[str, client.V1Node]:
-    """Exactly ``names`` are nodes, all Ready with the lab's labels: the first is the control
-    plane, the second (the first edge host) carries device=camera. Returns the nodes by name."""
-    nodes = {n.metadata.name: n for n in client.CoreV1Api(kube_api.api_client(kubeconfig)).list_node().items}
-    assert sorted(nodes) == sorted(names)
-    for name, node in nodes.items():
-        ready = [c.status for c in node.status.conditions if c.type == "Ready"]
-        assert ready == ["True"], (name, node.status.conditions)
-        assert node.metadata.labels.get("edge-provision.io/lab") == "true", name
-    assert nodes[names[1]].metadata.labels.get("device") == "camera"
-    assert "node-role.kubernetes.io/control-plane" in nodes[names[0]].metadata.labels
-    return nodes
-
-
-def check_admin_kubeconfig_is_private_and_reaches_the_api(kubeconfig: Path, control_plane: str) -> None:
-    assert kubeconfig.stat().st_mode & 0o777 == 0o600
-    assert kube_api.node_status(kubeconfig, control_plane)["ready"]
-
-
-def check_control_plane_probe_failure_thresholds(kubeconfig: Path, control_plane: str,
-                                                 wanted: dict[str, int]) -> None:
-    """kubeadm's patches (control_plane_kubeadm_probe_failure_thresholds) reached the static
-    pods: the mirror pods of the API server, controller manager and scheduler carry ``wanted``."""
-    assert wanted, "no thresholds to check"
-    core = client.CoreV1Api(kube_api.api_client(kubeconfig))
-    for component in ("kube-apiserver", "kube-controller-manager", "kube-scheduler"):
-        container = core.read_namespaced_pod(f"{component}-{control_plane}", "kube-system").spec.containers[0]
-        found = {"startup": container.startup_probe.failure_threshold,
-                 "liveness": container.liveness_probe.failure_threshold}
-        assert {k: found[k] for k in wanted} == wanted, component
-
-
-def check_every_node_carries_the_wasm_label_recorded_as_owned(kubeconfig: Path) -> None:
-    for node in client.CoreV1Api(kube_api.api_client(kubeconfig)).list_node().items:
-        assert node.metadata.labels.get("edge-provision.io/wasm") == "wasmtime", node.metadata.name
-        owned = node.metadata.annotations[node_metadata.MANAGED_LABELS_ANNOTATION].split(",")
-        assert "edge-provision.io/wasm" in owned and "edge-provision.io/lab" in owned
-
-
-def check_wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(kubeconfig: Path) -> dict[str, object]:
-    """The sample Wasm Job succeeded through the RuntimeClass on a node with the Wasm label and
-    logged the demo's lines; returns its result (``node``: where its pod ran)."""
-    result = samples.job_result(kubeconfig, "default", WORKLOADS["workloads_wasm_job"], 120)
-    assert result["succeeded"] and result["runtime_class"] == "crun-wasm", result
-    rc = client.NodeV1Api(kube_api.api_client(kubeconfig)).read_runtime_class("crun-wasm")
-    assert rc.handler == role_defaults("edge")["edge_wasm_handler"]
-    node = client.CoreV1Api(kube_api.api_client(kubeconfig)).read_node(result["node"])
-    assert node.metadata.labels["edge-provision.io/wasm"] == "wasmtime"
-    assert demo_output_problems(result["log"], args=["/wasi_demo.wasm", "1", "2", "3"]) == [], result["log"]
-    assert "A_TEST: hello" in result["log"].splitlines()
-    return result
-
-
-def check_wasm_deployment_keeps_running_with_the_wasm_handler(kubeconfig: Path) -> list[str]:
-    """The long-running Wasm sample: Running (not Completed) under the Wasm handler on nodes with
-    the Wasm label, never restarted, its log the demo followed by heartbeats; returns its nodes."""
-    pods = samples.deployment_pods(kubeconfig, "default", WORKLOADS["workloads_wasm_deployment"], 120, logs=True)
-    assert len(pods) == WORKLOADS["workloads_wasm_replicas"], pods
-    core = client.CoreV1Api(kube_api.api_client(kubeconfig))
-    for pod in pods:
-        assert pod["runtime_class"] == "crun-wasm", pod
-        assert core.read_node(pod["node"]).metadata.labels["edge-provision.io/wasm"] == "wasmtime"
-        assert samples.wasm_output_problems(pod["log"], WORKLOADS, heartbeat=True) == [], pod["log"]
-        status = core.read_namespaced_pod(pod["name"], "default").status
-        assert status.phase == "Running" and status.container_statuses[0].restart_count == 0, status
-    return [str(pod["node"]) for pod in pods]
-
-
-def check_container_sample_runs_only_on(kubeconfig: Path, node: str) -> None:
-    assert samples.deployment_nodes(kubeconfig, "default", "camera-app", 120) == [node]
-
-
-# --- the lab tier ---------------------------------------------------------------------------
-
-
 def test_both_engines_bring_up_the_cluster(runs: ClusterRuns) -> None:
     runs.ansible.ok()
     runs.pyinfra.ok()
 
 
 def test_control_plane_runs_its_static_pods(runs: ClusterRuns) -> None:
-    check_control_plane_runs_its_static_pods(runs.kubeconfig)
+    cluster.control_plane_runs_its_static_pods(runs.kubeconfig)
 
 
 def test_every_node_is_ready_with_its_inventory_labels(runs: ClusterRuns) -> None:
-    nodes = check_every_node_is_ready_with_the_lab_labels(runs.kubeconfig, ["lab-1", "lab-2", "lab-3"])
+    nodes = cluster.every_node_is_ready_with_the_lab_labels(runs.kubeconfig, ["lab-1", "lab-2", "lab-3"])
     assert "device" not in nodes["lab-3"].metadata.labels
 
 
 def test_admin_kubeconfig_is_private_and_reaches_the_api(runs: ClusterRuns) -> None:
-    check_admin_kubeconfig_is_private_and_reaches_the_api(runs.kubeconfig, "lab-1")
+    cluster.admin_kubeconfig_is_private_and_reaches_the_api(runs.kubeconfig, "lab-1")
 
 
 def test_bad_token_join_fails_clearly_and_leaves_the_node_clean(runs: ClusterRuns) -> None:
@@ -285,19 +196,19 @@ def test_second_pyinfra_run_changes_nothing(runs: ClusterRuns) -> None:
 
 
 def test_every_node_carries_the_wasm_label_recorded_as_owned(runs: ClusterRuns) -> None:
-    check_every_node_carries_the_wasm_label_recorded_as_owned(runs.kubeconfig)
+    cluster.every_node_carries_the_wasm_label_recorded_as_owned(runs.kubeconfig)
 
 
 def test_wasm_job_runs_on_a_wasm_node_with_the_wasm_handler_and_prints_the_demo(runs: ClusterRuns) -> None:
-    check_wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(runs.kubeconfig)
+    cluster.wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(runs.kubeconfig)
 
 
 def test_wasm_deployment_keeps_running_on_wasm_nodes_with_the_wasm_handler(runs: ClusterRuns) -> None:
-    check_wasm_deployment_keeps_running_with_the_wasm_handler(runs.kubeconfig)
+    cluster.wasm_deployment_keeps_running_with_the_wasm_handler(runs.kubeconfig)
 
 
 def test_container_sample_runs_only_on_the_camera_node(runs: ClusterRuns) -> None:
-    check_container_sample_runs_only_on(runs.kubeconfig, "lab-2")
+    cluster.container_sample_runs_only_on(runs.kubeconfig, "lab-2")
 
 
 def test_a_pod_asking_for_a_label_nobody_has_stays_pending(runs: ClusterRuns) -> None:

@@ -3,9 +3,9 @@
 test_cluster.py makes its control plane with Ansible and joins one node with each engine. Here
 pyinfra runs the chain (host_prep, runtime, cluster) on a fresh one-host fleet whose inventory
 sets probe failure thresholds (group_vars/all.yml, which both engines read), and its control
-plane is checked through the API. Then ansible-playbook runs the same stages on the same host
-and must change nothing: both engines reach the same host state. A second pyinfra run changes
-nothing either.
+plane is checked through the API (tests/checks/cluster.py). Then ansible-playbook runs the same
+stages on the same host and must change nothing: both engines reach the same host state. A second
+pyinfra run changes nothing either.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from edge_provision.stages.cluster import common
-from tests.lab import test_cluster as lab_cluster
+from tests.checks import cluster
 from tests.lab.conftest import EngineRun, LabFleet
 
 LAB_HOSTS = 1
@@ -49,13 +49,13 @@ def runs(lab_fleet: LabFleet) -> Runs:
 
 def test_pyinfra_makes_the_control_plane(runs: Runs) -> None:
     assert runs.pyinfra.ok().changed > 0
-    lab_cluster.check_control_plane_runs_its_static_pods(runs.kubeconfig)
-    lab_cluster.check_admin_kubeconfig_is_private_and_reaches_the_api(runs.kubeconfig, CONTROL_PLANE)
+    cluster.control_plane_runs_its_static_pods(runs.kubeconfig)
+    cluster.admin_kubeconfig_is_private_and_reaches_the_api(runs.kubeconfig, CONTROL_PLANE)
 
 
 def test_pyinfra_patches_the_probe_thresholds_from_the_inventory(runs: Runs) -> None:
     runs.pyinfra.ok()
-    lab_cluster.check_control_plane_probe_failure_thresholds(runs.kubeconfig, CONTROL_PLANE, THRESHOLDS)
+    cluster.control_plane_probe_failure_thresholds(runs.kubeconfig, CONTROL_PLANE, THRESHOLDS)
 
 
 def test_ansible_after_pyinfra_changes_nothing(runs: Runs) -> None:

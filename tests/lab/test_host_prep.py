@@ -11,11 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge_provision.role_files import role_defaults
+from tests.checks import host_prep
 from tests.lab.conftest import EngineRun, LabFleet
 
 LAB_HOSTS = 2
-DEFAULTS = role_defaults("host_prep")
 SWAP_LINE = "/swapfile none swap sw 0 0"
 VENDOR_SYSCTL = "/etc/sysctl.d/10-network-security.conf"
 
@@ -59,28 +58,17 @@ def test_swap_lines_commented_not_deleted(fleet: LabFleet, cold_run: EngineRun) 
     fstab = fleet.sh("lab-2", "cat /etc/fstab").splitlines()
     assert f"# {SWAP_LINE}  # swap disabled by edge-provision" in fstab
     assert SWAP_LINE not in fstab
-    assert fleet.sh("lab-2", "tail -n +2 /proc/swaps").strip() == ""
+    host_prep.no_swap_active(fleet.testinfra("lab-2"))
 
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
 def test_kernel_modules_listed_and_present(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
-    host = fleet.testinfra(name)
-    listed = host.file(DEFAULTS["host_prep_modules_load_file"]).content_string.split()
-    for module in DEFAULTS["host_prep_kernel_modules"]:
-        assert module["name"] in listed
-        present = [p for p in module["present_paths"] if host.file(p).exists]
-        assert present, f"{module['name']}: none of {module['present_paths']} exists on {name}"
+    host_prep.kernel_modules_listed_and_present(fleet.testinfra(name))
 
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
 def test_every_sysctl_is_live(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
-    host = fleet.testinfra(name)
-    for key, value in DEFAULTS["host_prep_sysctl"].items():
-        assert host.sysctl(key) == value, key
-    text = host.file(DEFAULTS["host_prep_sysctl_file"]).content_string
-    assert host.file(DEFAULTS["host_prep_sysctl_file"]).mode == 0o644
-    for key, value in DEFAULTS["host_prep_sysctl"].items():
-        assert f"{key} = {value}" in text.splitlines()
+    host_prep.every_sysctl_is_live(fleet.testinfra(name))
 
 
 def test_sysctl_file_wins_over_vendor_file_at_boot(fleet: LabFleet, cold_run: EngineRun) -> None:
@@ -95,10 +83,7 @@ def test_sysctl_file_wins_over_vendor_file_at_boot(fleet: LabFleet, cold_run: En
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
 def test_etc_hosts_block_lists_the_fleet(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
-    lines = fleet.sh(name, "cat /etc/hosts").splitlines()
-    begin = lines.index("# BEGIN edge-provision cluster members")
-    end = lines.index("# END edge-provision cluster members")
-    assert lines[begin + 1:end] == [f"{h.cluster_address} {h.name}" for h in sorted(fleet.hosts, key=lambda h: h.name)]
+    host_prep.etc_hosts_block_lists_the_fleet(fleet.testinfra(name), {h.name: h.cluster_address for h in fleet.hosts})
 
 
 def test_preflight_facts_reported(cold_run: EngineRun) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,23 +22,18 @@ import yaml
 from edge_provision.artifacts import fetch
 from edge_provision.artifacts.builders import apt_sources
 from edge_provision.artifacts.builders import crun as crun_builder
-from edge_provision.artifacts.builders.images import (
-    demo_output_problems,
-    pause_reference,
-    wasi_demo_reference,
-)
+from edge_provision.artifacts.builders.images import pause_reference
 from edge_provision.lab import Lab
 from edge_provision.role_files import role_defaults
 from edge_provision.stages.runtime.containerd_config import WASM_ANNOTATIONS, runtime_handler, schema_for
+from tests.checks import runtime
 from tests.conftest import ROOT, run, tool
 from tests.lab.conftest import EngineRun, LabFleet, _ansible_changed, _pyinfra_changed
 
 LAB_HOSTS = 2
 C = role_defaults("containerd")
-W = role_defaults("wasm_runtime")
 CONFIG = C["containerd_config_file"]
 CRUN = role_defaults("edge")["edge_wasm_crun_path"]
-DEMO_ARGS = ["/wasi_demo.wasm", "50000000"]
 VERSIONS = yaml.safe_load(fetch.VERSIONS_FILE.read_text())
 @pytest.fixture(scope="module", params=["ansible", "pyinfra"])
 def engine(request: pytest.FixtureRequest) -> str:
@@ -79,22 +73,13 @@ def cold_run(fleet: LabFleet, engine: str) -> EngineRun:
     return result
 
 
-def ctr_run(fleet: LabFleet, name: str, args: str) -> tuple[int, str, str]:
-    result = fleet.testinfra(name).run(f"ctr -n {C['containerd_namespace']} run --rm {args}")
-    return result.rc, result.stdout, result.stderr
-
-
 def test_cold_run_changes_the_hosts(cold_run: EngineRun) -> None:
     assert cold_run.changed > 0
 
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
 def test_containerd_runs_with_the_cri_plugin(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
-    service = fleet.testinfra(name).service("containerd")
-    assert service.is_running and service.is_enabled
-    assert fleet.testinfra(name).package("containerd").is_installed
-    cri = [line.split() for line in fleet.sh(name, "ctr plugins ls").splitlines() if " cri " in line]
-    assert cri and cri[0][-1] == "ok", cri
+    runtime.containerd_runs_with_the_cri_plugin(fleet.testinfra(name))
 
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
@@ -116,45 +101,25 @@ def test_config_has_the_wasm_handler(fleet: LabFleet, cold_run: EngineRun, name:
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
 def test_crun_has_the_wasm_engine(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
-    host = fleet.testinfra(name)
-    assert host.file(CRUN).mode == 0o755
-    assert "+WASM:wasmtime" in host.check_output(f"{CRUN} --version").split()
-    assert "not found" not in host.check_output(f"ldd {CRUN}")
+    runtime.crun_has_the_wasm_engine(fleet.testinfra(name), CRUN)
 
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
 def test_images_imported(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
-    refs = fleet.sh(name, f"ctr -n {C['containerd_namespace']} images ls -q").split()
-    assert {wasi_demo_reference(), pause_reference()} <= set(refs)
-    assert any(r.startswith("edge-provision.local/busybox:") for r in refs)
+    runtime.images_imported(fleet.testinfra(name), C["containerd_namespace"])
 
 
-# `name` has a default (pytest passes no fixture for it): the lab tier runs these on lab-2, the
-# Molecule scenario (molecule/default/tests) on each of its VMs.
-def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, cold_run: EngineRun, name: str = "lab-2") -> None:
-    started = time.monotonic()
-    rc, stdout, stderr = ctr_run(
-        fleet, name,
-        f"--runc-binary {CRUN} --annotation module.wasm.image/variant=compat-smart --env GREETING=hello "
-        f"{wasi_demo_reference()} wasm-{time.time_ns()} {shlex.join(DEMO_ARGS)}",
-    )
-    print(f"\nWasm container run: {time.monotonic() - started:.2f} s")
-    assert rc == 0, stderr
-    assert demo_output_problems(stdout, args=DEMO_ARGS, stderr=stderr) == [], stdout + stderr
-    assert "GREETING: hello" in stdout.splitlines()
+# On lab-2 here; Molecule's verify (molecule/default/tests) runs these on each of its hosts.
+def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, cold_run: EngineRun) -> None:
+    runtime.wasm_image_runs_with_crun_wasm(fleet.testinfra("lab-2"), CRUN)
 
 
-def test_wasm_image_fails_with_runc(fleet: LabFleet, cold_run: EngineRun, name: str = "lab-2") -> None:
-    rc, stdout, stderr = ctr_run(fleet, name, f"{wasi_demo_reference()} plain-{time.time_ns()} {shlex.join(DEMO_ARGS)}")
-    assert rc != 0
-    assert "exec format error" in stdout + stderr
+def test_wasm_image_fails_with_runc(fleet: LabFleet, cold_run: EngineRun) -> None:
+    runtime.wasm_image_fails_with_runc(fleet.testinfra("lab-2"))
 
 
-def test_busybox_runs_with_runc(fleet: LabFleet, cold_run: EngineRun, name: str = "lab-2") -> None:
-    ref = next(r for r in fleet.sh(name, f"ctr -n {C['containerd_namespace']} images ls -q").split()
-               if r.startswith("edge-provision.local/busybox:"))
-    rc, stdout, stderr = ctr_run(fleet, name, f"{ref} busybox-{time.time_ns()} echo container works")
-    assert (rc, stdout.strip()) == (0, "container works"), stderr
+def test_busybox_runs_with_runc(fleet: LabFleet, cold_run: EngineRun) -> None:
+    runtime.busybox_runs_with_runc(fleet.testinfra("lab-2"))
 
 
 def test_second_run_changes_nothing(fleet: LabFleet, engine: str, cold_run: EngineRun) -> None:

@@ -1,7 +1,8 @@
 """What a scenario's verify (molecule/<scenario>/tests) reads of the scenario Molecule runs:
-its platforms and lab backend (the scenario's molecule.yml, ``MOLECULE_FILE``) and the
-inventory Ansible converged with (the lab's hosts.yml with the group and host variables
-Molecule wrote beside it, in ``MOLECULE_EPHEMERAL_DIRECTORY``/inventory)."""
+its platforms and lab backend (the scenario's molecule.yml, ``MOLECULE_FILE``), the inventory
+Ansible converged with (the lab's hosts.yml with the group and host variables Molecule wrote
+beside it, in ``MOLECULE_EPHEMERAL_DIRECTORY``/inventory), the lab's hosts it lists and a
+testinfra host for each, which the shared checks (tests/checks) take."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import testinfra
 import yaml
 
 from edge_provision.arch import debian_arch
+from edge_provision.lab import Lab, LabHost
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,14 @@ class Scenario:
     def arch(self, name: str) -> str:
         """A platform's architecture: its ``arch``, else the machine's (what `lab up` gives it)."""
         return str(next(p for p in self.platforms if p["name"] == name).get("arch") or debian_arch())
+
+    def hosts(self) -> list[LabHost]:
+        """The lab's hosts the inventory lists, in platform order (lab-1 first)."""
+        return Lab(self.inventory, backend=self.backend).hosts()
+
+    def host(self, name: str) -> testinfra.host.Host:
+        """A host over SSH as root, through Ansible's connection and the inventory's hosts.yml."""
+        return testinfra.get_host(f"ansible://{name}?ansible_inventory={self.inventory / 'hosts.yml'}")
 
     def group_vars(self) -> dict[str, Any]:
         return self._vars("group_vars", "all")

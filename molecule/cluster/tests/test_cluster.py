@@ -1,50 +1,30 @@
-"""Verify of scenarios cluster (VMs) and containers (container hosts): the lab tier's own
-checks (tests/lab), run on the scenario's hosts.
+"""Verify of scenarios cluster (VMs) and containers (container hosts): the checks the lab tier
+runs (tests/checks), on the scenario's hosts.
 
-Host prep and runtime: the checks scenario default runs (its module, imported). Cluster and
-workloads: the check functions of tests/lab/test_cluster.py over the admin kubeconfig the
-cluster stage wrote beside the inventory, plus each node's own address (edge_node_ip on VMs,
-whose user-mode NICs are all 10.0.2.15; the address the lab gave a container host). The Wasm
-sample must have run on lab-2, the edge host, where the inventory (molecule/base.yml) puts its
-node selector's label.
+Host prep and runtime: scenario default's verify module (molecule/default/tests/test_default.py),
+which both scenarios' molecule.yml add to the verifier's files. Cluster and workloads: the checks
+of tests/checks/cluster.py over the admin kubeconfig the cluster stage wrote beside the inventory,
+plus each node's own address (edge_node_ip on VMs, whose user-mode NICs are all 10.0.2.15; the
+address the lab gave a container host). The Wasm sample must have run on lab-2, the edge host,
+where the inventory (molecule/base.yml) puts its node selector's label.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from kubernetes import client
 
 from edge_provision.stages.cluster import common, kube_api
-from tests.lab import test_cluster as lab_cluster
-from tests.lab.conftest import LabFleet
+from tests.checks import cluster
+from tests.molecule.scenario import Scenario
 
-SCENARIOS = Path(__file__).resolve().parents[2]
-
-
-def _default_verify() -> ModuleType:
-    """Scenario default's verify module (its file; `molecule` is the installed package's name)."""
-    spec = importlib.util.spec_from_file_location(
-        "molecule_default_verify", SCENARIOS / "default" / "tests" / "test_default.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# The host_prep and runtime checks of scenario default, on these hosts: pytest collects its test
-# functions and its fleet fixture as this module's own.
-_DEFAULT = _default_verify()
-globals().update({k: v for k, v in vars(_DEFAULT).items() if k.startswith("test_")})
-fleet = _DEFAULT.fleet
-SCENARIO, HOSTS, INVENTORY, NAMES = _DEFAULT.SCENARIO, _DEFAULT.HOSTS, _DEFAULT.INVENTORY, _DEFAULT.NAMES
-
+SCENARIO = Scenario.current()
+HOSTS = SCENARIO.hosts()
+NAMES = [h.name for h in HOSTS]
 STAGES = os.environ.get("EDGE_MOLECULE_STAGES", "host_prep,runtime,cluster,workloads").split(",")
-KUBECONFIG = INVENTORY / common.KUBECONFIG_FILE
+KUBECONFIG = SCENARIO.inventory / common.KUBECONFIG_FILE
 CONTROL_PLANE, EDGE = NAMES[0], NAMES[1]
 ARCH = {h.name: h.arch for h in HOSTS}
 # The address cluster members know a node by: edge_node_ip where the lab wrote one (VMs), else
@@ -78,23 +58,23 @@ def test_the_inventory_puts_the_wasm_sample_label_on_the_edge_host_only() -> Non
 if "cluster" in STAGES:
 
     def test_control_plane_runs_its_static_pods() -> None:
-        lab_cluster.check_control_plane_runs_its_static_pods(KUBECONFIG)
+        cluster.control_plane_runs_its_static_pods(KUBECONFIG)
 
     def test_every_node_is_ready_with_the_lab_labels() -> None:
-        nodes = lab_cluster.check_every_node_is_ready_with_the_lab_labels(KUBECONFIG, NAMES)
+        nodes = cluster.every_node_is_ready_with_the_lab_labels(KUBECONFIG, NAMES)
         for name, node in nodes.items():
             assert node.metadata.labels["kubernetes.io/arch"] == ARCH[name], name
 
     def test_admin_kubeconfig_is_private_and_reaches_the_api() -> None:
-        lab_cluster.check_admin_kubeconfig_is_private_and_reaches_the_api(KUBECONFIG, CONTROL_PLANE)
+        cluster.admin_kubeconfig_is_private_and_reaches_the_api(KUBECONFIG, CONTROL_PLANE)
 
     @pytest.mark.parametrize("name", NAMES)
-    def test_node_is_known_by_its_own_address(fleet: LabFleet, name: str) -> None:
+    def test_node_is_known_by_its_own_address(name: str) -> None:
         """On a VM not 10.0.2.15, which every VM has: the kubelet's --node-ip is edge_node_ip."""
         node = _core().read_node(name)
         internal = [a.address for a in node.status.addresses if a.type == "InternalIP"]
         assert internal == [NODE_IP[name]], node.status.addresses
-        flags = fleet.sh(name, "cat /var/lib/kubelet/kubeadm-flags.env")
+        flags = SCENARIO.host(name).check_output("cat /var/lib/kubelet/kubeadm-flags.env")
         assert f"--node-ip={NODE_IP[name]}" in flags, flags
 
     def test_api_server_advertises_the_control_planes_own_address() -> None:
@@ -106,32 +86,32 @@ if "cluster" in STAGES:
     if THRESHOLDS:  # scenario cluster's, for its emulated control plane
 
         def test_control_plane_probes_have_the_scenarios_failure_thresholds() -> None:
-            lab_cluster.check_control_plane_probe_failure_thresholds(KUBECONFIG, CONTROL_PLANE, THRESHOLDS)
+            cluster.control_plane_probe_failure_thresholds(KUBECONFIG, CONTROL_PLANE, THRESHOLDS)
 
-    def test_edge_node_reaches_the_api_server_at_the_control_planes_own_address(fleet: LabFleet) -> None:
-        kubelet_conf = fleet.sh(EDGE, "cat /etc/kubernetes/kubelet.conf")
+    def test_edge_node_reaches_the_api_server_at_the_control_planes_own_address() -> None:
+        kubelet_conf = SCENARIO.host(EDGE).check_output("cat /etc/kubernetes/kubelet.conf")
         assert f"server: https://{NODE_IP[CONTROL_PLANE]}:" in kubelet_conf, kubelet_conf
 
 
 if "workloads" in STAGES:
 
     def test_every_node_carries_the_wasm_label_recorded_as_owned() -> None:
-        lab_cluster.check_every_node_carries_the_wasm_label_recorded_as_owned(KUBECONFIG)
+        cluster.every_node_carries_the_wasm_label_recorded_as_owned(KUBECONFIG)
 
     def test_wasm_job_ran_on_the_edge_host_and_printed_the_demo() -> None:
-        result = lab_cluster.check_wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(KUBECONFIG)
+        result = cluster.wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(KUBECONFIG)
         assert result["node"] == EDGE, result
         node = _core().read_node(EDGE)
         assert node.metadata.labels["kubernetes.io/arch"] == ARCH[EDGE] == SCENARIO.arch(EDGE)
         assert node.metadata.labels[WASM_SAMPLE_LABEL] == "true"
 
     def test_wasm_deployment_keeps_running_on_the_edge_host() -> None:
-        assert lab_cluster.check_wasm_deployment_keeps_running_with_the_wasm_handler(KUBECONFIG) == [EDGE]
+        assert cluster.wasm_deployment_keeps_running_with_the_wasm_handler(KUBECONFIG) == [EDGE]
 
     def test_only_the_edge_host_carries_the_wasm_sample_label() -> None:
         carrying = [n.metadata.name for n in _core().list_node(label_selector=WASM_SAMPLE_LABEL).items]
         assert carrying == [EDGE]
 
     def test_container_sample_runs_only_on_the_camera_node() -> None:
-        lab_cluster.check_container_sample_runs_only_on(KUBECONFIG, EDGE)
+        cluster.container_sample_runs_only_on(KUBECONFIG, EDGE)
 

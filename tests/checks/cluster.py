@@ -1,0 +1,108 @@
+"""Stages cluster and workloads on any fleet's cluster, through its admin kubeconfig (and node
+names): the control plane's static pods, the nodes Ready with the lab's labels, the kubeconfig,
+kubeadm's probe patches, the Wasm label and samples. The lab's fleets run the Wasm engine
+wasmtime and label their first edge host device=camera."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from edge_provision.artifacts.builders.images import demo_output_problems
+from edge_provision.role_files import role_defaults
+from edge_provision.stages.cluster import kube_api
+from edge_provision.stages.workloads import node_metadata, samples
+
+WORKLOADS = samples.role_variables({"edge_wasm_engine": "wasmtime"})
+CONTROL_PLANE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def _core(kubeconfig: Path) -> client.CoreV1Api:
+    return client.CoreV1Api(kube_api.api_client(kubeconfig))
+
+
+def control_plane_runs_its_static_pods(kubeconfig: Path) -> None:
+    pods = _core(kubeconfig).list_namespaced_pod("kube-system").items
+    running = {p.metadata.labels.get("component"): p.status.phase for p in pods if p.metadata.labels}
+    for component in CONTROL_PLANE_COMPONENTS:
+        assert running.get(component) == "Running", running
+    images = {c.image for p in pods for c in p.spec.containers}
+    assert all(i.startswith("edge-provision.local/") for i in images), images
+
+
+def every_node_is_ready_with_the_lab_labels(kubeconfig: Path, names: Sequence[str]) -> dict[str, client.V1Node]:
+    """Exactly ``names`` are nodes, all Ready with the lab's labels: the first is the control
+    plane, the second (the first edge host) carries device=camera. Returns the nodes by name."""
+    nodes = {n.metadata.name: n for n in _core(kubeconfig).list_node().items}
+    assert sorted(nodes) == sorted(names)
+    for name, node in nodes.items():
+        ready = [c.status for c in node.status.conditions if c.type == "Ready"]
+        assert ready == ["True"], (name, node.status.conditions)
+        assert node.metadata.labels.get("edge-provision.io/lab") == "true", name
+    assert nodes[names[1]].metadata.labels.get("device") == "camera"
+    assert "node-role.kubernetes.io/control-plane" in nodes[names[0]].metadata.labels
+    return nodes
+
+
+def admin_kubeconfig_is_private_and_reaches_the_api(kubeconfig: Path, control_plane: str) -> None:
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+    assert kube_api.node_status(kubeconfig, control_plane)["ready"]
+
+
+def control_plane_probe_failure_thresholds(kubeconfig: Path, control_plane: str, wanted: Mapping[str, int]) -> None:
+    """kubeadm's patches (control_plane_kubeadm_probe_failure_thresholds) reached the static
+    pods: the mirror pods of the API server, controller manager and scheduler carry ``wanted``."""
+    assert wanted, "no thresholds to check"
+    core = _core(kubeconfig)
+    for component in CONTROL_PLANE_COMPONENTS:
+        container = core.read_namespaced_pod(f"{component}-{control_plane}", "kube-system").spec.containers[0]
+        found = {"startup": container.startup_probe.failure_threshold,
+                 "liveness": container.liveness_probe.failure_threshold}
+        assert {k: found[k] for k in wanted} == wanted, component
+
+
+def every_node_carries_the_wasm_label_recorded_as_owned(kubeconfig: Path) -> None:
+    for node in _core(kubeconfig).list_node().items:
+        assert node.metadata.labels.get("edge-provision.io/wasm") == "wasmtime", node.metadata.name
+        owned = node.metadata.annotations[node_metadata.MANAGED_LABELS_ANNOTATION].split(",")
+        assert "edge-provision.io/wasm" in owned and "edge-provision.io/lab" in owned
+
+
+def wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(
+    kubeconfig: Path, workloads: Mapping[str, Any] = WORKLOADS
+) -> dict[str, Any]:
+    """The sample Wasm Job succeeded through the RuntimeClass on a node with the Wasm label and
+    logged the demo's lines; returns its result (``node``: where its pod ran)."""
+    result = samples.job_result(kubeconfig, "default", workloads["workloads_wasm_job"], 120)
+    assert result["succeeded"] and result["runtime_class"] == "crun-wasm", result
+    rc = client.NodeV1Api(kube_api.api_client(kubeconfig)).read_runtime_class("crun-wasm")
+    assert rc.handler == role_defaults("edge")["edge_wasm_handler"]
+    node = _core(kubeconfig).read_node(result["node"])
+    assert node.metadata.labels["edge-provision.io/wasm"] == "wasmtime"
+    assert demo_output_problems(result["log"], args=["/wasi_demo.wasm", "1", "2", "3"]) == [], result["log"]
+    assert "A_TEST: hello" in result["log"].splitlines()
+    return result
+
+
+def wasm_deployment_keeps_running_with_the_wasm_handler(
+    kubeconfig: Path, workloads: Mapping[str, Any] = WORKLOADS
+) -> list[str]:
+    """The long-running Wasm sample: Running (not Completed) under the Wasm handler on nodes with
+    the Wasm label, never restarted, its log the demo followed by heartbeats; returns its nodes."""
+    pods = samples.deployment_pods(kubeconfig, "default", workloads["workloads_wasm_deployment"], 120, logs=True)
+    assert len(pods) == workloads["workloads_wasm_replicas"], pods
+    core = _core(kubeconfig)
+    for pod in pods:
+        assert pod["runtime_class"] == "crun-wasm", pod
+        assert core.read_node(pod["node"]).metadata.labels["edge-provision.io/wasm"] == "wasmtime"
+        assert samples.wasm_output_problems(pod["log"], workloads, heartbeat=True) == [], pod["log"]
+        status = core.read_namespaced_pod(pod["name"], "default").status
+        assert status.phase == "Running" and status.container_statuses[0].restart_count == 0, status
+    return [str(pod["node"]) for pod in pods]
+
+
+def container_sample_runs_only_on(kubeconfig: Path, node: str) -> None:
+    assert samples.deployment_nodes(kubeconfig, "default", "camera-app", 120) == [node]
