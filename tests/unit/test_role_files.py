@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -66,20 +66,20 @@ def problems(value: Any, spec: Mapping[str, Any], where: str) -> list[str]:
         return [f"{where}: unknown type {kind!r}"]
     if not isinstance(value, TYPES[kind]) or (kind in {"int", "float"} and isinstance(value, bool)):
         return [f"{where}: {value!r} is not of type {kind}"]
-    found = []
-    items = value if kind == "list" else [value]
+    found: list[str] = []
+    items = cast("list[Any]", value) if kind == "list" else [value]
     if "choices" in spec:
         found += [f"{where}: {item!r} is not one of {spec['choices']}" for item in items if item not in spec["choices"]]
     if kind == "list" and "elements" in spec:
         element = {"type": spec["elements"], **({"options": spec["options"]} if "options" in spec else {})}
-        for n, item in enumerate(value):
+        for n, item in enumerate(items):
             found += problems(item, element, f"{where}[{n}]")
     elif kind == "dict" and "options" in spec:
-        suboptions = spec["options"]
-        found += [f"{where}: {key!r} is no suboption" for key in value if key not in suboptions]
+        suboptions, given = spec["options"], cast("dict[str, Any]", value)
+        found += [f"{where}: {key!r} is no suboption" for key in given if key not in suboptions]
         for key, suboption in suboptions.items():
-            if key in value:
-                found += problems(value[key], suboption, f"{where}.{key}")
+            if key in given:
+                found += problems(given[key], suboption, f"{where}.{key}")
             elif suboption.get("required"):
                 found.append(f"{where}: required suboption {key!r} missing")
     return found
