@@ -38,13 +38,13 @@ class LabFleet:
 
     def ansible_playbook(self, *args: str) -> EngineRun:
         result = run([tool("ansible-playbook"), "-i", str(self.inventory), "playbooks/site.yml", *args])
-        return EngineRun(result, changed=_ansible_changed(result.stdout))
+        return EngineRun(result, changed=ansible_changed(result.stdout))
 
     def pyinfra(self, *args: str) -> EngineRun:
         result = run([tool("pyinfra"), "-y", str(self.inventory / "inventory.py"), "deploy.py", *args])
         if result.returncode != 0:  # no results table: a failed run's changes are not counted
             return EngineRun(result, changed=-1)
-        return EngineRun(result, changed=_pyinfra_changed(result.stdout + result.stderr))
+        return EngineRun(result, changed=pyinfra_changed(result.stdout + result.stderr))
 
 
 @dataclass
@@ -61,14 +61,14 @@ class EngineRun:
         return self
 
 
-def _ansible_changed(stdout: str) -> int:
+def ansible_changed(stdout: str) -> int:
     recap = stdout.split("PLAY RECAP", 1)[1]
     counts = [int(n) for n in re.findall(r"\bchanged=(\d+)", recap)]
     assert counts, recap
     return sum(counts)
 
 
-def _pyinfra_changed(output: str) -> int:
+def pyinfra_changed(output: str) -> int:
     """Operations that ran commands ("Success" in pyinfra's results table), summed over hosts."""
     total = re.search(r"^\s*Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", output, re.M)
     assert total, output[-3000:]

@@ -28,7 +28,7 @@ from edge_provision.role_files import role_defaults
 from edge_provision.stages.runtime.containerd_config import WASM_ANNOTATIONS, runtime_handler, schema_for
 from tests.checks import runtime
 from tests.conftest import ROOT, run, tool
-from tests.lab.conftest import EngineRun, LabFleet, _ansible_changed, _pyinfra_changed
+from tests.lab.conftest import EngineRun, LabFleet, ansible_changed, pyinfra_changed
 
 LAB_HOSTS = 2
 C = role_defaults("containerd")
@@ -57,11 +57,11 @@ def converge(fleet: LabFleet, engine: str, *extra: str, stages: str = "runtime")
     if engine == "ansible":
         result = run([tool("ansible-playbook"), "-i", str(fleet.inventory), "playbooks/site.yml",
                       "--tags", stages, *extra])
-        return EngineRun(result, changed=_ansible_changed(result.stdout) if "PLAY RECAP" in result.stdout else -1)
+        return EngineRun(result, changed=ansible_changed(result.stdout) if "PLAY RECAP" in result.stdout else -1)
     result = run([tool("pyinfra"), "-y", str(fleet.inventory / "inventory.py"), "deploy.py",
                   "--data", f"edge_stages={stages}", *extra])
     output = result.stdout + result.stderr
-    return EngineRun(result, changed=_pyinfra_changed(output) if "Grand total" in output else -1)
+    return EngineRun(result, changed=pyinfra_changed(output) if "Grand total" in output else -1)
 
 
 @pytest.fixture(scope="module")
