@@ -86,11 +86,11 @@ def kubeconfig_source(path: Path) -> str | None:
 
 
 # A bootstrap token, <6 chars>.<16 chars> (kubeadm prints the one `kubeadm init` makes).
-_TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
+BOOTSTRAP_TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
 
 
 def redact_tokens(text: str) -> str:
-    return _TOKEN.sub("<token redacted>", text)
+    return BOOTSTRAP_TOKEN.sub("<token redacted>", text)
 
 
 def failure_report(output: str, lines: int = 20, secrets: Sequence[str] = ()) -> str:

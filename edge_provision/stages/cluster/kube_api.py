@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from edge_provision.stages.cluster.common import _TOKEN, ClusterError, missing_labels, parse_duration
+from edge_provision.stages.cluster.common import BOOTSTRAP_TOKEN, ClusterError, missing_labels, parse_duration
 
 TOKEN_ID_CHARS = string.ascii_lowercase + string.digits
 
@@ -162,7 +162,7 @@ def join_token(kubeconfig: Path, ttl: str, given: str = "", signed_within: str =
 
         signed_within = str(role_defaults("node_join_kubeadm")["node_join_kubeadm_discovery_timeout"])
     if given:
-        if not _TOKEN.fullmatch(given):
+        if not BOOTSTRAP_TOKEN.fullmatch(given):
             raise ClusterError(
                 "node_join_kubeadm_token is not a bootstrap token (<6 chars>.<16 chars>, a-z0-9)"
             )
