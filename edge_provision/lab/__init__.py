@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+import edge_provision.lab.dockerd as dockerd
+import edge_provision.lab.inventory_writer as inv
 from edge_provision.arch import debian_arch
-from edge_provision.lab import dockerd
-from edge_provision.lab import inventory_writer as inv
-from edge_provision.lab.containers import ContainerLab, ssh_login
+from edge_provision.lab.containers import ContainerLab
 from edge_provision.lab.dockerd import LabError
 from edge_provision.lab.inventory_writer import LabHost
+from edge_provision.lab.ssh import ssh_login
 
 if TYPE_CHECKING:
     from edge_provision.lab.vm import VmLab

@@ -20,8 +20,6 @@ import fcntl
 import hashlib
 import ipaddress
 import json
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,11 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import edge_provision.lab.dockerd as dockerd
+import edge_provision.lab.image as image
+import edge_provision.lab.inventory_writer as inv
 from edge_provision.arch import debian_arch
-from edge_provision.lab import dockerd, image
-from edge_provision.lab import inventory_writer as inv
 from edge_provision.lab.dockerd import LAB_LABEL, LabError, docker
 from edge_provision.lab.inventory_writer import LabHost
+from edge_provision.lab.ssh import ssh_banner
 
 DIR_LABEL = f"{LAB_LABEL}.dir"
 HOST_LABEL = f"{LAB_LABEL}.host"
@@ -301,35 +301,3 @@ class ContainerLab:
                           ("networks", ["network", "ls", "-q"])):
             found[kind] = docker(*cmd, "--filter", f"label={LAB_LABEL}={self.id}").stdout.split()
         return found
-
-
-def ssh_banner(address: str, port: int, timeout: float = 1.0) -> bool:
-    """True when an SSH server answers at address:port (its identification string)."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as conn:
-            conn.settimeout(timeout)
-            if not conn.recv(64).startswith(b"SSH-"):
-                return False
-            # Identify ourselves before leaving, so sshd logs a quiet preauth close, not an error.
-            with contextlib.suppress(OSError):
-                conn.sendall(b"SSH-2.0-edge-provision-lab-probe\r\n")
-            return True
-    except OSError:
-        return False
-
-
-def ssh_login(key: Path, known_hosts: Path, host: LabHost, timeout: int = 20) -> bool:
-    """True when ``ssh root@host`` with the lab key and strict host key checking runs a command
-    (within ``timeout`` to connect: an emulated VM on a loaded machine needed more than 5 s)."""
-    if not key.exists():
-        return False
-    cmd = [
-        "ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}", "-o", "LogLevel=ERROR",
-        "-p", str(host.port), f"root@{host.address}", "true",
-    ]
-    try:
-        return subprocess.run(cmd, capture_output=True, timeout=timeout + 5,
-                              stdin=subprocess.DEVNULL).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False

@@ -41,12 +41,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge_provision.lab import inventory_writer as inv
-from edge_provision.lab import vm_image
-from edge_provision.lab.containers import ssh_banner, ssh_login
+import edge_provision.lab.inventory_writer as inv
+import edge_provision.lab.vm_image as vm_image
 from edge_provision.lab.dockerd import LabError
 from edge_provision.lab.inventory_writer import LabHost
 from edge_provision.lab.processes import alive
+from edge_provision.lab.ssh import ssh_banner, ssh_login
 
 STATE_DIR = ".vm"
 SWITCH = "vde"

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_provision.lab import image
+import edge_provision.lab.image as image
 from edge_provision.lab.dockerd import LabError
 
 BUILDER_VERSION = "1"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge_provision.lab import Lab, LabError, LabHost
-from edge_provision.lab.containers import ssh_login
+from edge_provision.lab.ssh import ssh_login
 from edge_provision.lab.vm import MEMORY_MB, VmLab
 from tests.conftest import run, tool
 
