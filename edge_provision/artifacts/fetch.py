@@ -70,6 +70,13 @@ class Download:
         return f"{self.name} {self.version} ({self.arch})"
 
 
+def read_versions(versions_file: Path = VERSIONS_FILE) -> Any:
+    """The pins of ``versions_file`` as parsed YAML (an empty file: ``{}``); the one reader of
+    versions.yml, for the downloads here and the builders' pins. OSError or YAMLError when the
+    file cannot be read or parsed."""
+    return yaml.safe_load(versions_file.read_text()) or {}
+
+
 def load_downloads(
     versions_file: Path = VERSIONS_FILE, *, arch: str | None = None, names: Sequence[str] | None = None
 ) -> list[Download]:
@@ -78,7 +85,7 @@ def load_downloads(
     ``arch`` keeps that architecture's files and the ``any`` ones; ``names`` keeps those entries
     (an unknown name is an error, so a typo does not silently fetch nothing).
     """
-    data: Any = yaml.safe_load(versions_file.read_text()) or {}
+    data = read_versions(versions_file)
     if names is not None:
         unknown = [n for n in names if not isinstance(data.get(n), dict) or "downloads" not in data[n]]
         if unknown:

@@ -26,7 +26,7 @@ import yaml
 
 import edge_provision.lab.dockerd as dockerd
 import edge_provision.lab.inventory_writer as inv
-from edge_provision.arch import debian_arch
+from edge_provision.artifacts.debian import debian_arch
 from edge_provision.lab.containers import ContainerLab
 from edge_provision.lab.dockerd import LabError
 from edge_provision.lab.inventory_writer import LabHost

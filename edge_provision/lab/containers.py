@@ -30,7 +30,7 @@ from typing import Any
 import edge_provision.lab.dockerd as dockerd
 import edge_provision.lab.image as image
 import edge_provision.lab.inventory_writer as inv
-from edge_provision.arch import debian_arch
+from edge_provision.artifacts.debian import debian_arch
 from edge_provision.lab.dockerd import LAB_LABEL, LabError, docker
 from edge_provision.lab.inventory_writer import LabHost
 from edge_provision.lab.ssh import ssh_banner

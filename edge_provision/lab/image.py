@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edge_provision.artifacts import debian
 from edge_provision.lab.dockerd import LabError
 
 SUITE = "bookworm"
@@ -163,50 +164,6 @@ def cache_dir() -> Path:
     return Path(base) / "edge-provision" / "images"
 
 
-def apt_sources() -> list[str]:
-    """This machine's enabled binary apt sources as one-line entries (deb-src ones skipped)."""
-    entries: list[str] = []
-    files: list[Path] = [Path("/etc/apt/sources.list")]
-    parts = Path("/etc/apt/sources.list.d")
-    if parts.is_dir():
-        files += sorted(p for p in parts.iterdir() if p.suffix in (".list", ".sources"))
-    for path in files:
-        if not path.is_file():
-            continue
-        text = path.read_text(errors="replace")
-        if path.suffix == ".sources":
-            entries += _deb822_entries(text)
-        else:
-            for line in text.splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line.startswith("deb "):
-                    entries.append(line)
-    return list(dict.fromkeys(entries))
-
-
-def _deb822_entries(text: str) -> list[str]:
-    entries: list[str] = []
-    for paragraph in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        key = ""
-        for line in paragraph.splitlines():
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            if line[0].isspace() and key:
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, value = line.split(":", 1)
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
-            continue
-        options = f"[signed-by={fields['signed-by']}] " if fields.get("signed-by", "").startswith("/") else ""
-        for uri in fields.get("uris", "").split():
-            for suite in fields.get("suites", "").split():
-                entries.append(f"deb {options}{uri} {suite} {fields.get('components', '')}".strip())
-    return entries
-
-
 def image_key(sources: list[str]) -> str:
     digest = hashlib.sha256()
     digest.update(f"{SUITE}\n{CUSTOMIZATION_VERSION}\n{' '.join(sorted(PACKAGES))}\n".encode())
@@ -246,7 +203,7 @@ def _build_rootfs(tarball: Path, sources: list[str], log: Callable[[str], None])
 def ensure_image(docker: Callable[..., subprocess.CompletedProcess[str]],
                  log: Callable[[str], None] = lambda _m: None) -> str:
     """Return the tag of the lab base image, building/importing it when missing."""
-    sources = apt_sources()
+    sources = debian.apt_sources()
     key = image_key(sources)
     tag = f"{IMAGE_REPO}:{key}"
     if docker("image", "inspect", tag, check=False).returncode == 0:

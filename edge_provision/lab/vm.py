@@ -113,7 +113,7 @@ def _per_host(values: Sequence[str] | None, count: int, option: str) -> list[str
 
 def parse_arches(arches: Sequence[str] | None, count: int) -> list[str]:
     """One architecture per host: none given -> the machine's, one -> all hosts, else one each."""
-    from edge_provision.arch import debian_arch
+    from edge_provision.artifacts.debian import debian_arch
 
     wanted = [a or debian_arch() for a in _per_host(arches, count, "arch")]
     unknown = sorted(set(wanted) - set(vm_image.ARCHES))

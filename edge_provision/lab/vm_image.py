@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import edge_provision.lab.image as image
+from edge_provision.artifacts import debian
 from edge_provision.lab.dockerd import LabError
 
 BUILDER_VERSION = "1"
@@ -240,9 +241,7 @@ def binfmt_rule(arch: str) -> Path | None:
 
 
 def _native_arch() -> str:
-    from edge_provision.arch import debian_arch
-
-    return debian_arch()
+    return debian.debian_arch()
 
 
 def _check_tools() -> None:
@@ -342,7 +341,7 @@ def ensure_base(arch: str, log: Callable[[str], None] = lambda _m: None) -> Base
     """The cached base image for ``arch``, built when missing (one build per key at a time)."""
     if arch not in ARCHES:
         raise LabError(f"unknown VM architecture {arch!r}; choose from: {', '.join(ARCHES)}")
-    sources = image.apt_sources()
+    sources = debian.apt_sources()
     if not sources:
         raise LabError("no apt sources found in /etc/apt/sources.list*; the VM image needs a Debian mirror")
     key = image_key(arch, sources)

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from edge_provision.artifacts.builders import kubernetes as builder
-from edge_provision.artifacts.builders.images import elf_info, host_arch
+from edge_provision.artifacts.builders._common import elf_info
+from edge_provision.artifacts.debian import host_arch
 
 pytestmark = pytest.mark.lab
 

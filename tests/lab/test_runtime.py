@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edge_provision.artifacts import debian as apt_sources
 from edge_provision.artifacts import fetch
-from edge_provision.artifacts.builders import apt_sources
 from edge_provision.artifacts.builders import crun as crun_builder
 from edge_provision.artifacts.builders.images import pause_reference
 from edge_provision.lab import Lab

@@ -14,7 +14,7 @@ from typing import Any
 import testinfra
 import yaml
 
-from edge_provision.arch import debian_arch
+from edge_provision.artifacts.debian import debian_arch
 from edge_provision.lab import Lab, LabHost
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from edge_provision.artifacts import debian
 from edge_provision.artifacts.builders import build_root, images
 from edge_provision.artifacts.builders import crun as crun_builder
 from edge_provision.stages.runtime import controller as runtime_controller
@@ -108,9 +109,9 @@ def test_crun_version_check_wants_the_one_engine() -> None:
     pins = crun_builder.load_pins("arm64")
     good = "crun version 1.8.1\ncommit: f8a0\n+SYSTEMD +CAP +SECCOMP +WASM:wasmtime +YAJL\n"
     assert crun_builder._step_check_version(good, pins, "wasmtime").startswith("crun version 1.8.1")
-    with pytest.raises(crun_builder.ArtifactBuildError, match=r"crun version 1\.8\.1"):
+    with pytest.raises(crun_builder.CrunBuildError, match=r"crun version 1\.8\.1"):
         crun_builder._step_check_version("qemu-aarch64 version 7.2.22\n", pins, "wasmtime")
-    with pytest.raises(crun_builder.ArtifactBuildError, match="exactly one engine"):
+    with pytest.raises(crun_builder.CrunBuildError, match="exactly one engine"):
         crun_builder._step_check_version(good.replace("+WASM:wasmtime", "+WASM:wasmedge"), pins, "wasmtime")
     readelf = " 0x1 (NEEDED)  Shared library: [libyajl.so.2]\n 0x1 (NEEDED)  Shared library: [libc.so.6]\n"
     assert crun_builder.needed_from_readelf(readelf) == ["libyajl.so.2", "libc.so.6"]
@@ -127,39 +128,39 @@ def _option(options: list[str], name: str) -> str:
 
 
 def test_apt_options_are_private_per_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime_controller, "CACHE_DIR", tmp_path)
-    options = runtime_controller.apt_options("arm64")
+    monkeypatch.setattr("edge_provision.artifacts.CACHE_DIR", tmp_path)
+    options = debian.apt_options("arm64")
     assert _option(options, "APT::Architecture") == _option(options, "APT::Architectures") == "arm64"
     for name in ("Dir::State", "Dir::State::status", "Dir::Cache", "Dir::Etc::SourceList", "Dir::Etc::SourceParts"):
         assert _option(options, name).startswith(f"{tmp_path}/apt/arm64/"), name
-    assert runtime_controller.apt_options("amd64") == [o.replace("arm64", "amd64") for o in options]
+    assert debian.apt_options("amd64") == [o.replace("arm64", "amd64") for o in options]
     assert not [o for o in options if "/var/lib" in o or "/etc/apt" in o]
 
 
 def test_apt_update_runs_when_new_or_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime_controller, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr("edge_provision.lab.image.apt_sources", lambda: SOURCES)
+    monkeypatch.setattr("edge_provision.artifacts.CACHE_DIR", tmp_path)
+    monkeypatch.setattr(debian, "apt_sources", lambda: SOURCES)
     calls: list[list[str]] = []
-    monkeypatch.setattr(runtime_controller, "_run", lambda cmd, what, cwd=None: calls.append(list(cmd)) or "")
-    runtime_controller._apt_update("arm64")
+    monkeypatch.setattr(debian, "run", lambda what, cmd, **_: calls.append(list(cmd)) or "")
+    debian._apt_update("arm64")
     assert [c[:3] for c in calls] == [["apt-get", "update", "-q"]] and "APT::Architecture=arm64" in calls[0]
     assert (tmp_path / "apt/arm64/sources.list").read_text().splitlines()[1:] == SOURCES
     assert (tmp_path / "apt/arm64/state/status").read_text() == ""
-    runtime_controller._apt_update("arm64")
+    debian._apt_update("arm64")
     assert len(calls) == 1, "fresh lists are reused"
-    runtime_controller._apt_update("arm64", force=True)
+    debian._apt_update("arm64", force=True)
     assert len(calls) == 2
-    monkeypatch.setattr("edge_provision.lab.image.apt_sources", lambda: [*SOURCES, SOURCES[0] + " contrib"])
-    runtime_controller._apt_update("arm64")
+    monkeypatch.setattr(debian, "apt_sources", lambda: [*SOURCES, SOURCES[0] + " contrib"])
+    debian._apt_update("arm64")
     assert len(calls) == 3, "changed sources refresh the lists"
 
 
 @pytest.fixture
 def cache_without_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache in ``tmp_path``, the private apt lists taken as fresh (no apt-get update)."""
-    monkeypatch.setattr(runtime_controller, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr(runtime_controller, "ARTIFACTS_DIR", tmp_path / "artifacts")
-    monkeypatch.setattr(runtime_controller, "_apt_update", lambda arch, force=False: None)
+    monkeypatch.setattr("edge_provision.artifacts.CACHE_DIR", tmp_path)
+    monkeypatch.setattr("edge_provision.artifacts.ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setattr(debian, "_apt_update", lambda arch, force=False: None)
 
 
 @pytest.mark.usefixtures("cache_without_update")
@@ -168,7 +169,7 @@ def test_debs_resolves_and_downloads_through_the_private_view(
 ) -> None:
     calls: list[list[str]] = []
 
-    def run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+    def run(what: str, cmd: list[str], cwd: Path | None = None, **_: Any) -> str:
         calls.append(list(cmd))
         if cmd[0] == "apt-cache" and "depends" in cmd:
             return "busybox-static\n  Depends: <nothing>\n"
@@ -180,8 +181,8 @@ def test_debs_resolves_and_downloads_through_the_private_view(
             return ""
         return "busybox-static\t1:1.35.0-4"
 
-    monkeypatch.setattr(runtime_controller, "_run", run)
-    [deb] = runtime_controller.debs(["busybox-static"], "arm64")
+    monkeypatch.setattr(debian, "run", run)
+    [deb] = debian.debs(["busybox-static"], "arm64")
     assert deb["package"] == "busybox-static" and deb["version"] == "1:1.35.0-4"
     assert Path(deb["path"]).parent == tmp_path / "artifacts/debs/arm64"
     apt_calls = [c for c in calls if c[0].startswith("apt")]
@@ -189,7 +190,7 @@ def test_debs_resolves_and_downloads_through_the_private_view(
     assert not [c for c in calls for a in c if a.endswith(":arm64")], "no foreign-architecture qualifier"
     assert calls[2][:3] == ["apt-get", "download", "-q"] and calls[2][-1] == "busybox-static=1:1.35.0-4"
     calls.clear()
-    runtime_controller.debs(["busybox-static"], "arm64")
+    debian.debs(["busybox-static"], "arm64")
     assert not [c for c in calls if c[:2] == ["apt-get", "download"]], "a cached .deb is reused"
 
 
@@ -199,7 +200,7 @@ def test_a_superseded_package_leaves_the_cache_with_the_archives_that_packed_it(
 ) -> None:
     offered = {"runc": "1.1.5-1", "libc6": "2.36-9"}
 
-    def run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
+    def run(what: str, cmd: list[str], cwd: Path | None = None, **_: Any) -> str:
         if cmd[0] == "apt-cache" and "depends" in cmd:
             return "runc\n  Depends: libc6\nlibc6\n"
         if cmd[0] == "apt-cache":
@@ -213,14 +214,14 @@ def test_a_superseded_package_leaves_the_cache_with_the_archives_that_packed_it(
         name, version = Path(cmd[-1]).name.split("_")[:2]
         return f"{name}\t{version}"
 
-    monkeypatch.setattr(runtime_controller, "_run", run)
+    monkeypatch.setattr(debian, "run", run)
     cache = tmp_path / "artifacts/debs/arm64"
-    old = runtime_controller.debs(["runc"], "arm64")
+    old = debian.debs(["runc"], "arm64")
     with_runc = Path(runtime_controller.debs_plan(old, staging_dir="/s")["archive"])
     libc_only = Path(runtime_controller.debs_plan(old[1:], staging_dir="/s")["archive"])
     assert with_runc.parent == libc_only.parent == cache / "archives"
     offered["runc"] = "1.1.5-1+deb12u1"  # a point release
-    new = runtime_controller.debs(["runc"], "arm64")
+    new = debian.debs(["runc"], "arm64")
     assert [d["version"] for d in new] == ["1.1.5-1+deb12u1", "2.36-9"]
     assert sorted(p.name for p in cache.glob("*.deb")) == ["libc6_2.36-9_arm64.deb", "runc_1.1.5-1+deb12u1_arm64.deb"]
     assert sorted(json.loads((cache / "index.json").read_text())) == ["libc6=2.36-9", "runc=1.1.5-1+deb12u1"]
@@ -274,7 +275,7 @@ def test_ensure_root_runs_mmdebstrap_in_its_own_mount_namespace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("edge_provision.artifacts.CACHE_DIR", tmp_path)
-    monkeypatch.setattr("edge_provision.lab.image.apt_sources", lambda: SOURCES)
+    monkeypatch.setattr(debian, "apt_sources", lambda: SOURCES)
     monkeypatch.setattr(build_root, "native_arch", lambda: "amd64")
     seen: list[list[str]] = []
 

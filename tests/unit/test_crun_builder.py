@@ -14,10 +14,9 @@ import pytest
 import yaml
 
 import edge_provision.artifacts as artifacts
-from edge_provision.artifacts import sha256_file
-from edge_provision.artifacts.builders import apt_sources
+from edge_provision.artifacts import ArtifactBuildError, debian, run, sha256_file
 from edge_provision.artifacts.builders import crun as builder
-from edge_provision.artifacts.builders.crun import ArtifactBuildError
+from edge_provision.artifacts.debian import host_arch
 
 # Every name crun 1.8.1's src/libcrun/handlers/wasmtime.c (Debian 1.8.1-1+deb12u1) looks up
 # with dlsym() in libwasmtime.so; a missing one makes crun refuse to run any Wasm container.
@@ -174,7 +173,7 @@ def test_downloaded_wheel_is_checked_against_the_pin(tmp_path: Path, monkeypatch
         (dest / pins.wheel_file).write_bytes(b"tampered")
         return ""
 
-    monkeypatch.setattr(builder, "_run", fake_pip)
+    monkeypatch.setattr(builder, "run", fake_pip)
     with pytest.raises(ArtifactBuildError, match=rf"expected {pins.wheel_sha256}, actual [0-9a-f]{{64}}"):
         builder._step_download_wheel(tmp_path, pins, builder.ARCHES["amd64"])
 
@@ -182,7 +181,7 @@ def test_downloaded_wheel_is_checked_against_the_pin(tmp_path: Path, monkeypatch
 def test_failing_step_is_named_with_the_tail_of_its_output() -> None:
     script = "for i in $(seq 1 100); do echo line$i; done; echo 'fatal: boom' >&2; exit 3"
     with pytest.raises(ArtifactBuildError) as info:
-        builder._run("configure", ["sh", "-c", script])
+        run("configure", ["sh", "-c", script], error=builder.CrunBuildError)
     message = str(info.value)
     assert "step 'configure'" in message and "exited with 3" in message
     assert message.rstrip().endswith("fatal: boom")
@@ -218,8 +217,8 @@ def test_unchanged_inputs_reuse_the_build(tmp_path: Path, monkeypatch: pytest.Mo
         _fake_build(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(builder, "_build", build)
-    first = builder.build_crun(builder._host_arch())
-    assert builder.build_crun(builder._host_arch()) == first
+    first = builder.build_crun(host_arch())
+    assert builder.build_crun(host_arch()) == first
     assert calls == ["build"]
     assert sorted(p.name for p in first.iterdir()) == ["crun", "libwasmtime.so", "manifest.json"]
     assert [p.name for p in first.parent.iterdir() if p.name.startswith(f".{first.name}.")] == [
@@ -227,7 +226,7 @@ def test_unchanged_inputs_reuse_the_build(tmp_path: Path, monkeypatch: pytest.Mo
     ], "no staging directory left behind"
 
     (first / "crun").write_bytes(b"corrupted")  # a damaged cache entry is rebuilt
-    assert builder.build_crun(builder._host_arch()) == first
+    assert builder.build_crun(host_arch()) == first
     assert calls == ["build", "build"]
 
 
@@ -248,7 +247,7 @@ def test_failed_build_leaves_no_cache_entry(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(builder, "_build", broken)
     with pytest.raises(ArtifactBuildError, match="step 'make'") as info:
-        builder.build_crun(builder._host_arch())
+        builder.build_crun(host_arch())
     logs = list((tmp_path / "crun-wasmtime").glob("*.failed.log"))
     assert len(logs) == 1 and str(logs[0]) in str(info.value)
     assert logs[0].read_text() == "src/crun.c: error"
@@ -293,16 +292,16 @@ def apt_dir(tmp_path: Path) -> Path:
 
 def test_ensure_deb_src_adds_twins_once(apt_dir: Path) -> None:
     kwargs = {"os_release": apt_dir / "os-release", "update": False}
-    assert apt_sources.ensure_deb_src(apt_dir, **kwargs) is True  # type: ignore[arg-type]
-    own = apt_dir / "sources.list.d" / apt_sources.OWN_FILE
-    entries = apt_sources.parse_deb822(own.read_text())
+    assert debian.ensure_deb_src(apt_dir, **kwargs) is True  # type: ignore[arg-type]
+    own = apt_dir / "sources.list.d" / debian.OWN_FILE
+    entries = debian.parse_deb822(own.read_text())
     assert [(e.types, e.uris, e.suites, e.components) for e in entries] == [
         (["deb-src"], ["http://deb.debian.org/debian"], ["bookworm", "bookworm-updates"], ["main"]),
         (["deb-src"], ["http://deb.debian.org/debian-security"], ["bookworm-security"], ["main"]),
     ]
     assert all(e.options["Signed-By"].endswith("debian-archive-keyring.gpg") for e in entries)
     assert (apt_dir / "sources.list.d" / "debian.sources").read_text() == DEBIAN_SOURCES  # untouched
-    assert apt_sources.ensure_deb_src(apt_dir, **kwargs) is False  # type: ignore[arg-type]
+    assert debian.ensure_deb_src(apt_dir, **kwargs) is False  # type: ignore[arg-type]
 
 
 def test_ensure_deb_src_returns_only_once_the_lists_are_updated(
@@ -312,14 +311,14 @@ def test_ensure_deb_src_returns_only_once_the_lists_are_updated(
     file already written waits for the other's apt-get update instead of returning at once."""
     monkeypatch.setattr(artifacts, "CACHE_DIR", apt_dir)
     updated = threading.Event()
-    monkeypatch.setattr(apt_sources, "apt_get_update", lambda: time.sleep(0.5) or updated.set())
-    own = apt_dir / "sources.list.d" / apt_sources.OWN_FILE
-    first = threading.Thread(target=apt_sources.ensure_deb_src, args=(apt_dir,),
+    monkeypatch.setattr(debian, "apt_get_update", lambda: time.sleep(0.5) or updated.set())
+    own = apt_dir / "sources.list.d" / debian.OWN_FILE
+    first = threading.Thread(target=debian.ensure_deb_src, args=(apt_dir,),
                              kwargs={"os_release": apt_dir / "os-release"})
     first.start()
     while not own.exists():
         time.sleep(0.01)
-    assert apt_sources.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release") is False
+    assert debian.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release") is False
     assert updated.is_set(), "returned before the lists had the sources"
     first.join()
 
@@ -328,15 +327,15 @@ def test_a_failed_update_leaves_no_deb_src_file_behind(apt_dir: Path, monkeypatc
     monkeypatch.setattr(artifacts, "CACHE_DIR", apt_dir)
 
     def fail() -> None:
-        raise apt_sources.AptSourcesError("apt-get update failed (exit 100)")
+        raise debian.AptSourcesError("apt-get update failed (exit 100)")
 
-    monkeypatch.setattr(apt_sources, "apt_get_update", fail)
-    with pytest.raises(apt_sources.AptSourcesError):
-        apt_sources.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release")
-    assert not (apt_dir / "sources.list.d" / apt_sources.OWN_FILE).exists()
+    monkeypatch.setattr(debian, "apt_get_update", fail)
+    with pytest.raises(debian.AptSourcesError):
+        debian.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release")
+    assert not (apt_dir / "sources.list.d" / debian.OWN_FILE).exists()
     calls: list[int] = []
-    monkeypatch.setattr(apt_sources, "apt_get_update", lambda: calls.append(1))
-    assert apt_sources.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release") is True
+    monkeypatch.setattr(debian, "apt_get_update", lambda: calls.append(1))
+    assert debian.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release") is True
     assert calls == [1], "the next call writes and updates again"
 
 
@@ -347,5 +346,5 @@ def test_ensure_deb_src_respects_existing_deb_src_lines(apt_dir: Path) -> None:
         "deb-src http://deb.debian.org/debian/ bookworm main\n"
         "deb [signed-by=/k.gpg] https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n"
     )
-    assert apt_sources.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release", update=False) is False
-    assert not (apt_dir / "sources.list.d" / apt_sources.OWN_FILE).exists()
+    assert debian.ensure_deb_src(apt_dir, os_release=apt_dir / "os-release", update=False) is False
+    assert not (apt_dir / "sources.list.d" / debian.OWN_FILE).exists()

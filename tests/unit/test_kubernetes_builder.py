@@ -9,10 +9,9 @@ import pytest
 import yaml
 
 import edge_provision.artifacts as artifacts
-from edge_provision.artifacts import sha256_file
+from edge_provision.artifacts import ArtifactBuildError, run, sha256_file
 from edge_provision.artifacts.builders import kubernetes as builder
-from edge_provision.artifacts.builders.crun import ArtifactBuildError
-from edge_provision.artifacts.builders.images import upstream_version
+from edge_provision.artifacts.debian import host_arch, upstream_version
 
 TOOLS = builder.Toolchain(go_version="go1.19.8", golang_go="2:1.19~1", reflect2="1.0.2-2")
 PINS = builder.Pins(version="1.20.2", debian_version="1.20.5+really1.20.2-1.1+deb12u1")
@@ -182,9 +181,9 @@ def test_failed_step_is_named_with_its_tail_and_full_log(cache: Path, monkeypatc
     assert [p.name for p in _expected_dir().parent.iterdir() if not p.name.endswith((".lock", ".log"))] == []
 
 
-def test_run_relabels_crun_errors() -> None:
+def test_a_failed_step_names_the_kubernetes_build() -> None:
     with pytest.raises(builder.KubernetesBuildError) as info:
-        builder._run("probe", ["sh", "-c", "echo first; echo boom >&2; exit 3"])
+        run("probe", ["sh", "-c", "echo first; echo boom >&2; exit 3"], error=builder.KubernetesBuildError)
     text = str(info.value)
     assert text.startswith("kubernetes build, step 'probe': `sh -c")
     assert "exited with 3" in text
@@ -193,7 +192,7 @@ def test_run_relabels_crun_errors() -> None:
 
 def test_missing_tool_is_named() -> None:
     with pytest.raises(ArtifactBuildError, match="step 'probe': cannot run /nonexistent/go"):
-        builder._run("probe", ["/nonexistent/go", "version"])
+        run("probe", ["/nonexistent/go", "version"], error=builder.KubernetesBuildError)
 
 
 # -- reflect2 and binary checks -----------------------------------------------------------------
@@ -237,4 +236,4 @@ def test_a_non_elf_or_foreign_binary_is_refused(tmp_path: Path) -> None:
         builder._check_binary(script, "kubelet", "amd64", PINS)
     sh = Path("/bin/sh")  # dynamically linked: refused like a wrong-architecture binary
     with pytest.raises(ArtifactBuildError, match="static=False; wanted static"):
-        builder._check_binary(sh, "kubelet", builder.host_arch(), PINS)
+        builder._check_binary(sh, "kubelet", host_arch(), PINS)

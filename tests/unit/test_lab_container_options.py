@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_provision.arch import debian_arch
+from edge_provision.artifacts.debian import debian_arch
 from edge_provision.lab import Lab, LabError, dockerd
 
 OTHER_ARCH = "arm64" if debian_arch() == "amd64" else "amd64"

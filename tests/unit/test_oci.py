@@ -14,6 +14,8 @@ import pytest
 
 from edge_provision.artifacts import oci
 from edge_provision.artifacts.builders import images
+from edge_provision.artifacts.builders._common import elf_info
+from edge_provision.artifacts.debian import upstream_version
 
 REF = "edge-provision.local/sample:1.2.3"
 FILES = [
@@ -270,9 +272,9 @@ def test_platform_names() -> None:
 
 
 def test_upstream_versions_of_debian_packages() -> None:
-    assert images.upstream_version("1:1.35.0-4+deb12u1+b1") == "1.35.0"
-    assert images.upstream_version("1.20.5+really1.20.2-1.1+deb12u1") == "1.20.2"
-    assert images.upstream_version("3.4") == "3.4"
+    assert upstream_version("1:1.35.0-4+deb12u1+b1") == "1.35.0"
+    assert upstream_version("1.20.5+really1.20.2-1.1+deb12u1") == "1.20.2"
+    assert upstream_version("3.4") == "3.4"
 
 
 def test_pause_tag_from_the_makefile() -> None:
@@ -293,10 +295,10 @@ def _elf(machine: int, *, interp: bool) -> bytes:
 
 
 def test_elf_info_reads_arch_and_static_linking() -> None:
-    assert images.elf_info(_elf(183, interp=False)) == ("arm64", True)
-    assert images.elf_info(_elf(62, interp=True)) == ("amd64", False)
-    with pytest.raises(images.ImageBuildError):
-        images.elf_info(b"\0asm\1\0\0\0")
+    assert elf_info(_elf(183, interp=False)) == ("arm64", True)
+    assert elf_info(_elf(62, interp=True)) == ("amd64", False)
+    with pytest.raises(ValueError, match="not an ELF file"):
+        elf_info(b"\0asm\1\0\0\0")
 
 
 DEMO_ARGS = ["/wasi_demo.wasm", "50000000"]

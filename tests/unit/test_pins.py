@@ -7,7 +7,8 @@ from importlib.metadata import version
 
 import yaml
 
-from edge_provision.arch import debian_arch
+from edge_provision.artifacts.debian import MACHINES, debian_arch
+from edge_provision.role_files import role_defaults
 from tests.conftest import ROOT
 
 
@@ -22,3 +23,9 @@ def test_debian_arch_names() -> None:
     assert debian_arch("x86_64") == "amd64"
     assert debian_arch("aarch64") == "arm64"
     assert debian_arch("riscv64") == "riscv64"
+
+
+def test_the_controllers_architecture_names_are_the_preflights() -> None:
+    """The artifacts layer reads no role: its table of machine names is host_prep's, copied."""
+    names = role_defaults("host_prep")["host_prep_arch_names"]
+    assert {arch: tuple(machines) for arch, machines in names.items()} == dict(MACHINES)

@@ -140,7 +140,7 @@ def _fake_debs(directory: Path) -> list[dict[str, str]]:
 def test_debs_plan_ships_one_archive_that_the_node_commands_unpack_and_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime_controller, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setattr("edge_provision.artifacts.ARTIFACTS_DIR", tmp_path / "artifacts")
     (tmp_path / "cache").mkdir()
     debs = _fake_debs(tmp_path / "cache")
     staging = tmp_path / "node staging"  # a space: the commands quote their paths
@@ -163,7 +163,7 @@ def test_debs_plan_ships_one_archive_that_the_node_commands_unpack_and_check(
 
 
 def test_a_damaged_package_stops_the_node_before_apt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime_controller, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    monkeypatch.setattr("edge_provision.artifacts.ARTIFACTS_DIR", tmp_path / "artifacts")
     debs = _fake_debs(tmp_path)
     debs[1]["sha256"] = "0" * 64  # what the node unpacks is not what was pinned
     plan = runtime_controller.debs_plan(debs, staging_dir=str(tmp_path / "staging"))

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_provision import artifacts
-from edge_provision.arch import debian_arch
-from edge_provision.artifacts import input_key, locked
+from edge_provision.artifacts import debian, input_key, locked
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class BuildRootError(RuntimeError):
 
 
 def native_arch() -> str:
-    return debian_arch()
+    return debian.host_arch()
 
 
 def packages(native: str, arches: Sequence[str] = ARCHES) -> list[str]:
@@ -160,12 +159,10 @@ def cache_dir() -> Path:
 
 
 def _inputs() -> tuple[str, list[str]]:
-    from edge_provision.lab import image
-
     native = native_arch()
     if native not in TRIPLETS:
         raise BuildRootError(f"the build root runs on {', '.join(TRIPLETS)} controllers, not {native}")
-    sources = image.apt_sources()
+    sources = debian.apt_sources()
     if not sources:
         raise BuildRootError("no apt sources in /etc/apt/sources.list*: the build root needs a Debian mirror")
     return native, sources

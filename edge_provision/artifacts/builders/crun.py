@@ -3,7 +3,7 @@
 Inputs, all pinned in ``edge_provision/artifacts/versions.yml`` (the single source of truth):
 
 * crun: ``apt-get source crun=<debian_version>`` (bookworm; apt checks it against the signed
-  Sources index). deb-src is enabled on demand by :func:`apt_sources.ensure_deb_src`.
+  Sources index). deb-src is enabled on demand by :func:`edge_provision.artifacts.debian.ensure_deb_src`.
 * libwasmtime: ``_libwasmtime.so`` out of the PyPI ``wasmtime`` wheel, whose sha256 is checked
   against the pin before use. The wheel has no C headers; ``wasmtime_c_api.h`` beside this
   file declares what crun 1.8.1's handler needs (crun dlopen()s ``libwasmtime.so`` at run time,
@@ -27,11 +27,8 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -39,17 +36,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from edge_provision.arch import debian_arch
-from edge_provision.artifacts import build_dir, input_key, locked, sha256_file
-from edge_provision.artifacts.builders import apt_sources, build_root
+# ArtifactBuildError, every builder's base, is also crun.ArtifactBuildError, where the CLI catches it.
+from edge_provision.artifacts import ArtifactBuildError as ArtifactBuildError
+from edge_provision.artifacts import build_dir, input_key, run, sha256_file
+from edge_provision.artifacts.builders import build_root
+from edge_provision.artifacts.builders._common import (
+    PINS_STEP,
+    apt_source,
+    cached_manifest,
+    enable_deb_src,
+    load_versions,
+    staged_build,
+)
+from edge_provision.artifacts.fetch import VERSIONS_FILE
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
-VERSIONS_FILE = HERE.parent / "versions.yml"
-HEADER_FILE = HERE / "wasmtime_c_api.h"
+HEADER_FILE = Path(__file__).resolve().parent / "wasmtime_c_api.h"
 
 # Bump when the build steps change in a way that changes the output (the cache key includes it).
 BUILDER_REVISION = "2"  # 2: built in the build root (builders/build_root.py), any arch
@@ -124,28 +127,12 @@ INCLUDE_SUBDIR = "edge-provision-include"  # inside the source tree: -ffile-pref
 HEADER_SHIMS = ("wasm.h", "wasi.h", "wasmtime.h")  # what crun's handler and configure include
 
 OUTPUT_FILES = ("crun", "libwasmtime.so")
-TAIL_LINES = 25
-ERROR_LINES = 15
-_ERROR_LINE = re.compile(r"\berror\b:|\*\*\*|fatal|undefined reference", re.IGNORECASE)
 
 
-class ArtifactBuildError(RuntimeError):
-    """A build step failed; the message names the step and ends with the last lines of its output."""
+class CrunBuildError(ArtifactBuildError):
+    """A step of a crun build (either engine) failed."""
 
-    def __init__(self, step: str, message: str, output: str = "") -> None:
-        self.step = step
-        self.message = message
-        self.output = output
-        lines = output.rstrip().splitlines()
-        self.output_tail = "\n".join(lines[-TAIL_LINES:])
-        text = f"crun build, step '{step}': {message}"
-        # Parallel make interleaves jobs: the compiler's error may sit above the tail.
-        errors = [line for line in lines[:-TAIL_LINES] if _ERROR_LINE.search(line)][-ERROR_LINES:]
-        if errors:
-            text += "\n--- error lines above the tail ---\n" + "\n".join(errors)
-        if self.output_tail:
-            text += f"\n--- last lines of output ---\n{self.output_tail}"
-        super().__init__(text)
+    build = "crun build"
 
 
 @dataclass(frozen=True)
@@ -159,11 +146,8 @@ class Pins:
 
 def load_pins(arch: str, versions_file: Path = VERSIONS_FILE) -> Pins:
     """crun and wasmtime pins for ``arch`` from versions.yml."""
-    step = "read pins"
-    try:
-        data: Any = yaml.safe_load(versions_file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ArtifactBuildError(step, f"cannot read {versions_file}: {exc}") from exc
+    step = PINS_STEP
+    data = load_versions(versions_file, CrunBuildError)
     try:
         crun = data["crun"]
         wasmtime = data["wasmtime"]
@@ -176,27 +160,27 @@ def load_pins(arch: str, versions_file: Path = VERSIONS_FILE) -> Pins:
             wheel_sha256=str(wheel["sha256"]).lower(),
         )
     except (KeyError, TypeError) as exc:
-        raise ArtifactBuildError(
+        raise CrunBuildError(
             step, f"{versions_file} lacks {exc} (need crun.version, crun.debian_version, "
             f"wasmtime.version, wasmtime.wheels.{arch}.file/sha256)"
         ) from exc
     if not pins.crun_debian_version.startswith(f"{pins.crun_version}-"):
-        raise ArtifactBuildError(
+        raise CrunBuildError(
             step, f"crun.debian_version {pins.crun_debian_version!r} is not a revision of "
             f"crun.version {pins.crun_version!r} in {versions_file}"
         )
     if f"-{pins.wasmtime_version}-" not in pins.wheel_file:
-        raise ArtifactBuildError(
+        raise CrunBuildError(
             step, f"wheel {pins.wheel_file!r} does not match wasmtime.version {pins.wasmtime_version!r}"
         )
     return pins
 
 
 def verify_sha256(path: Path, expected: str, *, step: str = "verify wheel checksum") -> str:
-    """Return the sha256 of ``path``; raise ArtifactBuildError naming expected and actual if it differs."""
+    """Return the sha256 of ``path``; raise CrunBuildError naming expected and actual if it differs."""
     actual = sha256_file(path)
     if actual != expected.lower():
-        raise ArtifactBuildError(
+        raise CrunBuildError(
             step, f"sha256 mismatch for {path.name}: expected {expected.lower()}, actual {actual} "
             "(pinned in edge_provision/artifacts/versions.yml)"
         )
@@ -223,14 +207,7 @@ def cache_key(arch: str, engine: str, pins: Pins, root_key: str | None = None) -
 
 def cached_build(directory: Path) -> dict[str, Any] | None:
     """The manifest of a complete, intact build in ``directory``, else None."""
-    try:
-        manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
-        for name in OUTPUT_FILES:
-            if sha256_file(directory / name) != manifest["files"][name]["sha256"]:
-                return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return manifest
+    return cached_manifest(directory, OUTPUT_FILES)
 
 
 def build_crun(arch: str = "amd64", engine: str = "wasmtime", *, versions_file: Path = VERSIONS_FILE) -> Path:
@@ -240,9 +217,9 @@ def build_crun(arch: str = "amd64", engine: str = "wasmtime", *, versions_file: 
     libwasmtime.so where the dynamic loader finds it (e.g. /usr/local/lib + ldconfig).
     """
     if arch not in ARCHES:
-        raise ArtifactBuildError("check arguments", f"unknown arch {arch!r} (known: {', '.join(ARCHES)})")
+        raise CrunBuildError("check arguments", f"unknown arch {arch!r} (known: {', '.join(ARCHES)})")
     if engine not in ENGINES:
-        raise ArtifactBuildError(
+        raise CrunBuildError(
             "check arguments", f"engine {engine!r} is not supported (one engine per binary; known: "
             f"{', '.join(ENGINES)})"
         )
@@ -252,65 +229,23 @@ def build_crun(arch: str = "amd64", engine: str = "wasmtime", *, versions_file: 
     if cached_build(dest) is not None:
         return dest
 
-    return staged_build(dest, cached_build, lambda work, out: _build(work, out, arch, engine, pins, key))
-
-
-def staged_build(
-    dest: Path,
-    is_cached: Callable[[Path], object],
-    build: Callable[[Path, Path], None],
-    *,
-    precheck: Callable[[], None] | None = None,
-    error: type[ArtifactBuildError] = ArtifactBuildError,
-) -> Path:
-    """Build into ``dest`` once: locked, in a staging directory renamed into place when complete.
-
-    ``build(work, out)`` gets a scratch directory beside the cache (a source tree can take GBs;
-    /tmp is often a small tmpfs) and the staging directory. A failure leaves no partial build,
-    and its full output in ``<dest>.failed.log``.
-    """
-    if is_cached(dest) is not None:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with locked(dest.parent / f".{dest.name}.lock"):
-        if is_cached(dest) is not None:  # another process built it while we waited
-            return dest
-        if precheck is not None:
-            precheck()
-        if dest.exists():
-            log.warning("discarding incomplete or corrupted build %s", dest)
-            shutil.rmtree(dest)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        failed_log = dest.parent / f"{dest.name}.failed.log"
-        try:
-            with tempfile.TemporaryDirectory(prefix=".work-", dir=dest.parent) as work:
-                build(Path(work), staging)
-            os.rename(staging, dest)
-        except ArtifactBuildError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not exc.output:
-                raise
-            failed_log.write_text(exc.output)
-            raise error(exc.step, f"{exc.message} (full output: {failed_log})", exc.output) from exc
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        failed_log.unlink(missing_ok=True)
-    return dest
+    return staged_build(dest, cached_build, lambda work, out: _build(work, out, arch, engine, pins, key),
+                        error=CrunBuildError)
 
 
 def _build(work: Path, out: Path, arch: str, engine: str, pins: Pins, key: str) -> None:
     started = time.monotonic()
     info = ARCHES[arch]
     root = _step_build_root()
-    _step_deb_src()
+    enable_deb_src(error=CrunBuildError)
 
     def at(path: Path) -> str:
         return build_root.inside(path, work)
 
     def in_root(step: str, cmd: Sequence[str], cwd: Path = work, env: Mapping[str, str] | None = None, *,
                 read_only: bool = False) -> str:
-        return _run(step, root.command(cmd, work=work, cwd=at(cwd), env=env, read_only=read_only))
+        return run(step, root.command(cmd, work=work, cwd=at(cwd), env=env, read_only=read_only),
+                   error=CrunBuildError)
 
     # -- sources -------------------------------------------------------------------------
     source_dir = _step_apt_source(work, pins, in_root)
@@ -321,7 +256,7 @@ def _build(work: Path, out: Path, arch: str, engine: str, pins: Pins, key: str) 
         with zipfile.ZipFile(wheel) as zf, zf.open(wheel_member) as src, lib.open("wb") as dst:
             shutil.copyfileobj(src, dst)
     except (KeyError, OSError, zipfile.BadZipFile) as exc:
-        raise ArtifactBuildError(
+        raise CrunBuildError(
             "extract libwasmtime", f"cannot extract {wheel_member} from {wheel.name}: {exc}"
         ) from exc
     _step_check_exports(in_root("check libwasmtime exports", [root.tool(arch, "nm"), "-D", "--defined-only",
@@ -376,7 +311,7 @@ def _build(work: Path, out: Path, arch: str, engine: str, pins: Pins, key: str) 
     shutil.copy2(source_dir / "crun", crun)
     crun.chmod(0o755)
     if b"libwasmtime.so" not in crun.read_bytes():
-        raise ArtifactBuildError("check crun --version", "the binary does not dlopen libwasmtime.so",
+        raise CrunBuildError("check crun --version", "the binary does not dlopen libwasmtime.so",
                                  version_output)
     needed = needed_from_readelf(in_root("readelf", ["readelf", "-d", "-W", "crun"], source_dir))
 
@@ -432,92 +367,35 @@ def _build(work: Path, out: Path, arch: str, engine: str, pins: Pins, key: str) 
 # -- steps -------------------------------------------------------------------------------------
 
 
-def _step_deb_src() -> None:
-    try:
-        if apt_sources.ensure_deb_src():
-            log.info("enabled deb-src (%s)", apt_sources.OWN_FILE)
-    except (OSError, apt_sources.AptSourcesError) as exc:
-        raise ArtifactBuildError("enable deb-src", str(exc)) from exc
-
-
-def _step_build_deps(packages: Sequence[str] = BUILD_DEPS) -> None:
-    query = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\\n", *packages],
-        text=True,
-        capture_output=True,
-        check=False,
-        env=_apt_env(),
-    )
-    installed = {
-        line.split()[0] for line in query.stdout.splitlines() if line.split()[1:] == ["installed"]
-    }
-    missing = [p for p in packages if p not in installed]
-    if missing:
-        log.info("installing build dependencies: %s", " ".join(missing))
-        _run(
-            "install build dependencies",
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-            env=_apt_env(),
-        )
-
-
-def apt_source(
-    work: Path, package: str, debian_version: str, pin: str, *, download_only: bool = False
-) -> None:
-    """``apt-get source package=debian_version`` into ``work``; ``pin`` names its versions.yml key.
-
-    A deb-src entry whose Sources index is not downloaded yet gets one ``apt-get update``.
-    ``download_only``: the files only (apt has checked them), unpacked by the caller.
-    """
-    cmd = ["apt-get", "source", "-q", "--only-source", *(["--download-only"] if download_only else []),
-           f"{package}={debian_version}"]
-    try:
-        _run("apt-get source", cmd, cwd=work, env=_apt_env())
-    except ArtifactBuildError as first:
-        if "Unable to find" not in first.output_tail and "Can not find" not in first.output_tail:
-            raise
-        try:
-            apt_sources.apt_get_update()
-        except apt_sources.AptSourcesError as exc:
-            raise ArtifactBuildError("apt-get update", str(exc)) from exc
-        try:
-            _run("apt-get source", cmd, cwd=work, env=_apt_env())
-        except ArtifactBuildError as exc:
-            raise ArtifactBuildError(
-                "apt-get source",
-                f"{package}={debian_version} is not in the Debian archive; if bookworm moved to a "
-                f"newer revision, update {pin} in edge_provision/artifacts/versions.yml",
-                exc.output_tail,
-            ) from exc
-
-
 def _step_apt_source(work: Path, pins: Pins, in_root: Callable[..., str]) -> Path:
     """Downloaded on the machine (apt checks it against the signed Sources index), unpacked in the root."""
-    apt_source(work, "crun", pins.crun_debian_version, "crun.debian_version", download_only=True)
+    apt_source(work, "crun", pins.crun_debian_version, "crun.debian_version", download_only=True,
+               error=CrunBuildError)
     dscs = sorted(work.glob(f"crun_{pins.crun_debian_version.split(':')[-1]}.dsc"))
     if not dscs:
-        raise ArtifactBuildError("apt-get source", f"no crun .dsc in {work}")
+        raise CrunBuildError("apt-get source", f"no crun .dsc in {work}")
     in_root("dpkg-source", ["dpkg-source", "--no-check", "-x", dscs[0].name, f"crun-{pins.crun_version}"])
     source_dir = work / f"crun-{pins.crun_version}"
     if not (source_dir / "configure").is_file():
-        raise ArtifactBuildError("apt-get source", f"no unpacked source tree with configure at {source_dir}")
+        raise CrunBuildError("apt-get source", f"no unpacked source tree with configure at {source_dir}")
     return source_dir
 
 
 def _step_download_wheel(work: Path, pins: Pins, info: ArchInfo) -> Path:
     dl = work / "wheel"
-    _run(
+    run(
         "download wasmtime wheel",
         [
             sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
             f"wasmtime=={pins.wasmtime_version}", "--no-deps", "--only-binary=:all:",
             "--platform", info.wheel_platform, "-d", str(dl),
         ],
+        error=CrunBuildError,
     )
     wheel = dl / pins.wheel_file
     if not wheel.is_file():
         got = ", ".join(p.name for p in dl.iterdir()) or "nothing"
-        raise ArtifactBuildError("download wasmtime wheel", f"expected {pins.wheel_file}, pip got {got}")
+        raise CrunBuildError("download wasmtime wheel", f"expected {pins.wheel_file}, pip got {got}")
     verify_sha256(wheel, pins.wheel_sha256)
     return wheel
 
@@ -527,7 +405,7 @@ def _step_check_exports(nm_output: str, library: str) -> None:
     exported = {line.split()[-1] for line in nm_output.splitlines() if line.strip()}
     missing = [name for name in CRUN_WASMTIME_FUNCTIONS if name not in exported]
     if missing:
-        raise ArtifactBuildError(
+        raise CrunBuildError(
             "check libwasmtime exports", f"{library} lacks functions crun calls: {', '.join(missing)}"
         )
 
@@ -536,20 +414,16 @@ def _step_check_version(output: str, pins: Pins, engine: str) -> str:
     """``crun --version`` output must name the pinned version and exactly the one engine."""
     step = "check crun --version"
     if f"crun version {pins.crun_version}" not in output:
-        raise ArtifactBuildError(step, f"expected crun version {pins.crun_version}", output)
+        raise CrunBuildError(step, f"expected crun version {pins.crun_version}", output)
     features = next((line for line in output.splitlines() if line.startswith("+")), "")
     engines = [word for word in features.split() if word.startswith("+WASM:")]
     if engines != [f"+WASM:{engine}"]:
-        raise ArtifactBuildError(step, f"expected exactly one engine, +WASM:{engine}; got {engines}", output)
+        raise CrunBuildError(step, f"expected exactly one engine, +WASM:{engine}; got {engines}", output)
     return output.strip()
 
 
 def needed_from_readelf(output: str) -> list[str]:
     return [line.split("[", 1)[1].rstrip("]") for line in output.splitlines() if "(NEEDED)" in line]
-
-
-def _needed_libraries(binary: Path, env: Mapping[str, str]) -> list[str]:
-    return needed_from_readelf(_run("readelf", ["readelf", "-d", "-W", str(binary)], env=env))
 
 
 def cross_args(build_triplet: str, host_triplet: str) -> list[str]:
@@ -575,44 +449,4 @@ def _step_build_root() -> build_root.BuildRoot:
     try:
         return build_root.ensure_root()
     except build_root.BuildRootError as exc:
-        raise ArtifactBuildError("build root", str(exc)) from exc
-
-
-# -- helpers -----------------------------------------------------------------------------------
-
-
-def _run(
-    step: str,
-    cmd: Sequence[str],
-    *,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-) -> str:
-    """Run ``cmd``; return its stdout+stderr, or raise ArtifactBuildError naming ``step`` with the tail."""
-    log.debug("[%s] %s", step, " ".join(cmd))
-    try:
-        proc = subprocess.run(
-            list(cmd),
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except OSError as exc:
-        raise ArtifactBuildError(step, f"cannot run {cmd[0]}: {exc}") from exc
-    if proc.returncode != 0:
-        raise ArtifactBuildError(step, f"`{' '.join(cmd)}` exited with {proc.returncode}", proc.stdout)
-    return proc.stdout
-
-
-def _apt_env() -> dict[str, str]:
-    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
-
-
-def _host_arch() -> str:
-    return debian_arch()
-
-
+        raise CrunBuildError("build root", str(exc)) from exc

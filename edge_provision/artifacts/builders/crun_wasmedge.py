@@ -28,10 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from edge_provision.artifacts import build_dir, input_key, sha256_file
-from edge_provision.artifacts.builders import crun as crun_builder
+from edge_provision.artifacts import build_dir, debian, input_key, run, sha256_file
+from edge_provision.artifacts.builders._common import (
+    PINS_STEP,
+    cached_manifest,
+    install_build_deps,
+    load_versions,
+    staged_build,
+)
+from edge_provision.artifacts.builders.crun import BUILD_DEPS, CrunBuildError, needed_from_readelf
 from edge_provision.artifacts.fetch import UPSTREAM, VERSIONS_FILE, Download, fetch, pinned
 
 ENGINE = "wasmedge"
@@ -56,12 +61,12 @@ class Step:
 
 
 def load_pins(arch: str, versions_file: Path = VERSIONS_FILE) -> Pins:
-    data: Any = yaml.safe_load(versions_file.read_text())
+    data = load_versions(versions_file, CrunBuildError)
     try:
         root, lib_dir = str(data["wasmedge"]["archive_root"]), str(data["wasmedge"]["archive_lib_dir"])
     except (KeyError, TypeError) as exc:
-        raise crun_builder.ArtifactBuildError(
-            "read pins", f"{versions_file} lacks wasmedge.{exc.args[0]} (the tarball's layout)") from exc
+        raise CrunBuildError(
+            PINS_STEP, f"{versions_file} lacks wasmedge.{exc.args[0]} (the tarball's layout)") from exc
     return Pins(crun=pinned("crun_release", arch, versions_file),
                 wasmedge=pinned("wasmedge", arch, versions_file), archive_root=root, archive_lib_dir=lib_dir)
 
@@ -100,15 +105,8 @@ def fetch_inputs(arch: str, source: str = UPSTREAM, versions_file: Path = VERSIO
 
 
 def cached_build(directory: Path) -> dict[str, Any] | None:
-    """The manifest of a complete, intact build in ``directory``, else None."""
-    try:
-        manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
-        for name, info in manifest["files"].items():
-            if sha256_file(directory / name) != info["sha256"]:
-                return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return manifest
+    """The manifest of a complete, intact build in ``directory`` (every file it lists), else None."""
+    return cached_manifest(directory)
 
 
 def build_crun_wasmedge(arch: str = "amd64", source: str = UPSTREAM, *,
@@ -122,20 +120,21 @@ def build_crun_wasmedge(arch: str = "amd64", source: str = UPSTREAM, *,
     dest = build_dir(f"crun-{ENGINE}", pins.crun.version, arch, key)
 
     def check_arch() -> None:
-        host = crun_builder._host_arch()
+        host = debian.host_arch()
         if arch != host:
-            raise crun_builder.ArtifactBuildError(
+            raise CrunBuildError(
                 "check arguments", f"cross-building crun for {arch} on {host} is not implemented "
                 "(build on an arm64 controller or build host)")
 
-    return crun_builder.staged_build(
+    return staged_build(
         dest, cached_build, lambda work, out: _build(work, out, arch, pins, inputs, key), precheck=check_arch,
+        error=CrunBuildError,
     )
 
 
 def _build(work: Path, out: Path, arch: str, pins: Pins, inputs: dict[str, Path], key: str) -> None:
     started = time.monotonic()
-    crun_builder._step_build_deps()
+    install_build_deps(BUILD_DEPS, error=CrunBuildError)
     (work / "wasmedge").mkdir()
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "TZ": "UTC", "HOME": str(work)}
     jobs = int(os.environ.get("EDGE_PROVISION_BUILD_JOBS", "2"))
@@ -143,18 +142,18 @@ def _build(work: Path, out: Path, arch: str, pins: Pins, inputs: dict[str, Path]
     plan = build_plan(pins, work, wasmedge_tarball=inputs["wasmedge"], crun_tarball=inputs["crun_release"],
                       jobs=jobs)
     for step in plan:
-        version_output = crun_builder._run(step.name, step.argv, cwd=step.cwd, env=env)
+        version_output = run(step.name, step.argv, cwd=step.cwd, env=env, error=CrunBuildError)
     source = work / f"crun-{pins.crun.version}"
     engines = [w for w in version_output.split() if w.startswith("+WASM:")]
     if engines != [f"+WASM:{ENGINE}"]:
-        raise crun_builder.ArtifactBuildError(
+        raise CrunBuildError(
             "check crun --version", f"expected exactly one engine, +WASM:{ENGINE}; got {engines}",
             version_output)
-    needed = crun_builder._needed_libraries(source / "crun", env)
+    needed = needed_from_readelf(
+        run("readelf", ["readelf", "-d", "-W", str(source / "crun")], env=env, error=CrunBuildError))
     libraries = [n for n in needed if n.startswith("libwasmedge")]
     if len(libraries) != 1:
-        raise crun_builder.ArtifactBuildError("check libraries",
-                                              f"crun links no single WasmEdge library: {needed}")
+        raise CrunBuildError("check libraries", f"crun links no single WasmEdge library: {needed}")
     library = libraries[0]
     shutil.copy2(source / "crun", out / "crun")
     shutil.copyfile(work / "wasmedge" / pins.archive_lib_dir / library, out / library)  # follows symlinks

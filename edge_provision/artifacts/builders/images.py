@@ -40,7 +40,6 @@ import io
 import json
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
@@ -51,8 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_provision import artifacts
-from edge_provision.arch import debian_arch
-from edge_provision.artifacts import build_dir, input_key, oci, sha256_file
+from edge_provision.artifacts import ArtifactBuildError, build_dir, debian, input_key, oci, run, sha256_file
+from edge_provision.artifacts.builders._common import elf_info
+from edge_provision.artifacts.debian import host_arch, package_version, upstream_version
 
 REGISTRY = "edge-provision.local"
 WASI_DEMO_VERSION = "0.2.0"
@@ -70,74 +70,33 @@ PAUSE_MEMBERS = ("build/pause/linux/pause.c", "build/pause/Makefile")
 # Bump when a builder's output changes for the same inputs (it is part of every cache key).
 BUILDER_REVISION = "1"
 
-# ELF e_machine -> Debian architecture (for checking what a binary really is).
-_ELF_MACHINES = {62: "amd64", 183: "arm64", 40: "armhf", 3: "i386", 243: "riscv64", 21: "ppc64el"}
 _TOOL_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C"}
 
 
 class ImageBuildError(RuntimeError):
-    """A build input or tool is missing, or a tool failed."""
+    """A build input or tool is missing, or a tool failed (then an :class:`ImageStepError`)."""
+
+
+class ImageStepError(ArtifactBuildError, ImageBuildError):
+    """A tool an image build runs failed: the step, the command and the last lines of its output."""
+
+    build = "image build"
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _run(args: Sequence[str], *, cwd: Path | None = None, what: str) -> str:
+def _tool(what: str, args: Sequence[str], cwd: Path | None = None) -> str:
+    """stdout of a build tool run with the images' tool environment."""
+    return run(what, args, cwd=cwd, env=_TOOL_ENV, error=ImageStepError, stdout_only=True)
+
+
+def _binary_info(data: bytes) -> tuple[str, bool]:
+    """:func:`elf_info` of a binary an image is made of, an ImageBuildError when it is no ELF file."""
     try:
-        proc = subprocess.run(list(args), cwd=cwd, text=True, capture_output=True, check=False, env=_TOOL_ENV)
-    except FileNotFoundError:
-        raise ImageBuildError(f"{what}: {args[0]} not found") from None
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-        raise ImageBuildError(f"{what} failed (exit {proc.returncode}): {' '.join(args)}\n{tail}")
-    return proc.stdout
-
-
-def package_version(package: str) -> str:
-    """Installed version of a Debian package ('' when not installed)."""
-    proc = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", package],
-        text=True,
-        capture_output=True,
-        check=False,
-        env=_TOOL_ENV,
-    )
-    status, _, version = proc.stdout.strip().partition(" ")
-    return version if proc.returncode == 0 and status == "installed" else ""
-
-
-def host_arch() -> str:
-    """This machine's architecture (``amd64``, ``arm64``, ...)."""
-    return debian_arch()
-
-
-def upstream_version(debian_version: str) -> str:
-    """``1:1.35.0-4+deb12u1+b1`` -> ``1.35.0``; ``1.20.5+really1.20.2-1.1`` -> ``1.20.2``."""
-    version = debian_version.split(":", 1)[-1].rsplit("-", 1)[0]
-    return version.split("+really", 1)[-1]
-
-
-def elf_info(data: bytes) -> tuple[str, bool]:
-    """(Debian architecture, statically linked) of an ELF executable."""
-    if data[:4] != b"\x7fELF":
-        raise ImageBuildError("not an ELF file")
-    is64 = data[4] == 2
-    end = "<" if data[5] == 1 else ">"
-    (machine,) = struct.unpack_from(end + "H", data, 18)
-    if is64:
-        (phoff,) = struct.unpack_from(end + "Q", data, 32)
-        phentsize, phnum = struct.unpack_from(end + "HH", data, 54)
-    else:
-        (phoff,) = struct.unpack_from(end + "I", data, 28)
-        phentsize, phnum = struct.unpack_from(end + "HH", data, 42)
-    interp = any(
-        struct.unpack_from(end + "I", data, phoff + i * phentsize)[0] == 3  # PT_INTERP
-        for i in range(phnum)
-    )
-    arch = _ELF_MACHINES.get(machine, f"elf-machine-{machine}")
-    if arch == "amd64" and not is64:
-        arch = "x32"
-    return arch, not interp
+        return elf_info(data)
+    except ValueError as exc:
+        raise ImageBuildError(str(exc)) from None
 
 
 def _cached(
@@ -223,7 +182,7 @@ def compile_wasi_demo(source: Path = WASI_DEMO_SOURCE) -> Path:
         )
     if not package_version("wasi-libc"):
         raise ImageBuildError("wasi-libc is not installed: apt-get install wasi-libc")
-    clang_version = _run([clang, "--version"], what="clang --version").splitlines()[0]
+    clang_version = _tool("clang --version", [clang, "--version"]).splitlines()[0]
     key = input_key(
         BUILDER_REVISION,
         sha256_file(source),
@@ -237,9 +196,7 @@ def compile_wasi_demo(source: Path = WASI_DEMO_SOURCE) -> Path:
         # Compile a copy under a fixed name so the output does not depend on the checkout path.
         src = out / "wasi_demo.c"
         shutil.copyfile(source, src)
-        _run(
-            [clang, *WASM_CFLAGS, "-o", "wasi_demo.wasm", "wasi_demo.c"], cwd=out, what="clang (wasm32-wasi)"
-        )
+        _tool("clang (wasm32-wasi)", [clang, *WASM_CFLAGS, "-o", "wasi_demo.wasm", "wasi_demo.c"], cwd=out)
         src.unlink()
         if (out / "wasi_demo.wasm").read_bytes()[:4] != b"\0asm":
             raise ImageBuildError("clang made no WebAssembly module")
@@ -285,10 +242,9 @@ def build_wasi_demo_image(platforms: Sequence[str] = WASM_PLATFORMS) -> Path:
 
 def busybox_deb(arch: str) -> tuple[Path, str]:
     """Debian's busybox-static .deb for ``arch`` and its version, downloaded on the controller with
-    ``apt-get download`` (``runtime_controller.debs``: apt checks it against the signed indexes)."""
-    from edge_provision.stages.runtime import controller as runtime_controller
-
-    for deb in runtime_controller.debs([BUSYBOX_PACKAGE], arch):
+    ``apt-get download`` (:func:`edge_provision.artifacts.debian.debs`: apt checks it against the
+    signed indexes)."""
+    for deb in debian.debs([BUSYBOX_PACKAGE], arch):
         if deb["package"] == BUSYBOX_PACKAGE:
             return Path(deb["path"]), deb["version"]
     raise ImageBuildError(f"apt-get download yielded no {BUSYBOX_PACKAGE} for {arch}")
@@ -318,7 +274,7 @@ def build_busybox_image(arch: str | None = None) -> Path:
     arch = arch or host_arch()
     deb, pkg_version = busybox_deb(arch)
     data = deb_member(deb, str(BUSYBOX_PATH))
-    built_arch, static = elf_info(data)
+    built_arch, static = _binary_info(data)
     if built_arch != arch or not static:
         raise ImageBuildError(
             f"{deb.name}: {BUSYBOX_PATH} is {built_arch}, static={static}; wanted static {arch}"
@@ -368,24 +324,6 @@ class PauseSource:
     debian_version: str  # of the source package, e.g. "1.20.5+really1.20.2-1.1+deb12u1"
 
 
-def _source_version(package: str) -> str:
-    out = subprocess.run(
-        ["apt-cache", "showsrc", "--only-source", package],
-        text=True,
-        capture_output=True,
-        check=False,
-        env=_TOOL_ENV,
-    ).stdout
-    versions: list[str] = re.findall(r"^Version: (\S+)$", out, re.MULTILINE)
-    if not versions:
-        return ""
-    best = versions[0]
-    for candidate in versions[1:]:  # the newest one, as apt-get source picks it
-        if subprocess.run(["dpkg", "--compare-versions", candidate, "gt", best], check=False).returncode == 0:
-            best = candidate
-    return best
-
-
 def pause_tag(makefile: str) -> str:
     """The pause version in Kubernetes' build/pause/Makefile (``TAG = 3.4`` / ``TAG ?= 3.9``)."""
     match = re.search(r"^TAG\s*[?:]?=\s*(\S+)\s*$", makefile, re.MULTILINE)
@@ -401,12 +339,10 @@ def fetch_pause_source() -> PauseSource:
     the 34 MB upstream tarball is downloaded with ``apt-get source --download-only`` into a
     temporary directory (apt checks it against the signed Sources index) and removed.
     """
-    debian_version = _source_version(PAUSE_SOURCE_PACKAGE)
+    debian_version = debian.source_version(PAUSE_SOURCE_PACKAGE)
     if not debian_version:
-        from edge_provision.artifacts.builders import apt_sources
-
-        apt_sources.ensure_deb_src()
-        debian_version = _source_version(PAUSE_SOURCE_PACKAGE)
+        debian.ensure_deb_src()
+        debian_version = debian.source_version(PAUSE_SOURCE_PACKAGE)
     if not debian_version:
         raise ImageBuildError(f"no Debian source package {PAUSE_SOURCE_PACKAGE!r} (deb-src missing?)")
     dest = artifacts.ARTIFACTS_DIR / "sources" / f"{PAUSE_SOURCE_PACKAGE}-{debian_version}"
@@ -426,11 +362,8 @@ def _download_pause_source(debian_version: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp_name:
         tmp = Path(tmp_name)
-        _run(
-            ["apt-get", "source", "--download-only", f"{PAUSE_SOURCE_PACKAGE}={debian_version}"],
-            cwd=tmp,
-            what="apt-get source",
-        )
+        _tool("apt-get source",
+              ["apt-get", "source", "--download-only", f"{PAUSE_SOURCE_PACKAGE}={debian_version}"], cwd=tmp)
         origs = sorted(tmp.glob(f"{PAUSE_SOURCE_PACKAGE}_*.orig.tar.*"))
         if not origs:
             raise ImageBuildError(f"apt-get source {PAUSE_SOURCE_PACKAGE} gave no .orig tarball")
@@ -482,10 +415,9 @@ def compile_pause(arch: str = "amd64", source: PauseSource | None = None) -> Pat
 
     def make(out: Path) -> None:
         shutil.copyfile(source.pause_c, out / "pause.c")
-        _run(root.command([gcc, *flags, "-o", "pause", "pause.c"], work=out),
-             what=f"{gcc} pause.c (build root)")
+        _tool(f"{gcc} pause.c (build root)", root.command([gcc, *flags, "-o", "pause", "pause.c"], work=out))
         (out / "pause.c").unlink()
-        built_arch, static = elf_info((out / "pause").read_bytes())
+        built_arch, static = _binary_info((out / "pause").read_bytes())
         if built_arch != arch or not static:
             raise ImageBuildError(f"pause came out {built_arch}, static={static}; wanted static {arch}")
 
@@ -685,6 +617,7 @@ __all__ = [
     "CONTROL_PLANE_COMPONENTS",
     "ImageBuildError",
     "ImageInfo",
+    "ImageStepError",
     "build_busybox_image",
     "build_control_plane_image",
     "build_pause_image",

@@ -4,9 +4,10 @@ Inputs, pinned in ``edge_provision/artifacts/versions.yml`` (``kubernetes:``):
 
 * the source: ``apt-get source kubernetes=<debian_version>`` (bookworm, 1.20.2 under the version
   ``1.20.5+really1.20.2-...``; apt checks it against the signed Sources index). deb-src is
-  enabled on demand by :func:`apt_sources.ensure_deb_src`. The tree is complete (vendor/) and
-  carries its version (``git archive`` substitutions in hack/lib/version.sh: v1.20.2, tree
-  state "archive"), so Kubernetes' own ``make WHAT=cmd/...`` stamps ``--version`` correctly.
+  enabled on demand by :func:`edge_provision.artifacts.debian.ensure_deb_src`. The tree is
+  complete (vendor/) and carries its version (``git archive`` substitutions in
+  hack/lib/version.sh: v1.20.2, tree state "archive"), so Kubernetes' own ``make WHAT=cmd/...``
+  stamps ``--version`` correctly.
 * Debian's Go (golang-go, 1.19), GOPATH mode (hack/lib/init.sh exports GO111MODULE=off).
 * the vendored ``github.com/modern-go/reflect2`` 1.0.1 panics at run time under Go >= 1.18
   (``reflect.mapiterinit``); it is replaced by Debian's golang-github-modern-go-reflect2-dev
@@ -38,31 +39,24 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from edge_provision.artifacts import build_dir, input_key, sha256_file
-from edge_provision.artifacts.builders.crun import (
-    VERSIONS_FILE,
-    ArtifactBuildError,
-    _apt_env,
-    _step_build_deps,
-    _step_deb_src,
+from edge_provision.artifacts import ArtifactBuildError, build_dir, input_key, run, sha256_file
+from edge_provision.artifacts.builders._common import (
+    PINS_STEP,
     apt_source,
+    cached_manifest,
+    elf_info,
+    enable_deb_src,
+    install_build_deps,
+    load_versions,
     staged_build,
 )
-from edge_provision.artifacts.builders.crun import _run as _crun_run
-from edge_provision.artifacts.builders.images import (
-    ImageBuildError,
-    elf_info,
-    host_arch,
-    package_version,
-    upstream_version,
-)
+from edge_provision.artifacts.debian import APT_ENV, host_arch, package_version, upstream_version
+from edge_provision.artifacts.fetch import VERSIONS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +103,9 @@ NICE = "10"  # the build shares its machine (lab tests, people): do not starve t
 
 
 class KubernetesBuildError(ArtifactBuildError):
-    """An :class:`ArtifactBuildError` whose message says ``kubernetes build`` (the base says crun)."""
+    """A step of the Kubernetes build failed."""
 
-    def __init__(self, step: str, message: str, output: str = "") -> None:
-        super().__init__(step, message, output)
-        text = str(self)
-        if text.startswith("crun build"):
-            self.args = ("kubernetes build" + text[len("crun build") :],)
+    build = "kubernetes build"
 
 
 @dataclass(frozen=True)
@@ -133,11 +123,8 @@ class Toolchain:
 
 def load_pins(versions_file: Path = VERSIONS_FILE) -> Pins:
     """The ``kubernetes:`` pins from versions.yml."""
-    step = "read pins"
-    try:
-        data: Any = yaml.safe_load(versions_file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise KubernetesBuildError(step, f"cannot read {versions_file}: {exc}") from exc
+    step = PINS_STEP
+    data = load_versions(versions_file, KubernetesBuildError)
     try:
         entry = data["kubernetes"]
         pins = Pins(version=str(entry["version"]), debian_version=str(entry["debian_version"]))
@@ -163,14 +150,14 @@ def load_pins(versions_file: Path = VERSIONS_FILE) -> Pins:
 
 def toolchain() -> Toolchain | None:
     """The installed Go and reflect2 replacement (None when either is missing)."""
-    go = shutil.which("go", path=_apt_env()["PATH"])
+    go = shutil.which("go", path=APT_ENV["PATH"])
     golang_go = package_version("golang-go")
     reflect2 = package_version(REFLECT2_PACKAGE)
     if go is None or not golang_go or not reflect2:
         return None
     try:
         out = subprocess.run(
-            [go, "version"], text=True, capture_output=True, check=True, env=_apt_env()
+            [go, "version"], text=True, capture_output=True, check=True, env=dict(APT_ENV)
         ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -197,14 +184,7 @@ def cached_build(directory: Path) -> dict[str, Any] | None:
 
     Sizes only, so a cache hit stays well under a second; :func:`verify_build` checks the sha256s.
     """
-    try:
-        manifest: dict[str, Any] = json.loads((directory / "manifest.json").read_text())
-        for name in BINARIES:
-            if (directory / name).stat().st_size != manifest["files"][name]["size"]:
-                return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return manifest
+    return cached_manifest(directory, BINARIES, check="size")
 
 
 def verify_build(directory: Path) -> list[str]:
@@ -231,7 +211,7 @@ def build_kubernetes(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE
     pins = load_pins(versions_file)
     tools = toolchain()
     if tools is None:
-        _step_build_deps(BUILD_DEPS)
+        install_build_deps(BUILD_DEPS, error=KubernetesBuildError)
         tools = toolchain()
         if tools is None:
             raise KubernetesBuildError(
@@ -249,7 +229,7 @@ def build_kubernetes(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE
 def _build(work: Path, out: Path, arch: str, pins: Pins, tools: Toolchain, key: str) -> None:
     started = time.monotonic()
     goarch = GOARCHES[arch]
-    _step_build_deps(BUILD_DEPS)
+    install_build_deps(BUILD_DEPS, error=KubernetesBuildError)
 
     source_dir = _apt_source(work, pins)
     replaced = _replace_reflect2(source_dir)
@@ -261,7 +241,8 @@ def _build(work: Path, out: Path, arch: str, pins: Pins, tools: Toolchain, key: 
         "building kubernetes %s (%s) for %s with %s, GOMAXPROCS=%s: takes ~9 min on 2 cores",
         pins.version, pins.debian_version, arch, tools.go_version, jobs,
     )
-    _run("make", ["nice", "-n", NICE, "make", f"WHAT={what}"], cwd=source_dir, env=env)
+    run("make", ["nice", "-n", NICE, "make", f"WHAT={what}"], cwd=source_dir, env=env,
+        error=KubernetesBuildError)
 
     bindir = source_dir / "_output" / "local" / "bin" / "linux" / goarch
     for name in BINARIES:
@@ -321,31 +302,10 @@ def _build(work: Path, out: Path, arch: str, pins: Pins, tools: Toolchain, key: 
 # -- steps -------------------------------------------------------------------------------------
 
 
-def _run(
-    step: str, cmd: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None
-) -> str:
-    """crun's ``_run`` (stdout+stderr, or an error naming the step with the output's tail), relabelled."""
-    try:
-        return _crun_run(step, cmd, cwd=cwd, env=env)
-    except KubernetesBuildError:
-        raise
-    except ArtifactBuildError as exc:
-        raise KubernetesBuildError(exc.step, exc.message, exc.output) from None
-
-
-
-
 def _apt_source(work: Path, pins: Pins) -> Path:
-    try:
-        _step_deb_src()
-    except ArtifactBuildError as exc:
-        raise KubernetesBuildError(exc.step, exc.message, exc.output) from None
-    try:
-        apt_source(work, SOURCE_PACKAGE, pins.debian_version, "kubernetes.debian_version")
-    except KubernetesBuildError:
-        raise
-    except ArtifactBuildError as exc:
-        raise KubernetesBuildError(exc.step, exc.message, exc.output) from None
+    enable_deb_src(error=KubernetesBuildError)
+    apt_source(work, SOURCE_PACKAGE, pins.debian_version, "kubernetes.debian_version",
+               error=KubernetesBuildError)
     trees = [
         p for p in work.glob(f"{SOURCE_PACKAGE}-*") if (p / "hack" / "make-rules" / "build.sh").is_file()
     ]
@@ -388,8 +348,9 @@ def _build_env(source_dir: Path, goarch: str) -> dict[str, str]:
         "KUBE_BUILD_PLATFORMS": f"linux/{goarch}",
         **BUILD_FLAGS,
     }
-    epoch = _run(
-        "dpkg-parsechangelog", ["dpkg-parsechangelog", "-STimestamp"], cwd=source_dir, env=env
+    epoch = run(
+        "dpkg-parsechangelog", ["dpkg-parsechangelog", "-STimestamp"], cwd=source_dir, env=env,
+        error=KubernetesBuildError,
     ).strip()
     if epoch.isdigit():
         env["SOURCE_DATE_EPOCH"] = epoch
@@ -402,7 +363,7 @@ def _check_binary(path: Path, name: str, arch: str, pins: Pins) -> str:
     data = path.read_bytes()
     try:
         built_arch, static = elf_info(data)
-    except ImageBuildError as exc:
+    except ValueError as exc:
         raise KubernetesBuildError(step, f"{name}: {exc}") from exc
     if built_arch != arch or not static:
         raise KubernetesBuildError(
@@ -417,7 +378,8 @@ def _check_binary(path: Path, name: str, arch: str, pins: Pins) -> str:
         "kubeadm": [str(path), "version", "-o", "short"],
         "kubectl": [str(path), "version", "--client", "--short"],
     }.get(name, [str(path), "--version"])
-    output = _run(step, cmd, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": "/nonexistent"}).strip()
+    output = run(step, cmd, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": "/nonexistent"},
+                 error=KubernetesBuildError).strip()
     reported = output.split()[-1] if output else ""
     if reported != want:
         raise KubernetesBuildError(step, f"{name} reports {reported!r}, expected {want}", output)

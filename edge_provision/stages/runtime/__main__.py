@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from edge_provision.artifacts.debian import DebianError
 from edge_provision.artifacts.fetch import UPSTREAM, ArtifactFetchError
 from edge_provision.stages.runtime.containerd_config import (
     ContainerdConfigError,
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.engine:
             out["crun"] = wasm_crun(args.arch, args.engine, args.source)
         out["pause_reference"] = sandbox_image("", args.arch)
-    except (RuntimeStageError, ContainerdConfigError, ArtifactFetchError) as exc:
+    except (RuntimeStageError, ContainerdConfigError, ArtifactFetchError, DebianError) as exc:
         print(f"runtime: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # a builder's own error class, with its step and output tail

@@ -7,8 +7,8 @@ edge_provision.stages.runtime``) and pyinfra (``edge_provision.pyinfra_engine.de
   handler, systemd cgroups, sandbox image, OOM score restriction), on top of
   :func:`edge_provision.stages.runtime.containerd_config.with_wasm_handler`;
 * :func:`debs` -- Debian packages and their dependency closure, downloaded on the controller
-  with ``apt-get download`` into the artifact cache, so nodes install them without reaching a
-  mirror (the air-gapped path);
+  into the artifact cache (:func:`edge_provision.artifacts.debian.debs`), so nodes install them
+  without reaching a mirror (the air-gapped path), and :func:`debs_plan`, how a node gets them;
 * :func:`release_files` and :func:`release_plan` -- containerd and runc from their pinned
   release files (``containerd_install_from: release``), fetched from the fleet's artifact source
   and sha256-checked on the controller, and the node commands that install them;
@@ -20,21 +20,15 @@ edge_provision.stages.runtime``) and pyinfra (``edge_provision.pyinfra_engine.de
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
-import subprocess
-import tarfile
-import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import tomlkit
 
-from edge_provision.artifacts import ARTIFACTS_DIR, CACHE_DIR, locked, sha256_file
+from edge_provision.artifacts import debian
 from edge_provision.artifacts.fetch import UPSTREAM, ArtifactFetchError, fetch, pinned
 from edge_provision.stages.runtime.containerd_config import (
     ContainerdConfigError,
@@ -143,189 +137,11 @@ def containerd_config(
     return wanted
 
 
-def _apt_env() -> dict[str, str]:
-    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
-
-
-def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(
-        list(cmd), cwd=cwd, env=_apt_env(), text=True, capture_output=True, stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeStageError(
-            f"{what}: `{' '.join(cmd)}` exited with {proc.returncode}: {proc.stderr.strip()}"
-        )
-    return proc.stdout
-
-
-# apt's view of one architecture: a private state (lists, package cache, an empty dpkg status)
-# under <cache>/apt/<arch>/ and a private sources.list holding this machine's distribution `deb`
-# entries (signatures are checked with the machine's keyrings, as for any apt run). The machine's
-# own apt state and its dpkg architectures are left alone: no `dpkg --add-architecture`. Every
-# architecture, the controller's own included, goes through the same options.
-APT_LISTS_MAX_AGE = 6 * 3600  # seconds before the private lists are refreshed (apt-get update)
-
-
-def apt_dir(arch: str) -> Path:
-    return CACHE_DIR / "apt" / arch
-
-
-def apt_options(arch: str) -> list[str]:
-    """``-o`` options giving apt the private view of ``arch`` (see :func:`apt_dir`)."""
-    base = apt_dir(arch)
-    options = {
-        "APT::Architecture": arch,
-        "APT::Architectures": arch,
-        "Dir::State": f"{base}/state",
-        "Dir::State::status": f"{base}/state/status",
-        "Dir::Cache": f"{base}/cache",
-        "Dir::Etc::SourceList": f"{base}/sources.list",
-        "Dir::Etc::SourceParts": f"{base}/sources.list.d",
-        "Acquire::Languages": "none",
-        "APT::Sandbox::User": "root",
-    }
-    return [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
-
-
-def apt_sources_list(entries: Sequence[str]) -> str:
-    header = "# Written by edge-provision (runtime_controller.apt_options): this machine's deb entries.\n"
-    return header + "".join(f"{entry}\n" for entry in entries)
-
-
-def _apt_update(arch: str, force: bool = False) -> None:
-    """Prepare the private apt state of ``arch``; ``apt-get update`` it when new, stale or ``force``."""
-    from edge_provision.lab.image import apt_sources
-
-    base = apt_dir(arch)
-    for sub in ("state/lists/partial", "cache/archives/partial", "sources.list.d"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "state" / "status").touch()
-    entries = apt_sources()
-    if not entries:
-        raise RuntimeStageError("no apt sources in /etc/apt/sources.list*: downloading packages needs "
-                                "a Debian mirror")
-    sources = base / "sources.list"
-    text = apt_sources_list(entries)
-    stamp = base / "state" / "updated"
-    if not sources.is_file() or sources.read_text() != text:
-        sources.write_text(text)
-        force = True
-    if force or not stamp.is_file() or time.time() - stamp.stat().st_mtime > APT_LISTS_MAX_AGE:
-        _run(["apt-get", "update", "-q", *apt_options(arch)], f"apt-get update ({arch} package lists)")
-        stamp.touch()
-
-
-def dependency_closure(packages: Sequence[str], arch: str) -> list[str]:
-    """``packages`` and everything they Depend/Pre-Depend on, recursively (no Recommends)."""
-    out = _run(
-        ["apt-cache", *apt_options(arch), "depends", "--recurse", "--no-recommends", "--no-suggests",
-         "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *packages],
-        "resolve package dependencies",
-    )
-    names = []
-    for line in out.splitlines():
-        if line and not line.startswith((" ", "<")):
-            name = line.split(":", 1)[0]
-            if name not in names:
-                names.append(name)
-    return names
-
-
-def _candidates(names: Sequence[str], arch: str) -> dict[str, str]:
-    out = _run(["apt-cache", *apt_options(arch), "show", "--no-all-versions", *names],
-               "read candidate versions")
-    versions: dict[str, str] = {}
-    package = ""
-    for line in out.splitlines():
-        if line.startswith("Package: "):
-            package = line.split(": ", 1)[1].strip()
-        elif line.startswith("Version: ") and package and package not in versions:
-            versions[package] = line.split(": ", 1)[1].strip()
-    missing = [n for n in names if n not in versions]
-    if missing:
-        raise RuntimeStageError(f"no installable {arch} version of {', '.join(missing)} in the apt lists "
-                                f"of {apt_dir(arch)}")
-    return versions
-
-
 def debs(packages: Sequence[str], arch: str) -> list[dict[str, str]]:
-    """The .deb files of ``packages`` and their dependency closure for ``arch``.
-
-    Downloaded with ``apt-get download`` (apt checks every file against the signed indexes)
-    through :func:`apt_options` into ``<cache>/artifacts/debs/<arch>/``, reused while the
-    candidate version is unchanged; a version the lists replaced (a point release, a security
-    update) leaves the cache when its successor arrives (:func:`_prune_superseded`). Returns one
-    ``{package, version, path, sha256}`` per package, in dependency-closure order.
-    """
-    cache = ARTIFACTS_DIR / "debs" / arch
-    cache.mkdir(parents=True, exist_ok=True)
-    with locked(apt_dir(arch).with_suffix(".lock")):
-        _apt_update(arch)
-        try:
-            return _debs(packages, arch, cache)
-        except RuntimeStageError:  # lists older than the mirror (a point release moved a version)
-            _apt_update(arch, force=True)
-            return _debs(packages, arch, cache)
-
-
-def _debs(packages: Sequence[str], arch: str, cache: Path) -> list[dict[str, str]]:
-    closure = dependency_closure(packages, arch)
-    versions = _candidates(closure, arch)
-    result = []
-    with locked(cache / ".lock"):
-        index_file = cache / "index.json"
-        index: dict[str, dict[str, str]] = json.loads(index_file.read_text()) if index_file.exists() else {}
-        wanted = [n for n in closure if not _cached_deb(cache, index.get(f"{n}={versions[n]}"))]
-        if wanted:
-            with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-                wanted_versions = [f"{n}={versions[n]}" for n in wanted]
-                _run(["apt-get", "download", "-q", *apt_options(arch), *wanted_versions],
-                     "download packages", cwd=Path(tmp))
-                for deb in sorted(Path(tmp).glob("*.deb")):
-                    fields = _run(["dpkg-deb", "--show", "--showformat=${Package}\\t${Version}", str(deb)],
-                                  "read package fields").split("\t")
-                    os.replace(deb, cache / deb.name)
-                    digest = sha256_file(cache / deb.name)
-                    index[f"{fields[0]}={fields[1]}"] = {"file": deb.name, "sha256": digest}
-            _prune_superseded(cache, index, versions)
-            index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        for name in closure:
-            entry = index.get(f"{name}={versions[name]}")
-            if not _cached_deb(cache, entry):
-                raise RuntimeStageError(f"apt-get download did not yield {name}={versions[name]}")
-            assert entry is not None
-            result.append({"package": name, "version": versions[name], "path": str(cache / entry["file"]),
-                           "file": entry["file"], "sha256": entry["sha256"]})
-    return result
-
-
-def _prune_superseded(cache: Path, index: dict[str, dict[str, str]], versions: Mapping[str, str]) -> None:
-    """Drop from ``index`` and ``cache`` every .deb of a package in ``versions`` at another version
-    than its candidate there (this architecture's lists no longer offer it), and the archives
-    (:func:`debs_plan`) that packed one. Called with the cache's lock held."""
-    stale = {}
-    for key, entry in index.items():
-        package, version = key.split("=", 1)
-        if package in versions and version != versions[package]:
-            stale[key] = entry
-    if not stale:
-        return
-    files = {entry["file"] for entry in stale.values()}
-    for archive in (cache / "archives").glob("debs-*.tar"):
-        with tarfile.open(archive) as tar:
-            packed = set(tar.getnames())
-        if packed & files:
-            archive.unlink()
-    for key, entry in stale.items():
-        (cache / entry["file"]).unlink(missing_ok=True)
-        del index[key]
-
-
-def _cached_deb(cache: Path, entry: Mapping[str, str] | None) -> bool:
-    return bool(entry) and (cache / entry["file"]).is_file() and (  # type: ignore[index]
-        sha256_file(cache / entry["file"]) == entry["sha256"]  # type: ignore[index]
-    )
+    """The .deb files of ``packages`` and their dependency closure for ``arch``, downloaded on the
+    controller and cached (:func:`edge_provision.artifacts.debian.debs`): one ``{package, version,
+    path, file, sha256}`` per package, in dependency-closure order."""
+    return debian.debs(packages, arch)
 
 
 def check_engine(engine: str, build_on_node: bool = False) -> None:
@@ -479,19 +295,14 @@ def debs_plan(debs: Sequence[Mapping[str, Any]], *, staging_dir: str) -> dict[st
     ``staging_dir``, check each file's sha256 again, install them in one apt-get call and
     remove what was shipped. Returns ``{archive, file, commands}``.
 
-    The tar is named by its members' sha256s and kept in ``archives/`` beside the .deb files
-    (``<cache>/artifacts/debs/<arch>/archives/``), so the next node lacking the same packages
-    reuses it, until one of them is superseded (:func:`_prune_superseded`).
+    The tar is :func:`edge_provision.artifacts.debian.pack_debs`'s: named by its members' sha256s
+    and kept beside the .deb files, so the next node lacking the same packages reuses it.
     """
     if not debs:
         raise RuntimeStageError("no packages to ship")
     sums = "\n".join(f"{d['sha256']}  {d['file']}" for d in debs)
-    name = f"debs-{hashlib.sha256(sums.encode()).hexdigest()[:16]}.tar"
-    cache = Path(debs[0]["path"]).parent
-    archive = cache / "archives" / name
-    with locked(cache / ".lock"):  # not while _prune_superseded removes files
-        if not archive.is_file():
-            _pack(debs, archive)
+    archive = debian.pack_debs(debs)
+    name = archive.name
     q = shlex.quote
     staged = " ".join(q(f"{staging_dir}/{d['file']}") for d in debs)
     commands = [
@@ -501,27 +312,6 @@ def debs_plan(debs: Sequence[Mapping[str, Any]], *, staging_dir: str) -> dict[st
         f"rm -f {q(f'{staging_dir}/{name}')} {staged}",
     ]
     return {"archive": str(archive), "file": name, "commands": commands}
-
-
-def _pack(debs: Sequence[Mapping[str, Any]], archive: Path) -> None:
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=archive.parent, prefix=".pack-", delete=False) as tmp:
-        try:
-            with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for deb in debs:
-                    tar.add(str(deb["path"]), arcname=str(deb["file"]), filter=_root_owned)
-            tmp.close()
-            os.replace(tmp.name, archive)  # whole or absent
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-
-
-def _root_owned(member: tarfile.TarInfo) -> tarfile.TarInfo:
-    member.uid = member.gid = 0
-    member.uname = member.gname = "root"
-    member.mode = 0o644
-    return member
 
 
 def present_images(ctr_images_ls_output: str) -> dict[str, str]:
