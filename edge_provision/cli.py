@@ -98,7 +98,7 @@ def _artifacts(args: argparse.Namespace) -> int:
         for what, build in builders.items():
             try:
                 path = build()
-            except (crun.ArtifactBuildError, images.ImageBuildError) as exc:
+            except (artifacts.ArtifactBuildError, images.ImageBuildError) as exc:
                 print(f"artifacts build: {what}: {exc}", file=sys.stderr)
                 return 1
             print(f"{what:16} {path}")

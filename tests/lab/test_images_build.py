@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from edge_provision import artifacts
-from edge_provision.artifacts import oci
+from edge_provision.artifacts import debian, oci
 from edge_provision.artifacts.builders import images
+from edge_provision.artifacts.builders._common import elf_info
 
 pytestmark = pytest.mark.lab
 
@@ -43,7 +44,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
             "wasm": images.compile_wasi_demo(),
             "wasi-demo": images.build_wasi_demo_image(),
             "busybox": images.build_busybox_image(),
-            "pause": images.build_pause_image(images.host_arch()),
+            "pause": images.build_pause_image(debian.host_arch()),
             "root": root,
         }
 
@@ -170,7 +171,7 @@ def test_busybox_image(built: dict[str, Path]) -> None:
     files, _, (manifest,) = _index_and_manifests(built["busybox"])
     info = images.image_info(built["busybox"])
     assert info.reference.startswith("edge-provision.local/busybox:1.")
-    assert info.platforms == (str(oci.Platform.linux(images.host_arch())),)
+    assert info.platforms == (str(oci.Platform.linux(debian.host_arch())),)
     layer = files["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]  # type: ignore[index]
     assert oci.list_layer(layer) == [
         ("bin", "dir", 0o755, ""),
@@ -190,8 +191,8 @@ def test_pause_image(built: dict[str, Path]) -> None:
     assert info.reference == f"edge-provision.local/pause:{source.version}"
     layer = files["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]  # type: ignore[index]
     assert oci.list_layer(layer) == [("pause", "file", 0o755, "")]
-    binary = images.compile_pause(images.host_arch(), source)
-    assert images.elf_info(binary.read_bytes()) == (images.host_arch(), True)
+    binary = images.compile_pause(debian.host_arch(), source)
+    assert elf_info(binary.read_bytes()) == (debian.host_arch(), True)
     version = subprocess.run([str(binary), "-v"], capture_output=True, text=True, check=True).stdout
     assert version == f"pause.c v{source.version}-kubernetes-{source.kubernetes_version}\n"
 
@@ -214,7 +215,7 @@ def test_builds_are_cached_and_deterministic(
         "wasm": images.compile_wasi_demo(),
         "wasi-demo": images.build_wasi_demo_image(),
         "busybox": images.build_busybox_image(),
-        "pause": images.build_pause_image(images.host_arch()),
+        "pause": images.build_pause_image(debian.host_arch()),
     }
     for name, path in again.items():
         assert path != built[name]

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_provision.artifacts import debian as apt_sources
-from edge_provision.artifacts import fetch
+from edge_provision.artifacts import debian, fetch
 from edge_provision.artifacts.builders import crun as crun_builder
 from edge_provision.artifacts.builders.images import pause_reference
 from edge_provision.lab import Lab
@@ -193,7 +192,7 @@ def crun_source_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sha256 pinned as crun_release), under the release's file name."""
     crun = fetch.pinned("crun_release", "amd64")
     work = tmp_path_factory.mktemp("crun-debian-source")
-    apt_sources.ensure_deb_src()
+    debian.ensure_deb_src()
     crun_builder.apt_source(work, "crun", VERSIONS["crun"]["debian_version"], "crun.debian_version")
     source = tmp_path_factory.mktemp("artifacts")
     shutil.copyfile(work / f"crun_{crun.version}.orig.tar.xz", source / crun.file)

@@ -36,9 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# ArtifactBuildError, every builder's base, is also crun.ArtifactBuildError, where the CLI catches it.
-from edge_provision.artifacts import ArtifactBuildError as ArtifactBuildError
-from edge_provision.artifacts import build_dir, input_key, run, sha256_file
+from edge_provision.artifacts import ArtifactBuildError, build_dir, input_key, run, sha256_file
 from edge_provision.artifacts.builders import build_root
 from edge_provision.artifacts.builders._common import (
     PINS_STEP,

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_provision.stages.workloads.nodes import crun_summary, reconcile_labels
+from edge_provision.stages.workloads.node_metadata import crun_summary, reconcile_labels
 from edge_provision.stages.workloads.samples import manifests, misplaced_pods, role_variables, verify
 
 
