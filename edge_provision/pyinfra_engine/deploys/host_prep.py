@@ -9,6 +9,7 @@ from pyinfra.context import host, inventory
 from pyinfra.operations import files
 
 from edge_provision.inventory import cluster_members
+from edge_provision.pyinfra_engine.deploys.common import fleet
 from edge_provision.pyinfra_engine.facts.host_prep import Preflight
 from edge_provision.pyinfra_engine.operations import host_prep as operations
 from edge_provision.role_files import render_template, role_vars
@@ -19,7 +20,7 @@ ROLE = "host_prep"
 @deploy("Host prep")
 def host_prep() -> None:
     v = role_vars(ROLE, host.data.dict())
-    edge_arch = host.data.get("edge_arch", "amd64")
+    edge_arch = fleet("edge_arch")
 
     operations.preflight_checked(
         name="Preflight", edge_arch=edge_arch, arch_names=v["host_prep_arch_names"],

@@ -26,7 +26,7 @@ def workloads_stage() -> None:
     the cluster-wide manifests (after every node's labels: the operation is shared by all hosts)."""
     v = samples.role_variables(host.data.dict())
     engine = fleet("edge_wasm_engine")
-    labels = dict(host.data.get("edge_node_labels") or {})
+    labels = dict(fleet("edge_node_labels") or {})
     if str(v["workloads_detect_devices"]).lower() in ("true", "yes", "1", "on"):  # --data gives strings
         script = role_path("workloads", "files", "devices.sh").read_text()
         detected = json.loads(host.get_fact(CommandOutput, argv=["sh", "-c", script, "devices"]) or "{}")
@@ -38,7 +38,7 @@ def workloads_stage() -> None:
         kubeconfig=_kubeconfig(),
         node=host.name,
         wanted=wanted,
-        taints=list(host.data.get("edge_node_taints") or []),
+        taints=list(fleet("edge_node_taints") or []),
         crun=node_metadata.crun_summary(crun or ""),
     )
     if "control_plane" in (host.data.get("edge_groups") or []):
