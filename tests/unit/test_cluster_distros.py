@@ -122,7 +122,7 @@ def test_k3s_units_run_server_and_agent_from_the_installed_binary() -> None:
     for unit, mode in (("k3s", "server"), ("k3s-agent", "agent")):
         text = render_template("k3s_node", "k3s.service.j2",
                                {**node, "k3s_node_service": {"unit": unit, "mode": mode, "tls_sans": []},
-                                "k3s_node_env_file": k3s.service_env_file(unit)})
+                                "k3s_node_env_path": k3s.service_env_file(unit)})
         assert f"ExecStart=/usr/local/bin/k3s {mode}\n" in text
         assert f"EnvironmentFile=-/etc/systemd/system/{unit}.service.env\n" in text
         assert "Type=notify" in text

@@ -40,3 +40,37 @@ def test_modules_load_file() -> None:
 def test_hosts_block() -> None:
     text = render_template("host_prep", "hosts_block.j2", {"host_prep_cluster_members": MEMBERS})
     assert text == "192.0.2.10 cp-1\n192.0.2.21 cam-1\n"
+
+
+def _registered(role_dir: object) -> set[str]:
+    import yaml
+
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("register"), str):
+                names.add(node["register"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for tasks in sorted((ROLES_DIR / str(role_dir) / "tasks").glob("*.yml")):
+        walk(yaml.safe_load(tasks.read_text()))
+    return names
+
+
+@pytest.mark.parametrize("role", sorted(p.name for p in ROLES_DIR.iterdir() if (p / "templates").is_dir()))
+def test_no_template_reads_a_name_a_task_registers(role: str) -> None:
+    """A registered result outranks a task's vars in Ansible: a template variable of that name
+    would render the result's dict (the k3s unit once named its EnvironmentFile so)."""
+    from jinja2 import meta
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROLES_DIR)))
+    registered = _registered(role)
+    for template in sorted((ROLES_DIR / role / "templates").glob("*.j2")):
+        source = template.read_text()
+        used = meta.find_undeclared_variables(env.parse(source))
+        assert not used & registered, f"{template}: {sorted(used & registered)}"

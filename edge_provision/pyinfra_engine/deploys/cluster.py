@@ -358,7 +358,7 @@ def _k3s_service(unit: str, mode: str, env: Any, tls_sans: list[str], changed: l
     unit_file = files.put(
         name=f"Write the unit of {unit}",
         src=StringIO(render_template("k3s_node", "k3s.service.j2", {
-            **v, "k3s_node_service": service, "k3s_node_env_file": k3s.service_env_file(unit),
+            **v, "k3s_node_service": service, "k3s_node_env_path": k3s.service_env_file(unit),
         })),
         dest=k3s.service_unit_file(unit), user="root", group="root", mode="644",
     )
