@@ -34,10 +34,12 @@ def _lab(args: argparse.Namespace) -> int:
         if args.lab_command == "up":
             arches = args.arch.split(",") if args.arch else None
             memory = args.memory.split(",") if args.memory else None
-            hosts = lab.up(args.hosts, arches, memory)
+            releases = args.os.split(",") if args.os else None
+            hosts = lab.up(args.hosts, arches, memory, releases)
             for h in hosts:
                 node = f", node {h.node_ip}" if h.node_ip else ""
-                print(f"{h.name:10} {h.group:14} {h.address}:{h.port} ({h.backend}, {h.arch}{node})")
+                where = f"{h.address}:{h.port}"
+                print(f"{h.name:10} {h.group:14} {where} ({h.backend}, {h.release}, {h.arch}{node})")
             print(f"inventory: {Path(args.inventory_dir) / inventory.INVENTORY_FILE}")
         elif args.lab_command == "down":
             lab.down()
@@ -163,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--arch", metavar="ARCH[,ARCH...]",
                            help="vm backend: one architecture for all hosts or one per host, "
                                 "e.g. amd64,arm64 (default: this machine's)")
+            p.add_argument("--os", metavar="RELEASE[,RELEASE...]",
+                           help="Debian release of the hosts, one for all or one per host: "
+                                "debian-12 or debian-13 (default: debian-12)")
             p.add_argument("--memory", metavar="MIB[,MIB...]",
                            help="vm backend: memory in MiB, one size for all hosts or one per host "
                                 "(an empty one is the default), e.g. 2048,1024 "

@@ -58,6 +58,13 @@ APT_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL":
 # in step): this layer reads no role.
 MACHINES: Mapping[str, tuple[str, ...]] = {"amd64": ("x86_64",), "arm64": ("aarch64", "arm64")}
 
+# The Debian releases a fleet's hosts may run, by the name the project uses for them (``debian-<VERSION_ID>``,
+# what a node's /etc/os-release says), and their suite. The one list: the preflight checks a node
+# against it, the lab builds its images for each, and packages for a node come from its suite.
+RELEASES: Mapping[str, str] = {"debian-12": "bookworm", "debian-13": "trixie"}
+# The release of this machine's own apt sources (the controller and the lab's builders run it).
+CONTROLLER_RELEASE = "debian-12"
+
 
 class DebianError(RuntimeError):
     """apt or dpkg on the controller could not do what was asked; the message says what and why."""
@@ -252,6 +259,48 @@ def apt_sources(etc_apt: Path = APT_DIR) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
+def suite(release: str) -> str:
+    """``debian-13`` → ``trixie``; a :class:`DebianError` naming the supported ones otherwise."""
+    try:
+        return RELEASES[release]
+    except KeyError:
+        raise DebianError(f"unsupported OS release {release!r}; supported: {', '.join(RELEASES)}") from None
+
+
+def release_error(release: str) -> str:
+    """Why a host of ``release`` (``debian-<VERSION_ID>`` from its /etc/os-release) cannot be part of
+    a fleet, or ``''`` when it can."""
+    try:
+        suite(release)
+    except DebianError as exc:
+        return str(exc)
+    return ""
+
+
+def release_sources(release: str, etc_apt: Path = APT_DIR) -> list[str]:
+    """The binary apt sources for hosts of ``release``: this machine's distribution entries (same
+    mirrors, keyrings and components) with their suites moved to ``release``'s (``bookworm``,
+    ``bookworm-updates``, ``bookworm-security`` → ``trixie``, ...). This machine's other
+    repositories are left out: they are built for its own release. The controller's release gets
+    :func:`apt_sources` unchanged."""
+    target = suite(release)
+    if target == RELEASES[CONTROLLER_RELEASE]:
+        return apt_sources(etc_apt)
+    own = RELEASES[CONTROLLER_RELEASE]
+    lines: list[str] = []
+    for entry in read_entries(etc_apt):
+        if "deb" not in entry.types:
+            continue
+        suites = [target + s[len(own):] for s in entry.suites if _is_distro_suite(s, own)]
+        if suites:
+            moved = Entry(["deb"], entry.uris, suites, entry.components,
+                          {k: v for k, v in entry.options.items() if k == "Signed-By"})
+            lines += moved.deb_lines()
+    if not lines:
+        raise AptSourcesError(f"no {own} entries in {etc_apt}/sources.list*: cannot make {target}'s")
+    return list(dict.fromkeys(lines))
+
+
 def distro_codename(os_release: Path = OS_RELEASE) -> str:
     for line in os_release.read_text().splitlines():
         key, _, value = line.partition("=")
@@ -351,21 +400,22 @@ def apt_get_update() -> None:
 
 # -- Debian packages for any architecture ------------------------------------------------------
 
-# apt's view of one architecture: a private state (lists, package cache, an empty dpkg status)
-# under <cache>/apt/<arch>/ and a private sources.list holding this machine's distribution `deb`
-# entries (signatures are checked with the machine's keyrings, as for any apt run). The machine's
-# own apt state and its dpkg architectures are left alone: no `dpkg --add-architecture`. Every
-# architecture, the controller's own included, goes through the same options.
+# apt's view of one release and architecture: a private state (lists, package cache, an empty
+# dpkg status) under <cache>/apt/<suite>/<arch>/ and a private sources.list holding this machine's
+# distribution `deb` entries moved to that release (:func:`release_sources`; signatures are
+# checked with the machine's keyrings, as for any apt run). The machine's own apt state and its
+# dpkg architectures are left alone: no `dpkg --add-architecture`. Every architecture, the
+# controller's own included, goes through the same options.
 APT_LISTS_MAX_AGE = 6 * 3600  # seconds before the private lists are refreshed (apt-get update)
 
 
-def apt_dir(arch: str) -> Path:
-    return artifacts.CACHE_DIR / "apt" / arch
+def apt_dir(arch: str, release: str = CONTROLLER_RELEASE) -> Path:
+    return artifacts.CACHE_DIR / "apt" / suite(release) / arch
 
 
-def apt_options(arch: str) -> list[str]:
-    """``-o`` options giving apt the private view of ``arch`` (see :func:`apt_dir`)."""
-    base = apt_dir(arch)
+def apt_options(arch: str, release: str = CONTROLLER_RELEASE) -> list[str]:
+    """``-o`` options giving apt the private view of ``release`` on ``arch`` (see :func:`apt_dir`)."""
+    base = apt_dir(arch, release)
     options = {
         "APT::Architecture": arch,
         "APT::Architectures": arch,
@@ -390,13 +440,14 @@ def _apt(step: str, cmd: Sequence[str], cwd: Path | None = None) -> str:
     return run(step, cmd, cwd=cwd, env=APT_ENV, error=AptStepError, stdout_only=True)
 
 
-def _apt_update(arch: str, force: bool = False) -> None:
-    """Prepare the private apt state of ``arch``; ``apt-get update`` it when new, stale or ``force``."""
-    base = apt_dir(arch)
+def _apt_update(arch: str, release: str, force: bool = False) -> None:
+    """Prepare the private apt state of ``release`` on ``arch``; ``apt-get update`` it when new, stale
+    or ``force``."""
+    base = apt_dir(arch, release)
     for sub in ("state/lists/partial", "cache/archives/partial", "sources.list.d"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "state" / "status").touch()
-    entries = apt_sources()
+    entries = release_sources(release)
     if not entries:
         raise DebianError("no apt sources in /etc/apt/sources.list*: downloading packages needs "
                           "a Debian mirror")
@@ -407,15 +458,16 @@ def _apt_update(arch: str, force: bool = False) -> None:
         sources.write_text(text)
         force = True
     if force or not stamp.is_file() or time.time() - stamp.stat().st_mtime > APT_LISTS_MAX_AGE:
-        _apt(f"apt-get update ({arch} package lists)", ["apt-get", "update", "-q", *apt_options(arch)])
+        _apt(f"apt-get update ({suite(release)} {arch} package lists)",
+             ["apt-get", "update", "-q", *apt_options(arch, release)])
         stamp.touch()
 
 
-def dependency_closure(packages: Sequence[str], arch: str) -> list[str]:
+def dependency_closure(packages: Sequence[str], arch: str, release: str = CONTROLLER_RELEASE) -> list[str]:
     """``packages`` and everything they Depend/Pre-Depend on, recursively (no Recommends)."""
     out = _apt(
         "resolve package dependencies",
-        ["apt-cache", *apt_options(arch), "depends", "--recurse", "--no-recommends", "--no-suggests",
+        ["apt-cache", *apt_options(arch, release), "depends", "--recurse", "--no-recommends", "--no-suggests",
          "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *packages],
     )
     names = []
@@ -427,9 +479,9 @@ def dependency_closure(packages: Sequence[str], arch: str) -> list[str]:
     return names
 
 
-def _candidates(names: Sequence[str], arch: str) -> dict[str, str]:
+def _candidates(names: Sequence[str], arch: str, release: str) -> dict[str, str]:
     out = _apt("read candidate versions",
-               ["apt-cache", *apt_options(arch), "show", "--no-all-versions", *names])
+               ["apt-cache", *apt_options(arch, release), "show", "--no-all-versions", *names])
     versions: dict[str, str] = {}
     package = ""
     for line in out.splitlines():
@@ -440,33 +492,33 @@ def _candidates(names: Sequence[str], arch: str) -> dict[str, str]:
     missing = [n for n in names if n not in versions]
     if missing:
         raise DebianError(f"no installable {arch} version of {', '.join(missing)} in the apt lists "
-                          f"of {apt_dir(arch)}")
+                          f"of {apt_dir(arch, release)}")
     return versions
 
 
-def debs(packages: Sequence[str], arch: str) -> list[dict[str, str]]:
-    """The .deb files of ``packages`` and their dependency closure for ``arch``.
+def debs(packages: Sequence[str], arch: str, release: str = CONTROLLER_RELEASE) -> list[dict[str, str]]:
+    """The .deb files of ``packages`` and their dependency closure for ``release`` on ``arch``.
 
     Downloaded with ``apt-get download`` (apt checks every file against the signed indexes)
-    through :func:`apt_options` into ``<cache>/artifacts/debs/<arch>/``, reused while the
+    through :func:`apt_options` into ``<cache>/artifacts/debs/<suite>/<arch>/``, reused while the
     candidate version is unchanged; a version the lists replaced (a point release, a security
     update) leaves the cache when its successor arrives (:func:`_prune_superseded`). Returns one
     ``{package, version, path, file, sha256}`` per package, in dependency-closure order.
     """
-    cache = artifacts.ARTIFACTS_DIR / "debs" / arch
+    cache = artifacts.ARTIFACTS_DIR / "debs" / suite(release) / arch
     cache.mkdir(parents=True, exist_ok=True)
-    with locked(apt_dir(arch).with_suffix(".lock")):
-        _apt_update(arch)
+    with locked(apt_dir(arch, release).with_suffix(".lock")):
+        _apt_update(arch, release)
         try:
-            return _debs(packages, arch, cache)
+            return _debs(packages, arch, release, cache)
         except DebianError:  # lists older than the mirror (a point release moved a version)
-            _apt_update(arch, force=True)
-            return _debs(packages, arch, cache)
+            _apt_update(arch, release, force=True)
+            return _debs(packages, arch, release, cache)
 
 
-def _debs(packages: Sequence[str], arch: str, cache: Path) -> list[dict[str, str]]:
-    closure = dependency_closure(packages, arch)
-    versions = _candidates(closure, arch)
+def _debs(packages: Sequence[str], arch: str, release: str, cache: Path) -> list[dict[str, str]]:
+    closure = dependency_closure(packages, arch, release)
+    versions = _candidates(closure, arch, release)
     result = []
     with locked(cache / ".lock"):
         index_file = cache / "index.json"
@@ -475,7 +527,8 @@ def _debs(packages: Sequence[str], arch: str, cache: Path) -> list[dict[str, str
         if wanted:
             with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
                 wanted_versions = [f"{n}={versions[n]}" for n in wanted]
-                _apt("download packages", ["apt-get", "download", "-q", *apt_options(arch), *wanted_versions],
+                _apt("download packages",
+                     ["apt-get", "download", "-q", *apt_options(arch, release), *wanted_versions],
                      cwd=Path(tmp))
                 for deb in sorted(Path(tmp).glob("*.deb")):
                     fields = _apt("read package fields",

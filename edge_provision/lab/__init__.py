@@ -30,6 +30,7 @@ from edge_provision.artifacts.debian import debian_arch
 from edge_provision.lab.containers import ContainerLab
 from edge_provision.lab.dockerd import LabError
 from edge_provision.lab.inventory_writer import LabHost
+from edge_provision.lab.options import parse_releases
 from edge_provision.lab.ssh import ssh_login
 
 if TYPE_CHECKING:
@@ -95,16 +96,17 @@ class Lab:
     # -- API ----------------------------------------------------------------------------
 
     def up(self, hosts: int, arches: Sequence[str] | None = None,
-           memory_mb: Sequence[str] | None = None) -> list[LabHost]:
+           memory_mb: Sequence[str] | None = None, releases: Sequence[str] | None = None) -> list[LabHost]:
         """Start (or complete) a lab of ``hosts`` hosts and write its inventory.
 
-        ``arches`` and ``memory_mb`` (vm backend): one value for every host, or one per host
-        (an empty one is the default).
+        ``arches`` and ``memory_mb`` (vm backend) and ``releases`` (the Debian release, ``--os``):
+        one value for every host, or one per host (an empty one is the default).
         """
         if not isinstance(hosts, int) or isinstance(hosts, bool) or hosts < 1:
             raise LabError(f"a lab has at least 1 host (asked for {hosts!r})")
+        wanted_releases = parse_releases(releases, hosts)
         if self.backend == "vm":
-            return self._up_vms(hosts, arches, memory_mb)
+            return self._up_vms(hosts, arches, memory_mb, wanted_releases)
         if self._holds_vms():
             raise LabError(f"{self.inventory_dir} holds a VM lab; use --backend vm, or remove it first "
                            "with `edge-provision lab down`")
@@ -120,12 +122,12 @@ class Lab:
             runtime = dockerd.ensure_running()  # before any file is written: fail early, leave nothing
             with lab.locked():
                 public_key = self._ensure_key()
-                started, host_keys = lab.up(hosts, public_key, runtime)
+                started, host_keys = lab.up(hosts, public_key, runtime, wanted_releases)
                 inv.write_inventory(self.inventory_dir, started, host_keys)
         return list(started)
 
     def _up_vms(self, hosts: int, arches: Sequence[str] | None,
-                memory_mb: Sequence[str] | None) -> list[LabHost]:
+                memory_mb: Sequence[str] | None, releases: list[str]) -> list[LabHost]:
         from edge_provision.lab.vm import parse_arches, parse_memory
 
         wanted = parse_arches(arches, hosts)
@@ -133,7 +135,7 @@ class Lab:
         vms = self._vms()
         with vms.locked():
             public_key = self._ensure_key()
-            started, host_keys = vms.up(wanted, public_key, sizes)
+            started, host_keys = vms.up(wanted, public_key, sizes, releases)
             inv.write_inventory(self.inventory_dir, started, host_keys)
             vms.wait_login(started, self.key, self.known_hosts)
         return started
@@ -183,7 +185,7 @@ class Lab:
             host, state = item
             reachable = state == "running" and ssh_login(self.key, self.known_hosts, host)
             fields = {"name": host.name, "group": host.group, "address": host.address, "port": host.port,
-                      "backend": host.backend, "state": state, "ssh": reachable}
+                      "backend": host.backend, "os": host.release, "state": state, "ssh": reachable}
             if host.backend == "vm":
                 fields |= {"arch": host.arch, "node_ip": host.node_ip}
             return fields

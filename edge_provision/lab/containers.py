@@ -30,7 +30,7 @@ from typing import Any
 import edge_provision.lab.dockerd as dockerd
 import edge_provision.lab.image as image
 import edge_provision.lab.inventory_writer as inv
-from edge_provision.artifacts.debian import debian_arch
+from edge_provision.artifacts.debian import CONTROLLER_RELEASE, debian_arch
 from edge_provision.lab.dockerd import LAB_LABEL, LabError, docker
 from edge_provision.lab.inventory_writer import LabHost
 from edge_provision.lab.ssh import ssh_banner
@@ -38,6 +38,7 @@ from edge_provision.lab.ssh import ssh_banner
 DIR_LABEL = f"{LAB_LABEL}.dir"
 HOST_LABEL = f"{LAB_LABEL}.host"
 INDEX_LABEL = f"{LAB_LABEL}.index"
+RELEASE_LABEL = f"{LAB_LABEL}.release"
 CONTAINERD_DIR = "/var/lib/containerd"
 BOOT_TIMEOUT = 60.0
 
@@ -105,7 +106,8 @@ class ContainerLab:
         net = (c["NetworkSettings"]["Networks"] or {}).get(self.network) or {}
         address = net.get("IPAddress") or ((net.get("IPAMConfig") or {}).get("IPv4Address")) or ""
         host = LabHost(name=name, address=address, port=22, group=inv.host_group(index),
-                       arch=debian_arch(), backend="container")
+                       arch=debian_arch(), backend="container",
+                       release=labels.get(RELEASE_LABEL, CONTROLLER_RELEASE))
         return host, str(c["State"]["Status"])
 
     def existing(self) -> dict[str, tuple[LabHost, str]]:
@@ -176,7 +178,7 @@ class ContainerLab:
         return str(address)
 
     def _run(self, tag: str, runtime: str | None, subnet: ipaddress.IPv4Network, index: int,
-             public_key: str) -> None:
+             public_key: str, release: str) -> None:
         name = inv.host_name(index)
         container = self.container(name)
         volume = self.volume(name)
@@ -190,7 +192,7 @@ class ContainerLab:
             "--stop-signal", "SIGRTMIN+3", "--stop-timeout", "10",
             "--volume", f"{volume}:{CONTAINERD_DIR}",
             "--env", f"EDGE_LAB_AUTHORIZED_KEY={public_key}",
-            *self.labels(host=name, index=str(index)),
+            *self.labels(host=name, index=str(index), release=release),
         ]
         if runtime:
             args += ["--runtime", runtime]
@@ -232,16 +234,20 @@ class ContainerLab:
                 )
             time.sleep(0.1)
 
-    def up(self, count: int, public_key: str, runtime: str | None
+    def up(self, count: int, public_key: str, runtime: str | None, releases: list[str] | None = None,
            ) -> tuple[list[LabHost], dict[str, str]]:
         """Create/complete ``count`` hosts; return them and their host keys (address -> key).
 
-        ``runtime`` is the OCI runtime :func:`dockerd.ensure_running` asked for (None: docker's default).
+        ``runtime`` is the OCI runtime :func:`dockerd.ensure_running` asked for (None: docker's default);
+        ``releases`` the Debian release of each host (Debian 12 when None). A host of another
+        release than asked is made anew.
         """
-        tag = image.ensure_image(docker, self.log)
+        releases = releases or [CONTROLLER_RELEASE] * count
+        tags = {release: image.ensure_image(docker, self.log, release) for release in dict.fromkeys(releases)}
         subnet = self.ensure_network()
         have = self.existing()
         wanted = {inv.host_name(i): i for i in range(1, count + 1)}
+        release_of = {inv.host_name(i): releases[i - 1] for i in range(1, count + 1)}
         # Extra hosts (an earlier, larger `up`) are removed: the lab is exactly `count` hosts.
         extra = [name for name in have if name not in wanted]
         if extra:
@@ -251,20 +257,22 @@ class ContainerLab:
             deadline = time.monotonic() + BOOT_TIMEOUT
             current = have.get(name)
             expected = self._address(subnet, index)
+            release = release_of[name]
             stale = current is not None and (
                 current[0].address not in ("", expected) or current[1] in ("dead", "removing")
+                or current[0].release != release
             )
             if current is None or stale:
-                self._run(tag, runtime, subnet, index, public_key)
+                self._run(tags[release], runtime, subnet, index, public_key, release)
             else:
                 if current[1] != "running":
                     try:
                         self._start(name)
                     except LabError:
-                        self._run(tag, runtime, subnet, index, public_key)
+                        self._run(tags[release], runtime, subnet, index, public_key, release)
                 self._authorize(name, public_key)
             host = LabHost(name=name, address=expected, port=22, group=inv.host_group(index),
-                           arch=debian_arch(), backend="container")
+                           arch=debian_arch(), backend="container", release=release)
             key = self.host_key(name, deadline)
             self.wait_ssh(host, deadline)
             return host, key

@@ -1,8 +1,14 @@
-"""The lab hosts' base image: a Debian 12 rootfs built with mmdebstrap, imported into docker.
+"""The lab hosts' base images: a Debian rootfs per release built with mmdebstrap, imported into docker.
 
-The rootfs tarball is cached under ``~/.cache/edge-provision/images/`` keyed by a hash of
-everything that shapes it (packages, apt sources, the customization script and its
-version); the docker image is tagged with the same key and reused while the tag exists.
+One image per release of :data:`edge_provision.artifacts.debian.RELEASES` (``debian-12``,
+``debian-13``). The rootfs tarball is cached under ``~/.cache/edge-provision/images/`` keyed by
+a hash of everything that shapes it (suite, packages, apt sources, the customization script
+and its version); the docker image is tagged ``<suite>-<key>`` and reused while the tag exists.
+
+systemd 256 and later (Debian 13 has 257) refuse to boot on cgroup v1 unless
+``SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1`` and ``systemd.unified_cgroup_hierarchy=0`` are on the
+kernel command line; in a container systemd reads its own PID 1 arguments instead, so the
+init script passes both words to it when the machine has no cgroup v2 (this one: v1 only).
 
 The customization makes a systemd host that is safe to boot in a *privileged* container,
 which shares the machine's kernel: nothing it starts may change machine-wide state (the
@@ -24,7 +30,6 @@ from pathlib import Path
 from edge_provision.artifacts import debian
 from edge_provision.lab.dockerd import LabError
 
-SUITE = "bookworm"
 IMAGE_REPO = "edge-provision/lab-debian"
 CUSTOMIZATION_VERSION = "6"
 
@@ -104,6 +109,11 @@ if [ -n "${EDGE_LAB_AUTHORIZED_KEY:-}" ]; then
   chmod 600 /root/.ssh/authorized_keys
 fi
 unset EDGE_LAB_AUTHORIZED_KEY
+# systemd >= 256 boots on cgroup v1 only when told to (these words, read from PID 1's arguments
+# in a container); older ones choose the legacy hierarchy by themselves and are not told.
+if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] && [ -e /etc/edge-lab/systemd-legacy-cgroup ]; then
+  set -- "$@" systemd.unified_cgroup_hierarchy=0 SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1
+fi
 exec /sbin/init "$@"
 """
 
@@ -148,6 +158,10 @@ echo "LANG=C.UTF-8" > "$root/etc/default/locale"
 # The kernel log is the machine's: keep it out of every lab host's journal.
 mkdir -p "$root/etc/systemd/journald.conf.d"
 printf '[Journal]\nReadKMsg=no\n' > "$root/etc/systemd/journald.conf.d/10-edge-lab.conf"
+# systemd 256 and later want to be told to boot on cgroup v1 (see edge-lab-init).
+version=$(chroot "$root" dpkg-query -W -f='${{Version}}' systemd | cut -d. -f1 | cut -d- -f1)
+mkdir -p "$root/etc/edge-lab"
+if [ "$version" -ge 256 ]; then : > "$root/etc/edge-lab/systemd-legacy-cgroup"; fi
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
 """
 
@@ -164,15 +178,15 @@ def cache_dir() -> Path:
     return Path(base) / "edge-provision" / "images"
 
 
-def image_key(sources: list[str]) -> str:
+def image_key(suite: str, sources: list[str]) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{SUITE}\n{CUSTOMIZATION_VERSION}\n{' '.join(sorted(PACKAGES))}\n".encode())
+    digest.update(f"{suite}\n{CUSTOMIZATION_VERSION}\n{' '.join(sorted(PACKAGES))}\n".encode())
     digest.update(customize_script().encode())
     digest.update("\n".join(sources).encode())
     return digest.hexdigest()[:16]
 
 
-def _build_rootfs(tarball: Path, sources: list[str], log: Callable[[str], None]) -> None:
+def _build_rootfs(tarball: Path, suite: str, sources: list[str], log: Callable[[str], None]) -> None:
     if shutil.which("mmdebstrap") is None:
         raise LabError("mmdebstrap is not installed; install it with: apt-get install mmdebstrap")
     if not sources:
@@ -187,9 +201,9 @@ def _build_rootfs(tarball: Path, sources: list[str], log: Callable[[str], None])
         "--dpkgopt=path-include=/usr/share/doc/*/copyright", "--dpkgopt=path-exclude=/usr/share/locale/*",
         "--include=" + ",".join(PACKAGES),
         f"--customize-hook=sh {hook} \"$1\"",
-        SUITE, str(tmp), *sources,
+        suite, str(tmp), *sources,
     ]
-    log(f"building the lab rootfs ({SUITE}) with mmdebstrap; this takes about a minute")
+    log(f"building the lab rootfs ({suite}) with mmdebstrap; this takes about a minute")
     started = time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     hook.unlink(missing_ok=True)
@@ -201,11 +215,13 @@ def _build_rootfs(tarball: Path, sources: list[str], log: Callable[[str], None])
 
 
 def ensure_image(docker: Callable[..., subprocess.CompletedProcess[str]],
-                 log: Callable[[str], None] = lambda _m: None) -> str:
-    """Return the tag of the lab base image, building/importing it when missing."""
-    sources = debian.apt_sources()
-    key = image_key(sources)
-    tag = f"{IMAGE_REPO}:{key}"
+                 log: Callable[[str], None] = lambda _m: None,
+                 release: str = debian.CONTROLLER_RELEASE) -> str:
+    """Return the tag of the lab base image of ``release``, building/importing it when missing."""
+    suite = debian.suite(release)
+    sources = debian.release_sources(release)
+    key = image_key(suite, sources)
+    tag = f"{IMAGE_REPO}:{suite}-{key}"
     if docker("image", "inspect", tag, check=False).returncode == 0:
         return tag
     directory = cache_dir()
@@ -214,10 +230,10 @@ def ensure_image(docker: Callable[..., subprocess.CompletedProcess[str]],
         fcntl.flock(lock, fcntl.LOCK_EX)
         if docker("image", "inspect", tag, check=False).returncode == 0:
             return tag
-        tarball = directory / f"lab-debian-{SUITE}-{key}.tar"
+        tarball = directory / f"lab-debian-{suite}-{key}.tar"
         if not tarball.exists():
-            _build_rootfs(tarball, sources, log)
-            for old in directory.glob(f"lab-debian-{SUITE}-*.tar"):
+            _build_rootfs(tarball, suite, sources, log)
+            for old in directory.glob(f"lab-debian-{suite}-*.tar"):
                 if old != tarball:
                     old.unlink(missing_ok=True)  # superseded by this build
         log(f"importing {tarball.name} into docker as {tag}")
@@ -228,12 +244,15 @@ def ensure_image(docker: Callable[..., subprocess.CompletedProcess[str]],
             "--change", 'CMD []',
             "--change", 'ENTRYPOINT ["/usr/local/sbin/edge-lab-init"]',
             "--change", f"LABEL io.edge-provision.lab.image={key}",
+            "--change", f"LABEL io.edge-provision.lab.release={release}",
             str(tarball), tag,
         )
         log(f"imported in {time.monotonic() - started:.0f} s")
-        # Earlier lab images are superseded (kept while a container still uses one).
+        # Earlier lab images of this release (and untagged-by-release ones of older versions of
+        # this module) are superseded; docker keeps one while a container still uses it.
         tags = docker("images", IMAGE_REPO, "--format", "{{.Tag}}", check=False).stdout.split()
+        others = {f"{s}-" for s in debian.RELEASES.values() if s != suite}
         for other in tags:
-            if other != key:
+            if other != f"{suite}-{key}" and not other.startswith(tuple(others)):
                 docker("rmi", f"{IMAGE_REPO}:{other}", check=False)
     return tag

@@ -36,6 +36,7 @@ class LabHost:
     backend: str  # "container" | "vm"
     node_ip: str = ""  # edge_node_ip when other cluster members reach it elsewhere than `address` (VMs)
     api_server: str = ""  # control_plane_kubeadm_api_server: the controller's way to the API server (VMs)
+    release: str = "debian-12"  # the Debian release it runs (edge_provision.artifacts.debian.RELEASES)
 
     @property
     def cluster_address(self) -> str:
@@ -58,6 +59,12 @@ def node_labels(index: int) -> dict[str, str]:
     return labels
 
 
+# The lab's Wasm engine per Debian release: Debian 13 ships crun with WasmEdge (the upstream
+# guides' engine); on Debian 12 the lab builds crun with wasmtime (WasmEdge's release tarball is
+# not reachable here). The all-hosts value is Debian 12's; other releases' hosts override it.
+LAB_WASM_ENGINES = {"debian-12": "wasmtime", "debian-13": "wasmedge"}
+
+
 def _q(value: str) -> str:
     """A YAML double-quoted scalar (JSON strings are valid YAML)."""
     return json.dumps(value)
@@ -76,9 +83,11 @@ def render_hosts_yml(directory: Path, hosts: Iterable[LabHost]) -> str:
         index = int(host.name.rsplit("-", 1)[1])
         node_ip = f"edge_node_ip: {host.node_ip}, " if host.node_ip else ""
         api = f"control_plane_kubeadm_api_server: {_q(host.api_server)}, " if host.api_server else ""
+        engine = LAB_WASM_ENGINES[host.release]
+        wasm = f"edge_wasm_engine: {engine}, " if engine != LAB_WASM_ENGINES["debian-12"] else ""
         by_group[host.group].append(
             f"        {host.name}: {{ansible_host: {host.address}, ansible_port: {host.port}, "
-            f"edge_arch: {host.arch}, {node_ip}{api}edge_node_labels: {_flow(node_labels(index))}}}"
+            f"edge_arch: {host.arch}, {node_ip}{api}{wasm}edge_node_labels: {_flow(node_labels(index))}}}"
         )
     lines = [
         "# Written by `edge-provision lab up`; removed by `edge-provision lab down`.",
@@ -89,7 +98,7 @@ def render_hosts_yml(directory: Path, hosts: Iterable[LabHost]) -> str:
         f"    ansible_ssh_common_args: {_q(f'-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes')}",
         "    ansible_python_interpreter: /usr/bin/python3",
         "    edge_cluster_distribution: kubeadm",
-        "    edge_wasm_engine: wasmtime",
+        f"    edge_wasm_engine: {LAB_WASM_ENGINES['debian-12']}",
         "  children:",
     ]
     for group, entries in by_group.items():

@@ -43,8 +43,10 @@ from pathlib import Path
 
 import edge_provision.lab.inventory_writer as inv
 import edge_provision.lab.vm_image as vm_image
+from edge_provision.artifacts.debian import CONTROLLER_RELEASE
 from edge_provision.lab.dockerd import LabError
 from edge_provision.lab.inventory_writer import LabHost
+from edge_provision.lab.options import per_host
 from edge_provision.lab.processes import alive
 from edge_provision.lab.ssh import ssh_banner, ssh_login
 
@@ -86,12 +88,13 @@ class VmSpec:
     image: str  # base image directory (cache key)
     api_port: int = 0  # loopback port forwarded to the VM's API server port (control plane only)
     memory_mb: int = MEMORY_MB
+    release: str = CONTROLLER_RELEASE
 
     def host(self) -> LabHost:
         api_server = f"https://127.0.0.1:{self.api_port}" if self.api_port else ""
         return LabHost(name=self.name, address="127.0.0.1", port=self.ssh_port,
                        group=inv.host_group(self.index), arch=self.arch, backend="vm", node_ip=self.node_ip,
-                       api_server=api_server)
+                       api_server=api_server, release=self.release)
 
     def user_netdev(self) -> str:
         """NIC 1: user-mode networking, closed but for SSH (and the API server on the control plane)."""
@@ -101,21 +104,11 @@ class VmSpec:
         return ",".join(["user", "id=user", "restrict=on", *forwards])
 
 
-def _per_host(values: Sequence[str] | None, count: int, option: str) -> list[str]:
-    """One value per host from a ``--option`` list: none or one -> every host, else one each."""
-    given = [v.strip() for v in (values or [])]
-    if len(given) <= 1:
-        return given * count if given and given[0] else [""] * count
-    if len(given) != count:
-        raise LabError(f"--{option} lists {len(given)} values for {count} hosts; give one, or one per host")
-    return given
-
-
 def parse_arches(arches: Sequence[str] | None, count: int) -> list[str]:
     """One architecture per host: none given -> the machine's, one -> all hosts, else one each."""
     from edge_provision.artifacts.debian import debian_arch
 
-    wanted = [a or debian_arch() for a in _per_host(arches, count, "arch")]
+    wanted = [a or debian_arch() for a in per_host(arches, count, "arch")]
     unknown = sorted(set(wanted) - set(vm_image.ARCHES))
     if unknown:
         raise LabError(f"unknown VM architecture {', '.join(unknown)}; "
@@ -126,7 +119,7 @@ def parse_arches(arches: Sequence[str] | None, count: int) -> list[str]:
 def parse_memory(sizes: Sequence[str] | None, count: int) -> list[int]:
     """Memory (MiB) per host, like :func:`parse_arches`; an empty entry is the default, MEMORY_MB."""
     wanted: list[int] = []
-    for size in _per_host(sizes, count, "memory"):
+    for size in per_host(sizes, count, "memory"):
         if not size:
             wanted.append(MEMORY_MB)
         elif size.isdigit() and int(size) >= MIN_MEMORY_MB:
@@ -330,24 +323,28 @@ class VmLab:
 
     # -- API --------------------------------------------------------------------------
 
-    def up(self, arches: list[str], public_key: str,
-           memory_mb: Sequence[int]) -> tuple[list[LabHost], dict[str, str]]:
-        """Create/complete one VM per entry of ``arches`` with its ``memory_mb`` (:func:`parse_memory`);
-        return hosts and known_hosts keys. A running VM of another shape is booted anew."""
-        bases = {arch: vm_image.ensure_base(arch, self.log) for arch in dict.fromkeys(arches)}
+    def up(self, arches: list[str], public_key: str, memory_mb: Sequence[int],
+           releases: Sequence[str] | None = None) -> tuple[list[LabHost], dict[str, str]]:
+        """Create/complete one VM per entry of ``arches`` with its ``memory_mb`` (:func:`parse_memory`)
+        and Debian release (``releases``, :func:`edge_provision.lab.options.parse_releases`; Debian 12
+        when None); return hosts and known_hosts keys. A running VM of another shape is booted anew."""
+        releases = list(releases or [CONTROLLER_RELEASE] * len(arches))
+        bases = {(arch, release): vm_image.ensure_base(arch, self.log, release)
+                 for arch, release in dict.fromkeys(zip(arches, releases, strict=True))}
         self.state.mkdir(parents=True, exist_ok=True)
         self._ensure_switch()
         have = self.specs()
-        wanted = {inv.host_name(i): (i, arch, size)
-                  for i, (arch, size) in enumerate(zip(arches, memory_mb, strict=True), start=1)}
+        shapes = zip(arches, memory_mb, releases, strict=True)
+        wanted = {inv.host_name(i): (i, arch, size, release)
+                  for i, (arch, size, release) in enumerate(shapes, start=1)}
         for name in have:
             if name not in wanted:
                 self._remove_vm(name)
         specs: list[VmSpec] = []
         to_boot: list[VmSpec] = []
         taken = {port for s in have.values() for port in (s.ssh_port, s.api_port) if port}
-        for name, (index, arch, size) in wanted.items():
-            base = bases[arch]
+        for name, (index, arch, size, release) in wanted.items():
+            base = bases[arch, release]
             current = have.get(name)
             same = current is not None and ((current.arch, current.image, current.memory_mb)
                                             == (arch, base.disk.parent.name, size))
@@ -359,12 +356,12 @@ class VmLab:
             spec = VmSpec(name=name, index=index, arch=arch, ssh_port=port,
                           node_ip=f"{LAB_SUBNET}.{10 + index}", lab_mac=f"52:54:00:ed:01:{index:02x}",
                           user_mac=f"52:54:00:ed:00:{index:02x}", image=base.disk.parent.name,
-                          api_port=api_port, memory_mb=size)
+                          api_port=api_port, memory_mb=size, release=release)
             specs.append(spec)
             to_boot.append(spec)
         started = time.monotonic()
         for spec in to_boot:
-            self._boot(spec, bases[spec.arch], public_key)
+            self._boot(spec, bases[spec.arch, spec.release], public_key)
         deadline = started + BOOT_TIMEOUT
         keys: dict[str, str] = {}
         for spec in specs:

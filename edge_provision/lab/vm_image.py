@@ -1,8 +1,8 @@
-"""The lab VMs' base disk: Debian 12 from Debian's apt only, one compressed qcow2 per architecture.
+"""The lab VMs' base disks: Debian from Debian's apt only, one compressed qcow2 per release and architecture.
 
-``ensure_base(arch)`` returns a :class:`BaseImage` (qcow2, kernel, initrd) from
+``ensure_base(arch, release)`` returns a :class:`BaseImage` (qcow2, kernel, initrd) from
 ``~/.cache/edge-provision/vm/``, building it when missing. The cache key hashes everything
-that shapes the image: architecture, package list, apt sources, the customization script
+that shapes the image: architecture, suite, package list, apt sources, the customization script
 and :data:`BUILDER_VERSION`. A build is
 
 1. ``mmdebstrap --variant=apt --mode=root`` into a directory, with the packages of the
@@ -38,7 +38,6 @@ from edge_provision.artifacts import debian
 from edge_provision.lab.dockerd import LabError
 
 BUILDER_VERSION = "1"
-SUITE = image.SUITE
 ROOT_FS_SIZE = "2G"
 ARCHES = ("amd64", "arm64")
 # Debian arch -> (qemu-user name, kernel flavour package)
@@ -216,15 +215,15 @@ def customize_script() -> str:
     )
 
 
-def build_script() -> str:
+def build_script(suite: str) -> str:
     excludes = " ".join(f"--dpkgopt='path-exclude=/lib/modules/*/kernel/{d}/*'" for d in EXCLUDED_MODULE_DIRS)
-    return BUILD_SCRIPT.format(module_excludes=excludes, suite=SUITE)
+    return BUILD_SCRIPT.format(module_excludes=excludes, suite=suite)
 
 
-def image_key(arch: str, sources: list[str]) -> str:
+def image_key(arch: str, suite: str, sources: list[str]) -> str:
     digest = hashlib.sha256()
-    for part in (BUILDER_VERSION, arch, SUITE, ROOT_FS_SIZE, " ".join(sorted(packages(arch))),
-                 ESSENTIAL_HOOK, customize_script(), build_script(), USERNS_PRELUDE, *sources):
+    for part in (BUILDER_VERSION, arch, suite, ROOT_FS_SIZE, " ".join(sorted(packages(arch))),
+                 ESSENTIAL_HOOK, customize_script(), build_script(suite), USERNS_PRELUDE, *sources):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -300,7 +299,8 @@ def run_in_build_namespace(script: Path, args: list[str], env: dict[str, str], l
             raise
 
 
-def _build(arch: str, key: str, dest: Path, sources: list[str], log: Callable[[str], None]) -> None:
+def _build(arch: str, suite: str, key: str, dest: Path, sources: list[str],
+           log: Callable[[str], None]) -> None:
     _check_tools()
     rule = binfmt_rule(arch)
     work = dest.with_name(dest.name + ".partial")
@@ -308,12 +308,12 @@ def _build(arch: str, key: str, dest: Path, sources: list[str], log: Callable[[s
     work.mkdir(parents=True)
     (work / "essential.sh").write_text(ESSENTIAL_HOOK)
     (work / "customize.sh").write_text(customize_script())
-    (work / "build.sh").write_text(build_script())
-    log_file = dest.parent / f"build-{arch}-{key}.log"
+    (work / "build.sh").write_text(build_script(suite))
+    log_file = dest.parent / f"build-{suite}-{arch}-{key}.log"
     log_file.unlink(missing_ok=True)
     env = {**os.environ, "EDGE_LAB_PACKAGES": ",".join(packages(arch)),
            "EDGE_LAB_BINFMT": str(rule) if rule else "", "LC_ALL": "C.UTF-8"}
-    log(f"building the {arch} VM image (Debian {SUITE}) with mmdebstrap; log: {log_file}")
+    log(f"building the {arch} VM image (Debian {suite}) with mmdebstrap; log: {log_file}")
     started = time.monotonic()
     try:
         code = run_in_build_namespace(work / "build.sh", [str(work), arch, ROOT_FS_SIZE, *sources],
@@ -330,23 +330,25 @@ def _build(arch: str, key: str, dest: Path, sources: list[str], log: Callable[[s
     for name in ("essential.sh", "customize.sh", "build.sh"):
         (work / name).unlink()
     (work / "manifest.json").write_text(json.dumps(
-        {"arch": arch, "key": key, "suite": SUITE, "packages": list(packages(arch)),
+        {"arch": arch, "key": key, "suite": suite, "packages": list(packages(arch)),
          "builder_version": BUILDER_VERSION, "build_seconds": round(seconds, 1)}, indent=2) + "\n")
     work.rename(dest)
     log_file.rename(dest / "build.log")
     log(f"{arch} VM image built in {seconds:.0f} s: {dest}")
 
 
-def ensure_base(arch: str, log: Callable[[str], None] = lambda _m: None) -> BaseImage:
-    """The cached base image for ``arch``, built when missing (one build per key at a time)."""
+def ensure_base(arch: str, log: Callable[[str], None] = lambda _m: None,
+                release: str = debian.CONTROLLER_RELEASE) -> BaseImage:
+    """The cached base image of ``release`` for ``arch``, built when missing (one build per key at a time)."""
     if arch not in ARCHES:
         raise LabError(f"unknown VM architecture {arch!r}; choose from: {', '.join(ARCHES)}")
-    sources = debian.apt_sources()
+    suite = debian.suite(release)
+    sources = debian.release_sources(release)
     if not sources:
         raise LabError("no apt sources found in /etc/apt/sources.list*; the VM image needs a Debian mirror")
-    key = image_key(arch, sources)
+    key = image_key(arch, suite, sources)
     directory = cache_dir()
-    dest = directory / f"debian-{SUITE}-{arch}-{key}"
+    dest = directory / f"debian-{suite}-{arch}-{key}"
     result = BaseImage(arch, dest / "root.qcow2", dest / "vmlinuz", dest / "initrd.img")
     if dest.is_dir():
         return result
@@ -354,8 +356,8 @@ def ensure_base(arch: str, log: Callable[[str], None] = lambda _m: None) -> Base
     with open(directory / f".{arch}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not dest.is_dir():
-            _build(arch, key, dest, sources, log)
-            for old in directory.glob(f"debian-{SUITE}-{arch}-*"):
+            _build(arch, suite, key, dest, sources, log)
+            for old in directory.glob(f"debian-{suite}-{arch}-*"):
                 if old != dest and old.is_dir() and not old.name.endswith(".partial"):
                     shutil.rmtree(old, ignore_errors=True)  # superseded by this build
     return result

@@ -78,12 +78,14 @@ def pyinfra_changed(output: str) -> int:
 
 @pytest.fixture(scope="module")
 def lab_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFleet]:
-    """A fresh lab for the module; `LAB_HOSTS` in the module sets its size (default 2)."""
+    """A fresh lab for the module; `LAB_HOSTS` in the module sets its size (default 2), `LAB_OS` the
+    Debian release of each host (default: Debian 12 for all)."""
     count = getattr(request.module, "LAB_HOSTS", 2)
+    releases = getattr(request.module, "LAB_OS", None)
     inventory = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "fleet"
     lab = Lab(inventory)
     try:
-        hosts = lab.up(count)
+        hosts = lab.up(count, releases=releases)
         yield LabFleet(lab=lab, inventory=inventory, hosts=hosts)
     finally:
         lab.down()

@@ -14,8 +14,9 @@ from typing import Any
 import testinfra
 import yaml
 
-from edge_provision.artifacts.debian import debian_arch
+from edge_provision.artifacts.debian import CONTROLLER_RELEASE, debian_arch
 from edge_provision.lab import Lab, LabHost
+from edge_provision.lab.inventory_writer import LAB_WASM_ENGINES
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ class Scenario:
     def arch(self, name: str) -> str:
         """A platform's architecture: its ``arch``, else the machine's (what `lab up` gives it)."""
         return str(next(p for p in self.platforms if p["name"] == name).get("arch") or debian_arch())
+
+    def release(self, name: str) -> str:
+        """A platform's Debian release: its ``os``, else Debian 12 (what `lab up` gives it)."""
+        return str(next(p for p in self.platforms if p["name"] == name).get("os") or CONTROLLER_RELEASE)
+
+    def wasm_engine(self, name: str) -> str:
+        """The Wasm engine the lab's inventory gives a platform (by its release)."""
+        return LAB_WASM_ENGINES[self.release(name)]
 
     def hosts(self) -> list[LabHost]:
         """The lab's hosts the inventory lists, in platform order (lab-1 first)."""

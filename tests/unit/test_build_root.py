@@ -127,32 +127,57 @@ def _option(options: list[str], name: str) -> str:
     return values[0]
 
 
-def test_apt_options_are_private_per_architecture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apt_options_are_private_per_release_and_architecture(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("edge_provision.artifacts.CACHE_DIR", tmp_path)
     options = debian.apt_options("arm64")
     assert _option(options, "APT::Architecture") == _option(options, "APT::Architectures") == "arm64"
     for name in ("Dir::State", "Dir::State::status", "Dir::Cache", "Dir::Etc::SourceList", "Dir::Etc::SourceParts"):
-        assert _option(options, name).startswith(f"{tmp_path}/apt/arm64/"), name
+        assert _option(options, name).startswith(f"{tmp_path}/apt/bookworm/arm64/"), name
     assert debian.apt_options("amd64") == [o.replace("arm64", "amd64") for o in options]
+    assert debian.apt_options("arm64", "debian-13") == [o.replace("/bookworm/", "/trixie/") for o in options]
     assert not [o for o in options if "/var/lib" in o or "/etc/apt" in o]
+
+
+def test_release_sources_move_the_distribution_entries_only(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n"
+        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    (tmp_path / "sources.list.d" / "vendor.list").write_text("deb https://vendor.example/apt stable main\n")
+    key = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]"
+    assert debian.release_sources("debian-13", tmp_path) == [
+        f"deb {key} http://deb.debian.org/debian trixie main",
+        f"deb {key} http://deb.debian.org/debian trixie-updates main",
+        f"deb {key} http://deb.debian.org/debian-security trixie-security main",
+    ]
+    assert debian.release_sources("debian-12", tmp_path) == debian.apt_sources(tmp_path)
+    with pytest.raises(debian.DebianError, match="unsupported OS release 'debian-11'; supported: debian-12, debian-13"):
+        debian.release_sources("debian-11", tmp_path)
+    assert debian.release_error("debian-13") == ""
 
 
 def test_apt_update_runs_when_new_or_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("edge_provision.artifacts.CACHE_DIR", tmp_path)
-    monkeypatch.setattr(debian, "apt_sources", lambda: SOURCES)
+    monkeypatch.setattr(debian, "release_sources", lambda release: SOURCES)
     calls: list[list[str]] = []
     monkeypatch.setattr(debian, "run", lambda what, cmd, **_: calls.append(list(cmd)) or "")
-    debian._apt_update("arm64")
+    debian._apt_update("arm64", "debian-12")
     assert [c[:3] for c in calls] == [["apt-get", "update", "-q"]] and "APT::Architecture=arm64" in calls[0]
-    assert (tmp_path / "apt/arm64/sources.list").read_text().splitlines()[1:] == SOURCES
-    assert (tmp_path / "apt/arm64/state/status").read_text() == ""
-    debian._apt_update("arm64")
+    assert (tmp_path / "apt/bookworm/arm64/sources.list").read_text().splitlines()[1:] == SOURCES
+    assert (tmp_path / "apt/bookworm/arm64/state/status").read_text() == ""
+    debian._apt_update("arm64", "debian-12")
     assert len(calls) == 1, "fresh lists are reused"
-    debian._apt_update("arm64", force=True)
+    debian._apt_update("arm64", "debian-12", force=True)
     assert len(calls) == 2
-    monkeypatch.setattr(debian, "apt_sources", lambda: [*SOURCES, SOURCES[0] + " contrib"])
-    debian._apt_update("arm64")
+    monkeypatch.setattr(debian, "release_sources", lambda release: [*SOURCES, SOURCES[0] + " contrib"])
+    debian._apt_update("arm64", "debian-12")
     assert len(calls) == 3, "changed sources refresh the lists"
+    debian._apt_update("arm64", "debian-13")
+    assert len(calls) == 4 and (tmp_path / "apt/trixie/arm64/sources.list").is_file(), "one view per release"
 
 
 @pytest.fixture
@@ -160,7 +185,7 @@ def cache_without_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     """The cache in ``tmp_path``, the private apt lists taken as fresh (no apt-get update)."""
     monkeypatch.setattr("edge_provision.artifacts.CACHE_DIR", tmp_path)
     monkeypatch.setattr("edge_provision.artifacts.ARTIFACTS_DIR", tmp_path / "artifacts")
-    monkeypatch.setattr(debian, "_apt_update", lambda arch, force=False: None)
+    monkeypatch.setattr(debian, "_apt_update", lambda arch, release, force=False: None)
 
 
 @pytest.mark.usefixtures("cache_without_update")
@@ -184,7 +209,7 @@ def test_debs_resolves_and_downloads_through_the_private_view(
     monkeypatch.setattr(debian, "run", run)
     [deb] = debian.debs(["busybox-static"], "arm64")
     assert deb["package"] == "busybox-static" and deb["version"] == "1:1.35.0-4"
-    assert Path(deb["path"]).parent == tmp_path / "artifacts/debs/arm64"
+    assert Path(deb["path"]).parent == tmp_path / "artifacts/debs/bookworm/arm64"
     apt_calls = [c for c in calls if c[0].startswith("apt")]
     assert all("APT::Architecture=arm64" in c for c in apt_calls)
     assert not [c for c in calls for a in c if a.endswith(":arm64")], "no foreign-architecture qualifier"
@@ -215,7 +240,7 @@ def test_a_superseded_package_leaves_the_cache_with_the_archives_that_packed_it(
         return f"{name}\t{version}"
 
     monkeypatch.setattr(debian, "run", run)
-    cache = tmp_path / "artifacts/debs/arm64"
+    cache = tmp_path / "artifacts/debs/bookworm/arm64"
     old = debian.debs(["runc"], "arm64")
     with_runc = Path(runtime_controller.debs_plan(old, staging_dir="/s")["archive"])
     libc_only = Path(runtime_controller.debs_plan(old[1:], staging_dir="/s")["archive"])
