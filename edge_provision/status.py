@@ -1,5 +1,5 @@
-"""``edge-provision status``: each node of a fleet as the Kubernetes API sees it (Ready, kubelet and
-container runtime versions, crun's version and Wasm engine as the workloads stage recorded them,
+"""``edge-provision status``: each node of a fleet as the Kubernetes API sees it (Ready, OS release,
+kubelet and container runtime versions, crun's version and Wasm engine as the workloads stage recorded them,
 labels, the sample workloads running there), read with the fleet's admin kubeconfig
 (inventories/<fleet>/kubeconfig)."""
 
@@ -40,6 +40,7 @@ def fleet_status(kubeconfig: Path, *, retries: int = kube_api.API_RETRIES) -> li
                 "roles": sorted(
                     k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/")
                 ),
+                "os": info.os_image,  # the kubelet's reading of /etc/os-release (PRETTY_NAME)
                 "kubelet": info.kubelet_version,
                 "container_runtime": info.container_runtime_version,
                 "crun": (node.metadata.annotations or {}).get(node_metadata.CRUN_ANNOTATION, ""),
@@ -53,18 +54,18 @@ def fleet_status(kubeconfig: Path, *, retries: int = kube_api.API_RETRIES) -> li
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        f"{'NODE':10} {'READY':6} {'KUBELET':9} {'RUNTIME':20} {'CRUN':22} {'WASM':9} {'LABELS':38} WORKLOADS"
-    ]
+    """The rows as a table whose columns are as wide as their widest cell."""
+    header = ("NODE", "READY", "OS", "KUBELET", "RUNTIME", "CRUN", "WASM", "LABELS", "WORKLOADS")
+    table = [header]
     for r in rows:
         own = ",".join(
             f"{k}={v}"
             for k, v in r["labels"].items()
             if not k.startswith(_COMMON_PREFIXES) and k != "edge-provision.io/wasm"
         )
-        lines.append(
-            f"{r['name']:10} {'yes' if r['ready'] else 'NO':6} {r['kubelet']:9} "
-            f"{r['container_runtime']:20} {r['crun'] or '-':22} {r['wasm_engine'] or '-':9} {own or '-':38} "
-            f"{', '.join(r['workloads']) or '-'}"
-        )
-    return "\n".join(lines)
+        table.append((r["name"], "yes" if r["ready"] else "NO", r.get("os") or "-", r["kubelet"],
+                      r["container_runtime"], r["crun"] or "-", r["wasm_engine"] or "-", own or "-",
+                      ", ".join(r["workloads"]) or "-"))
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+    lines = ("  ".join(f"{cell:{width}}" for cell, width in zip(line, widths, strict=True)) for line in table)
+    return "\n".join(line.rstrip() for line in lines)

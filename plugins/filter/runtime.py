@@ -23,6 +23,7 @@ class FilterModule:
         return {
             "edge_provision_containerd_config": containerd_config,
             "edge_provision_debs_missing": runtime_controller.debs_missing,
+            "edge_provision_distro_crun_packages": runtime_controller.distro_crun_packages,
             "edge_provision_debs_plan": runtime_controller.debs_plan,
             "edge_provision_images_missing": runtime_controller.images_missing,
         }

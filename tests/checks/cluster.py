@@ -1,10 +1,13 @@
 """Stages cluster and workloads on any fleet's cluster, through its admin kubeconfig (and node
 names): the control plane's static pods, the nodes Ready with the lab's labels, the kubeconfig,
-kubeadm's probe patches, the Wasm label and samples. The lab's fleets run the Wasm engine
-wasmtime and label their first edge host device=camera."""
+kubeadm's probe patches, the Wasm label and samples. The lab's fleets run the Wasm engine of
+each host's release (wasmtime on Debian 12, WasmEdge on Debian 13: ``engines`` names the nodes
+that do not run wasmtime) and label their first edge host device=camera."""
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,15 +67,22 @@ def control_plane_probe_failure_thresholds(kubeconfig: Path, control_plane: str,
         assert {k: found[k] for k in wanted} == wanted, component
 
 
-def every_node_carries_the_wasm_label_recorded_as_owned(kubeconfig: Path) -> None:
+def _engine(engines: Mapping[str, str] | None, node: str) -> str:
+    """The Wasm engine ``node`` runs: its entry in ``engines``, else the lab's Debian 12 one."""
+    return (engines or {}).get(node, "wasmtime")
+
+
+def every_node_carries_the_wasm_label_recorded_as_owned(kubeconfig: Path,
+                                                        engines: Mapping[str, str] | None = None) -> None:
     for node in _core(kubeconfig).list_node().items:
-        assert node.metadata.labels.get("edge-provision.io/wasm") == "wasmtime", node.metadata.name
+        name = node.metadata.name
+        assert node.metadata.labels.get("edge-provision.io/wasm") == _engine(engines, name), name
         owned = node.metadata.annotations[node_metadata.MANAGED_LABELS_ANNOTATION].split(",")
         assert "edge-provision.io/wasm" in owned and "edge-provision.io/lab" in owned
 
 
 def wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(
-    kubeconfig: Path, workloads: Mapping[str, Any] = WORKLOADS
+    kubeconfig: Path, workloads: Mapping[str, Any] = WORKLOADS, engines: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """The sample Wasm Job succeeded through the RuntimeClass on a node with the Wasm label and
     logged the demo's lines; returns its result (``node``: where its pod ran)."""
@@ -81,14 +91,14 @@ def wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(
     rc = client.NodeV1Api(kube_api.api_client(kubeconfig)).read_runtime_class("crun-wasm")
     assert rc.handler == role_defaults("edge")["edge_wasm_handler"]
     node = _core(kubeconfig).read_node(result["node"])
-    assert node.metadata.labels["edge-provision.io/wasm"] == "wasmtime"
+    assert node.metadata.labels["edge-provision.io/wasm"] == _engine(engines, result["node"])
     assert demo_output_problems(result["log"], args=["/wasi_demo.wasm", "1", "2", "3"]) == [], result["log"]
     assert "A_TEST: hello" in result["log"].splitlines()
     return result
 
 
 def wasm_deployment_keeps_running_with_the_wasm_handler(
-    kubeconfig: Path, workloads: Mapping[str, Any] = WORKLOADS
+    kubeconfig: Path, workloads: Mapping[str, Any] = WORKLOADS, engines: Mapping[str, str] | None = None
 ) -> list[str]:
     """The long-running Wasm sample: Running (not Completed) under the Wasm handler on nodes with
     the Wasm label, never restarted, its log the demo followed by heartbeats; returns its nodes."""
@@ -97,11 +107,40 @@ def wasm_deployment_keeps_running_with_the_wasm_handler(
     core = _core(kubeconfig)
     for pod in pods:
         assert pod["runtime_class"] == "crun-wasm", pod
-        assert core.read_node(pod["node"]).metadata.labels["edge-provision.io/wasm"] == "wasmtime"
+        assert core.read_node(pod["node"]).metadata.labels["edge-provision.io/wasm"] == _engine(engines, pod["node"])
         assert samples.wasm_output_problems(pod["log"], workloads, heartbeat=True) == [], pod["log"]
         status = core.read_namespaced_pod(pod["name"], "default").status
         assert status.phase == "Running" and status.container_statuses[0].restart_count == 0, status
     return [str(pod["node"]) for pod in pods]
+
+
+def wasm_job_runs_on(kubeconfig: Path, node: str, engine: str, workloads: Mapping[str, Any] = WORKLOADS) -> float:
+    """The sample Wasm Job, pinned to ``node`` (a copy named after it), succeeds there through the
+    RuntimeClass on a node labelled with ``engine`` and logs the demo's lines; returns the seconds
+    from its creation to its pod's success. The copy is deleted afterwards."""
+    from kubernetes import client as k8s
+
+    [job] = [d for d in samples.manifests(workloads) if d["kind"] == "Job"]
+    job = copy.deepcopy(job)
+    name = f"{job['metadata']['name']}-{node}"
+    job["metadata"]["name"] = name
+    job["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+    namespace = job["metadata"]["namespace"]
+    api = kube_api.api_client(kubeconfig)
+    assert _core(kubeconfig).read_node(node).metadata.labels["edge-provision.io/wasm"] == engine
+    batch = k8s.BatchV1Api(api)
+    started = time.monotonic()
+    batch.create_namespaced_job(namespace, job)
+    try:
+        result = samples.job_result(kubeconfig, namespace, name, 180)
+        seconds = time.monotonic() - started
+        assert result["succeeded"] and result["node"] == node, result
+        assert result["runtime_class"] == workloads["workloads_runtime_class"], result
+        args = ["/wasi_demo.wasm", *workloads["workloads_wasm_args"]]
+        assert demo_output_problems(result["log"], args=args) == [], result["log"]
+    finally:
+        batch.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
+    return seconds
 
 
 def container_sample_runs_only_on(kubeconfig: Path, node: str) -> None:

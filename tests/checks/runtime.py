@@ -39,9 +39,12 @@ def containerd_runs_with_the_cri_plugin(host: testinfra.host.Host) -> None:
     assert cri and cri[0][-1] == "ok", cri
 
 
-def crun_has_the_wasm_engine(host: testinfra.host.Host, crun: str = CRUN) -> None:
-    assert host.file(crun).mode == 0o755
-    assert "+WASM:wasmtime" in host.check_output(f"{crun} --version").split()
+def crun_has_the_wasm_engine(host: testinfra.host.Host, crun: str = CRUN, engine: str = "wasmtime") -> None:
+    """crun (the handler's path: a file, or a link to the distribution's crun) is executable,
+    lists exactly ``engine`` and finds every shared library."""
+    assert host.check_output(f"stat -L -c %a {crun}") == "755"
+    features = host.check_output(f"{crun} --version").split()
+    assert [f for f in features if f.startswith("+WASM:")] == [f"+WASM:{engine}"], features
     assert "not found" not in host.check_output(f"ldd {crun}")
 
 

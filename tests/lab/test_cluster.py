@@ -1,6 +1,7 @@
 """Stages cluster and workloads on three fresh lab hosts: a real kubeadm control plane and two edge nodes that
 join with bootstrap tokens, one through each engine (the whole chain: host_prep, runtime,
-cluster).
+cluster). lab-1 and lab-2 run Debian 12 (crun with wasmtime), lab-3 Debian 13 (its own crun with
+WasmEdge): a mixed fleet, the Wasm samples on each engine.
 
 lab-1 (control plane) and lab-2 are provisioned by Ansible, lab-3 by pyinfra. Once the control
 plane is up, each engine first tries a join with a token of the cluster's ID but another secret,
@@ -34,6 +35,8 @@ from tests.conftest import run, tool
 from tests.lab.conftest import EngineRun, LabFleet
 
 LAB_HOSTS = 3
+LAB_OS = ["debian-12", "debian-12", "debian-13"]
+ENGINES = {"lab-3": "wasmedge"}  # the others run wasmtime
 UNKNOWN_TOKEN = "abcdef.0123456789abcdef"  # well formed, never made in this cluster
 JOIN_CONFIG = role_defaults("node_join_kubeadm")["node_join_kubeadm_config_file"]
 # The kubelet's kernel tunables; the lab keeps it from writing the machine's (see lab/image.py).
@@ -196,15 +199,23 @@ def test_second_pyinfra_run_changes_nothing(runs: ClusterRuns) -> None:
 
 
 def test_every_node_carries_the_wasm_label_recorded_as_owned(runs: ClusterRuns) -> None:
-    cluster.every_node_carries_the_wasm_label_recorded_as_owned(runs.kubeconfig)
+    cluster.every_node_carries_the_wasm_label_recorded_as_owned(runs.kubeconfig, ENGINES)
 
 
 def test_wasm_job_runs_on_a_wasm_node_with_the_wasm_handler_and_prints_the_demo(runs: ClusterRuns) -> None:
-    cluster.wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(runs.kubeconfig)
+    cluster.wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(runs.kubeconfig, engines=ENGINES)
 
 
 def test_wasm_deployment_keeps_running_on_wasm_nodes_with_the_wasm_handler(runs: ClusterRuns) -> None:
-    cluster.wasm_deployment_keeps_running_with_the_wasm_handler(runs.kubeconfig)
+    cluster.wasm_deployment_keeps_running_with_the_wasm_handler(runs.kubeconfig, engines=ENGINES)
+
+
+@pytest.mark.parametrize("node", ["lab-2", "lab-3"])
+def test_wasm_job_runs_under_each_nodes_engine(runs: ClusterRuns, node: str) -> None:
+    """The Wasm sample on lab-2 (Debian 12, wasmtime) and lab-3 (Debian 13, WasmEdge)."""
+    engine = ENGINES.get(node, "wasmtime")
+    seconds = cluster.wasm_job_runs_on(runs.kubeconfig, node, engine)
+    print(f"\nWasm Job on {node} ({engine}): created to succeeded in {seconds:.1f} s")
 
 
 def test_container_sample_runs_only_on_the_camera_node(runs: ClusterRuns) -> None:
@@ -308,12 +319,19 @@ def test_status_command_reports_each_node(runs: ClusterRuns) -> None:
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert sorted(rows) == ["lab-1", "lab-2", "lab-3"]
-    for row in rows.values():
-        assert row["ready"] and row["kubelet"] == "v1.20.2" and row["wasm_engine"] == "wasmtime", row
+    for name, row in rows.items():
+        engine = ENGINES.get(name, "wasmtime")
+        assert row["ready"] and row["kubelet"] == "v1.20.2" and row["wasm_engine"] == engine, row
         assert row["container_runtime"].startswith("containerd://"), row
-        assert row["crun"] == "1.8.1 +WASM:wasmtime", row  # recorded from each node's crun --version
+        # recorded from each node's crun --version; the OS as the kubelet read it
+        if engine == "wasmtime":
+            assert (row["crun"], row["os"]) == ("1.8.1 +WASM:wasmtime", "Debian GNU/Linux 12 (bookworm)"), row
+        else:
+            assert (row["crun"], row["os"]) == ("1.21 +WASM:wasmedge", "Debian GNU/Linux 13 (trixie)"), row
     camera = [name for name, row in rows.items() if row["labels"].get("device") == "camera"]
     assert camera and any(w.startswith("camera-app") for w in rows[camera[0]]["workloads"]), rows
     assert any("wasi-demo-heartbeat (Running)" in row["workloads"] for row in rows.values()), rows
     table = run([tool("edge-provision"), "status", "-i", str(runs.fleet.inventory)])
-    assert table.returncode == 0 and table.stdout.splitlines()[0].startswith("NODE"), table.stderr
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == ["NODE", "READY", "OS"], table.stderr
+    lab3 = next(line for line in table.stdout.splitlines() if line.startswith("lab-3 "))
+    assert "Debian GNU/Linux 13 (trixie)" in lab3 and "1.21 +WASM:wasmedge" in lab3, table.stdout

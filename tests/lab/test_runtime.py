@@ -1,10 +1,12 @@
 """Stage runtime on fresh lab hosts (host_prep first), once per engine, each on its own hosts.
 
-containerd from Debian's packages shipped from the controller, its config with the Wasm
-handler, crun built with wasmtime on the controller; the Wasm sample runs through containerd
-with that crun and fails with plain runc. Tested through `ctr` (no kubelet, and Debian 12 has
-no crictl): `ctr run` takes the runtime binary and annotations on its command line, so the
-CRI handler's table in config.toml is checked as parsed back, and the CRI plugin as loaded.
+A mixed fleet: lab-1 runs Debian 12, lab-2 Debian 13. containerd from each release's packages
+shipped from the controller, its config with the Wasm handler; crun built with wasmtime on the
+controller for Debian 12, Debian 13's own crun built with WasmEdge (with libwasmedge0) for
+Debian 13, the lab's engine per release. The Wasm sample runs through containerd with each crun
+and fails with plain runc. Tested through `ctr` (no kubelet, and Debian 12 has no crictl):
+`ctr run` takes the runtime binary and annotations on its command line, so the CRI handler's
+table in config.toml is checked as parsed back, and the CRI plugin as loaded.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from edge_provision.artifacts import debian, fetch
 from edge_provision.artifacts.builders import crun as crun_builder
 from edge_provision.artifacts.builders.images import pause_reference
 from edge_provision.lab import Lab
+from edge_provision.lab.inventory_writer import LAB_WASM_ENGINES
 from edge_provision.role_files import role_defaults
 from edge_provision.stages.runtime.containerd_config import WASM_ANNOTATIONS, runtime_handler, schema_for
 from tests.checks import runtime
 from tests.conftest import ROOT, run, tool
 from tests.lab.conftest import EngineRun, LabFleet, ansible_changed, pyinfra_changed
 
-LAB_HOSTS = 2
+RELEASES = {"lab-1": "debian-12", "lab-2": "debian-13"}
+WASM_ENGINE = {name: LAB_WASM_ENGINES[release] for name, release in RELEASES.items()}
 C = role_defaults("containerd")
 CONFIG = C["containerd_config_file"]
 CRUN = role_defaults("edge")["edge_wasm_crun_path"]
@@ -46,7 +50,7 @@ def fleet(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab
     inventory = tmp_path_factory.mktemp(f"runtime-{engine}") / "fleet"
     lab = Lab(inventory)
     try:
-        yield LabFleet(lab=lab, inventory=inventory, hosts=lab.up(LAB_HOSTS))
+        yield LabFleet(lab=lab, inventory=inventory, hosts=lab.up(len(RELEASES), releases=list(RELEASES.values())))
     finally:
         lab.down()
 
@@ -100,7 +104,24 @@ def test_config_has_the_wasm_handler(fleet: LabFleet, cold_run: EngineRun, name:
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
 def test_crun_has_the_wasm_engine(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
-    runtime.crun_has_the_wasm_engine(fleet.testinfra(name), CRUN)
+    runtime.crun_has_the_wasm_engine(fleet.testinfra(name), CRUN, WASM_ENGINE[name])
+
+
+@pytest.mark.parametrize("name", ["lab-1", "lab-2"])
+def test_each_host_runs_its_release(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
+    suite = debian.RELEASES[RELEASES[name]]
+    assert fleet.sh(name, ". /etc/os-release && echo $VERSION_CODENAME").strip() == suite
+    assert suite in fleet.sh(name, "dpkg-query -W -f '${Version}' containerd")  # that release's package
+
+
+def test_debian_13_runs_its_own_crun_with_wasmedge(fleet: LabFleet, cold_run: EngineRun) -> None:
+    """No crun from the controller on Debian 13: the handler's path links to the distribution's
+    crun, which loads libwasmedge0 (both Debian packages, shipped from the controller)."""
+    host = fleet.testinfra("lab-2")
+    assert host.file(CRUN).is_symlink and host.file(CRUN).linked_to == role_defaults("edge")["edge_wasm_distro_crun"]
+    assert host.package("crun").is_installed and host.package("libwasmedge0").is_installed
+    assert "libwasmedge.so.0 => /usr/lib/" in host.check_output(f"ldd {CRUN}")
+    assert not host.file("/usr/local/lib/libwasmtime.so").exists
 
 
 @pytest.mark.parametrize("name", ["lab-1", "lab-2"])
@@ -108,13 +129,15 @@ def test_images_imported(fleet: LabFleet, cold_run: EngineRun, name: str) -> Non
     runtime.images_imported(fleet.testinfra(name), C["containerd_namespace"])
 
 
-# On lab-2 here; Molecule's verify (molecule/default/tests) runs these on each of its hosts.
-def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, cold_run: EngineRun) -> None:
-    runtime.wasm_image_runs_with_crun_wasm(fleet.testinfra("lab-2"), CRUN)
+@pytest.mark.parametrize("name", ["lab-1", "lab-2"])
+def test_wasm_image_runs_with_crun_wasm(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
+    print(f"\n{name} ({RELEASES[name]}, {WASM_ENGINE[name]}):", end="")
+    runtime.wasm_image_runs_with_crun_wasm(fleet.testinfra(name), CRUN)
 
 
-def test_wasm_image_fails_with_runc(fleet: LabFleet, cold_run: EngineRun) -> None:
-    runtime.wasm_image_fails_with_runc(fleet.testinfra("lab-2"))
+@pytest.mark.parametrize("name", ["lab-1", "lab-2"])
+def test_wasm_image_fails_with_runc(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
+    runtime.wasm_image_fails_with_runc(fleet.testinfra(name))
 
 
 def test_busybox_runs_with_runc(fleet: LabFleet, cold_run: EngineRun) -> None:

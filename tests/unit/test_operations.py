@@ -14,6 +14,7 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents
 
 from edge_provision.pyinfra_engine.facts import host_prep as facts
+from edge_provision.pyinfra_engine.facts.common import OsRelease
 from edge_provision.pyinfra_engine.operations import host_prep as operations
 from edge_provision.role_files import role_defaults
 
@@ -145,13 +146,15 @@ def test_sysctl_untouched_when_live() -> None:
 
 
 def preflight(arch: str) -> dict[str, Any]:
-    return {"architecture": arch, "os_release": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.1.0",
-            "cgroup": "v2", "systemd_pid1": True}
+    return {"architecture": arch, "kernel": "6.1.0", "cgroup": "v2", "systemd_pid1": True}
+
+
+DEBIAN_13 = {"release": "debian-13", "pretty_name": "Debian GNU/Linux 13 (trixie)"}
 
 
 def test_preflight_accepts_the_declared_architecture() -> None:
     assert commands(
-        operations.preflight_checked, {facts.Preflight: preflight("aarch64")},
+        operations.preflight_checked, {facts.Preflight: preflight("aarch64"), OsRelease: DEBIAN_13},
         edge_arch="arm64", arch_names=DEFAULTS["host_prep_arch_names"],
     ) == []
 
@@ -159,9 +162,26 @@ def test_preflight_accepts_the_declared_architecture() -> None:
 def test_preflight_rejects_a_wrong_architecture() -> None:
     with pytest.raises(OperationError, match="field 'edge_arch' says arm64 but the machine is x86_64"):
         commands(
-            operations.preflight_checked, {facts.Preflight: preflight("x86_64")},
+            operations.preflight_checked, {facts.Preflight: preflight("x86_64"), OsRelease: DEBIAN_13},
             edge_arch="arm64", arch_names=DEFAULTS["host_prep_arch_names"],
         )
+
+
+def test_preflight_rejects_an_unsupported_release_naming_host_and_release() -> None:
+    ubuntu = {"release": "ubuntu-24", "pretty_name": "Ubuntu 24.04.1 LTS"}
+    with pytest.raises(OperationError, match=r"host edge-1 runs Ubuntu 24.04.1 LTS: unsupported OS release "
+                                             r"'ubuntu-24'; supported: debian-12, debian-13"):
+        commands(
+            operations.preflight_checked, {facts.Preflight: preflight("x86_64"), OsRelease: ubuntu},
+            edge_arch="amd64", arch_names=DEFAULTS["host_prep_arch_names"],
+        )
+
+
+def test_os_release_fact_reads_the_edge_roles_script() -> None:
+    fact = OsRelease()
+    assert "VERSION_ID%%.*" in fact.command()
+    assert fact.process(["debian-13", "Debian GNU/Linux 13 (trixie)"]) == DEBIAN_13
+    assert fact.process([]) == {"release": "unknown", "pretty_name": "unknown"}
 
 
 def test_fact_parsers() -> None:

@@ -19,6 +19,7 @@ from pyinfra.operations.util import any_changed
 
 from edge_provision.inventory import node_address
 from edge_provision.pyinfra_engine.deploys.common import fleet
+from edge_provision.pyinfra_engine.facts.common import OsRelease
 from edge_provision.pyinfra_engine.operations import cluster as ops
 from edge_provision.pyinfra_engine.operations import runtime as runtime_ops
 from edge_provision.role_files import render_template, role_defaults, role_dependencies, role_vars
@@ -27,14 +28,17 @@ from edge_provision.stages.cluster import common, distributions, k3s, kubeadm, o
 
 @cache
 def _artifacts(
-    arch: str, binaries: tuple[str, ...], images: tuple[str, ...], packages: tuple[str, ...]
+    arch: str, release: str, binaries: tuple[str, ...], images: tuple[str, ...], packages: tuple[str, ...]
 ) -> dict[str, Any]:
-    return kubeadm.artifacts(arch, binaries, images, packages)
+    return kubeadm.artifacts(arch, release, binaries=binaries, images=images, packages=packages)
 
 
-def _controller(what: str, *args: Any) -> dict[str, Any]:
+def _controller(what: str, binaries: tuple[str, ...], images: tuple[str, ...],
+                packages: tuple[str, ...]) -> dict[str, Any]:
+    """This host's Kubernetes artifacts: for its architecture, and packages of its OS release."""
     try:
-        return _artifacts(*args)
+        release = str(host.get_fact(OsRelease)["release"])
+        return _artifacts(fleet("edge_arch"), release, binaries, images, packages)
     except Exception as exc:  # the builders' own errors name their step and output
         raise DeployError(f"host {host.name}: {what}: {exc}") from exc
 
@@ -72,9 +76,7 @@ def _node_ip() -> str:
 def kubernetes_node() -> None:
     v = role_vars("kubernetes_node", host.data.dict())
     packages = tuple(v["kubernetes_node_packages"]) if _install_from() == "controller" else ()
-    arts = _controller(
-        "Kubernetes artifacts", fleet("edge_arch"), tuple(v["kubernetes_node_binaries"]), (), packages
-    )
+    arts = _controller("Kubernetes artifacts", tuple(v["kubernetes_node_binaries"]), (), packages)
     subnet = v["kubernetes_node_pod_subnet"] or common.node_pod_subnet(
         host.name, _members(), v["kubernetes_node_pod_network"], int(v["kubernetes_node_pod_subnet_prefix"])
     )
@@ -154,9 +156,7 @@ def control_plane() -> None:
     n = role_vars("kubernetes_node", host.data.dict())
     c = role_vars("containerd", host.data.dict())
     packages = tuple(v["control_plane_kubeadm_packages"]) if _install_from() == "controller" else ()
-    arts = _controller(
-        "control-plane artifacts", fleet("edge_arch"), (), tuple(v["control_plane_kubeadm_images"]), packages
-    )
+    arts = _controller("control-plane artifacts", (), tuple(v["control_plane_kubeadm_images"]), packages)
     node_ip = _node_ip()
     labels = common.kubelet_node_labels(fleet("edge_node_labels"))
     sans = list(dict.fromkeys([node_ip, str(host.data.get("ansible_host")), host.name]))

@@ -12,7 +12,9 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.context import host
 from pyinfra.operations import apt, files, systemd
 
+from edge_provision.artifacts.debian import release_error
 from edge_provision.pyinfra_engine.deploys.common import fleet
+from edge_provision.pyinfra_engine.facts.common import OsRelease
 from edge_provision.pyinfra_engine.operations import runtime as ops
 from edge_provision.role_files import render_template, role_vars
 from edge_provision.stages.runtime import controller as runtime_controller
@@ -20,8 +22,8 @@ from edge_provision.stages.runtime import controller as runtime_controller
 
 # Controller-side artifacts, once per argument set (every host of an architecture shares them).
 @cache
-def _debs(packages: tuple[str, ...], arch: str) -> list[dict[str, str]]:
-    return runtime_controller.debs(packages, arch)
+def _debs(packages: tuple[str, ...], arch: str, release: str) -> list[dict[str, str]]:
+    return runtime_controller.debs(packages, arch, release)
 
 
 @cache
@@ -55,16 +57,28 @@ def _controller(what: str, fetch: Any, *args: Any) -> Any:
         raise DeployError(f"host {host.name}: {what}: {exc}") from exc
 
 
-def _packages(v: dict[str, Any], packages: list[str], arch: str, name: str) -> None:
-    """Debian packages from the node's apt sources, or shipped from the controller (also for a
-    release install of containerd, whose neighbours still come from Debian)."""
+def _packages(v: dict[str, Any], packages: list[str], arch: str, release: str, name: str) -> None:
+    """Debian packages of the host's ``release`` from the node's apt sources, or shipped from the
+    controller (also for a release install of containerd, whose neighbours still come from Debian)."""
     if v["containerd_install_from"] == "apt":
         apt.packages(name=name, packages=packages, no_recommends=True, update=True, cache_time=86400)
     else:
         ops.debs_installed(
-            name=name, debs=_controller("packages", _debs, tuple(packages), arch),
+            name=name, debs=_controller("packages", _debs, tuple(packages), arch, release),
             staging_dir=v["containerd_deb_staging_dir"],
         )
+
+
+def _node() -> tuple[str, list[str]]:
+    """The host's OS release and the packages of its own crun with its Wasm engine ([] when crun
+    is built on the controller), as the containerd role's preflight finds them."""
+    release = str(host.get_fact(OsRelease)["release"])
+    problem = release_error(release)
+    if problem:
+        raise DeployError(f"host {host.name}: {problem}")
+    distro = runtime_controller.distro_crun_packages(
+        fleet("edge_wasm_engine"), release, fleet("edge_wasm_distro_packages"))
+    return release, distro
 
 
 @deploy("containerd")
@@ -75,9 +89,11 @@ def containerd() -> None:
     if install_from not in ("controller", "apt", "release"):
         raise DeployError(f"host {host.name}: containerd_install_from must be controller, apt or release, "
                           f"not {install_from!r}")
+    release_of_os, distro = _node()
     # Before any operation: what the Wasm engine's build and a release install take from the
     # artifact source, fetched and verified, so a missing or damaged file stops the run here.
-    _controller("Wasm engine downloads", _engine_downloads, fleet("edge_wasm_engine"), arch, source)
+    if not distro:
+        _controller("Wasm engine downloads", _engine_downloads, fleet("edge_wasm_engine"), arch, source)
     release = None
     if install_from == "release":
         release = _controller("release files", _release, arch, source, v["containerd_release_staging_dir"],
@@ -89,7 +105,7 @@ def containerd() -> None:
 
     ops.systemd_pid1_required(name="Check that systemd runs the host")
     if release is None:
-        _packages(v, v["containerd_packages"], arch, "Install containerd")
+        _packages(v, v["containerd_packages"], arch, release_of_os, "Install containerd")
     else:
         ops.release_installed(
             name="Check the sha256 of the release files again, unpack and install them",
@@ -133,20 +149,27 @@ def wasm_runtime() -> None:
         runtime_controller.check_engine(engine, bool(v["wasm_runtime_build_on_node"]))
     except runtime_controller.RuntimeStageError as exc:
         raise DeployError(f"host {host.name}: {exc}") from exc
-    crun = _controller("crun", _crun, arch, engine, source)
+    release, distro = _node()
     images = _controller("images", _images, tuple(v["wasm_runtime_images"]), arch)
-
-    _packages(c, v["wasm_runtime_packages"], arch, "Install the libraries crun needs")
-    files.put(
-        name="Install crun with the Wasm engine", src=crun["crun"], dest=fleet("edge_wasm_crun_path"),
-        user="root", group="root", mode="755",
-    )
-    library = f"{v['wasm_runtime_lib_dir']}/{crun['library']}"
-    files.put(
-        name="Install the engine library", src=crun["library_path"], dest=library,
-        user="root", group="root", mode="644",
-    )
-    ops.loader_cache_has(name="Refresh the loader cache", path=library)
+    if distro:
+        _packages(c, distro, arch, release, "Install the distribution's crun with the Wasm engine")
+        files.link(
+            name="Point the Wasm handler's crun at the distribution's", path=fleet("edge_wasm_crun_path"),
+            target=fleet("edge_wasm_distro_crun"), force=True,
+        )
+    else:
+        crun = _controller("crun", _crun, arch, engine, source)
+        _packages(c, v["wasm_runtime_packages"], arch, release, "Install the libraries crun needs")
+        files.put(
+            name="Install crun with the Wasm engine", src=crun["crun"], dest=fleet("edge_wasm_crun_path"),
+            user="root", group="root", mode="755",
+        )
+        library = f"{v['wasm_runtime_lib_dir']}/{crun['library']}"
+        files.put(
+            name="Install the engine library", src=crun["library_path"], dest=library,
+            user="root", group="root", mode="644",
+        )
+        ops.loader_cache_has(name="Refresh the loader cache", path=library)
     ops.wasm_crun_verified(name="Verify crun", crun_path=fleet("edge_wasm_crun_path"), engine=engine)
     ops.images_imported(
         name="Import missing images", images=images,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 from pyinfra.api.facts import FactBase
+
+from edge_provision.role_files import role_path
 
 
 class CommandOutput(FactBase[str]):
@@ -16,3 +19,15 @@ class CommandOutput(FactBase[str]):
 
     def process(self, output: list[str]) -> str:
         return "\n".join(output) + ("\n" if output else "")
+
+
+class OsRelease(FactBase[dict[str, Any]]):
+    """The host's OS release, ``{release: "debian-13", pretty_name: ...}`` (the edge role's
+    os_release.sh, which the Ansible roles run too)."""
+
+    def command(self) -> str:
+        return role_path("edge", "files", "os_release.sh").read_text()
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        lines = [*output, "unknown", "unknown"]
+        return {"release": lines[0].strip(), "pretty_name": lines[1].strip()}

@@ -14,6 +14,8 @@ from pyinfra.context import host
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import files
 
+from edge_provision.artifacts.debian import release_error
+from edge_provision.pyinfra_engine.facts.common import OsRelease
 from edge_provision.pyinfra_engine.facts.host_prep import (
     ActiveSwaps,
     ExistingPaths,
@@ -27,10 +29,13 @@ Commands = Generator[Any, None, None]
 
 @operation(is_idempotent=True)
 def preflight_checked(edge_arch: str, arch_names: Mapping[str, Sequence[str]]) -> Commands:
-    """Report the host's preflight facts; fail when its architecture is not ``edge_arch``."""
+    """Report the host's preflight facts; fail when its architecture is not ``edge_arch`` or its
+    OS release is not one the fleet supports."""
     facts = host.get_fact(Preflight)
+    os_release = host.get_fact(OsRelease)
     summary = (
-        f"{facts['architecture']} · {facts['os_release']} · kernel {facts['kernel']} · "
+        f"{facts['architecture']} · {os_release['pretty_name']} ({os_release['release']}) · "
+        f"kernel {facts['kernel']} · "
         f"cgroup {facts['cgroup']} · systemd PID 1: {str(facts['systemd_pid1']).lower()}"
     )
     if facts["architecture"] not in arch_names.get(edge_arch, ()):
@@ -38,6 +43,9 @@ def preflight_checked(edge_arch: str, arch_names: Mapping[str, Sequence[str]]) -
             f"host {host.name}: field 'edge_arch' says {edge_arch} but the machine is "
             f"{facts['architecture']}; fix edge_arch in the inventory"
         )
+    problem = release_error(os_release["release"])
+    if problem:
+        raise OperationError(f"host {host.name} runs {os_release['pretty_name']}: {problem}")
     host.log(f"preflight: {summary}")
     yield from ()
 

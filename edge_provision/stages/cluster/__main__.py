@@ -26,6 +26,11 @@ from edge_provision.stages.cluster.kube_api import (
 from edge_provision.stages.cluster.kubeadm import artifacts
 
 
+def _arch_release(platform: str) -> tuple[str, str]:
+    arch, _, release = platform.partition("/")
+    return arch, release
+
+
 def _print(value: Any) -> None:
     print(json.dumps(value, sort_keys=True))
 
@@ -45,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready.add_argument("--node", required=True)
     ready.add_argument("--timeout", type=float, default=300)
     build = sub.add_parser("artifacts", help="binaries, images and packages for a node, as JSON")
-    build.add_argument("--arch", nargs="+", required=True, help="one result per architecture")
+    build.add_argument("--platform", nargs="+", required=True, metavar="ARCH/RELEASE",
+                       help="one result per architecture and OS release (amd64/debian-12 ...)")
     build.add_argument("--binaries", nargs="*", default=[])
     build.add_argument("--images", nargs="*", default=[])
     build.add_argument("--packages", nargs="*", default=[])
@@ -68,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             _print(join_token(args.kubeconfig, args.ttl, args.given, args.signed_within).as_dict())
         elif args.command == "artifacts":
-            _print({arch: artifacts(arch, args.binaries, args.images, args.packages) for arch in args.arch})
+            _print({platform: artifacts(*_arch_release(platform), binaries=args.binaries, images=args.images,
+                                        packages=args.packages) for platform in args.platform})
         elif args.command == "wait-ready":
             _print(wait_node_ready(args.kubeconfig, args.node, args.timeout))
         elif args.command == "label":

@@ -57,10 +57,11 @@ def probe_patches(thresholds: Mapping[str, Any], components: Sequence[str]) -> d
 
 
 def artifacts(
-    arch: str, binaries: Sequence[str], images: Sequence[str], packages: Sequence[str]
+    arch: str, release: str, *, binaries: Sequence[str], images: Sequence[str], packages: Sequence[str]
 ) -> dict[str, Any]:
     """Kubernetes binaries and control-plane images for ``arch`` (built once, cached) and the
-    .deb files of ``packages`` with their dependency closure (empty: the node's apt)."""
+    .deb files of ``packages`` for hosts of ``release`` with their dependency closure (empty:
+    the node's apt)."""
     from edge_provision.artifacts.builders import images as image_builders
     from edge_provision.artifacts.builders.kubernetes import build_kubernetes
     from edge_provision.stages.runtime import controller as runtime_controller
@@ -82,5 +83,5 @@ def artifacts(
             image_builders.image_entry(name, image_builders.build_control_plane_image(name, arch))
             for name in images
         ],
-        "debs": runtime_controller.debs(packages, arch) if packages else [],
+        "debs": runtime_controller.debs(packages, arch, release) if packages else [],
     }

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from edge_provision.artifacts.debian import DebianError
+from edge_provision.artifacts.debian import CONTROLLER_RELEASE, DebianError
 from edge_provision.artifacts.fetch import UPSTREAM, ArtifactFetchError
 from edge_provision.stages.runtime.containerd_config import (
     ContainerdConfigError,
@@ -33,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_provision.stages.runtime",
                                      description="Controller-side artifacts of the runtime stage, as JSON.")
     parser.add_argument("--arch", required=True)
+    parser.add_argument("--os", default=CONTROLLER_RELEASE, metavar="RELEASE",
+                        help="the host's OS release (debian-12, debian-13): where --packages come from")
     parser.add_argument("--packages", nargs="*", default=[], help="Debian packages (with their closure)")
     parser.add_argument("--images", nargs="*", default=[], help=f"images: {', '.join(IMAGE_NAMES)}")
     parser.add_argument("--engine", help="Wasm engine of crun to build or find")
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             staging, prefix, stamp_file = args.release
             plan = release_plan(files, staging_dir=staging, prefix=prefix, stamp_file=stamp_file)
             out["release"] = {"files": files, **plan}
-        out["debs"] = debs(args.packages, args.arch) if args.packages else []
+        out["debs"] = debs(args.packages, args.arch, args.os) if args.packages else []
         out["images"] = images(args.images, args.arch)
         if args.engine:
             out["crun"] = wasm_crun(args.arch, args.engine, args.source)

@@ -137,11 +137,24 @@ def containerd_config(
     return wanted
 
 
-def debs(packages: Sequence[str], arch: str) -> list[dict[str, str]]:
-    """The .deb files of ``packages`` and their dependency closure for ``arch``, downloaded on the
-    controller and cached (:func:`edge_provision.artifacts.debian.debs`): one ``{package, version,
-    path, file, sha256}`` per package, in dependency-closure order."""
-    return debian.debs(packages, arch)
+def debs(packages: Sequence[str], arch: str,
+         release: str = debian.CONTROLLER_RELEASE) -> list[dict[str, str]]:
+    """The .deb files of ``packages`` and their dependency closure for hosts of ``release`` on
+    ``arch``, downloaded on the controller and cached (:func:`edge_provision.artifacts.debian.debs`):
+    one ``{package, version, path, file, sha256}`` per package, in dependency-closure order."""
+    problem = debian.release_error(release)
+    if problem:
+        raise RuntimeStageError(problem)
+    return debian.debs(packages, arch, release)
+
+
+def distro_crun_packages(engine: str, release: str,
+                         distro_packages: Mapping[str, Sequence[str]]) -> list[str]:
+    """The packages of ``release``'s own crun with ``engine`` (edge_wasm_distro_packages: Debian
+    13's crun is built with WasmEdge), or ``[]`` when crun is built on the controller instead."""
+    if engine != "wasmedge":
+        return []
+    return [str(p) for p in distro_packages.get(release) or []]
 
 
 def check_engine(engine: str, build_on_node: bool = False) -> None:

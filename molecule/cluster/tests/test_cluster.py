@@ -32,6 +32,7 @@ ARCH = {h.name: h.arch for h in HOSTS}
 NODE_IP = {h.name: h.node_ip or h.address for h in HOSTS}
 USER_MODE_IP = "10.0.2.15"
 WASM_SAMPLE_LABEL = "edge-provision.io/wasm-sample"
+ENGINES = {name: SCENARIO.wasm_engine(name) for name in NAMES}  # by each platform's Debian release
 
 
 def _core() -> client.CoreV1Api:
@@ -96,17 +97,18 @@ if "cluster" in STAGES:
 if "workloads" in STAGES:
 
     def test_every_node_carries_the_wasm_label_recorded_as_owned() -> None:
-        cluster.every_node_carries_the_wasm_label_recorded_as_owned(KUBECONFIG)
+        cluster.every_node_carries_the_wasm_label_recorded_as_owned(KUBECONFIG, ENGINES)
 
     def test_wasm_job_ran_on_the_edge_host_and_printed_the_demo() -> None:
-        result = cluster.wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(KUBECONFIG)
+        result = cluster.wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(KUBECONFIG, engines=ENGINES)
         assert result["node"] == EDGE, result
         node = _core().read_node(EDGE)
         assert node.metadata.labels["kubernetes.io/arch"] == ARCH[EDGE] == SCENARIO.arch(EDGE)
         assert node.metadata.labels[WASM_SAMPLE_LABEL] == "true"
 
     def test_wasm_deployment_keeps_running_on_the_edge_host() -> None:
-        assert cluster.wasm_deployment_keeps_running_with_the_wasm_handler(KUBECONFIG) == [EDGE]
+        nodes = cluster.wasm_deployment_keeps_running_with_the_wasm_handler(KUBECONFIG, engines=ENGINES)
+        assert nodes == [EDGE]
 
     def test_only_the_edge_host_carries_the_wasm_sample_label() -> None:
         carrying = [n.metadata.name for n in _core().list_node(label_selector=WASM_SAMPLE_LABEL).items]

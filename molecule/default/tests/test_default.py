@@ -13,6 +13,7 @@ import os
 
 import pytest
 
+from edge_provision.artifacts.debian import RELEASES
 from tests.checks import host_prep, runtime
 from tests.molecule.scenario import Scenario
 
@@ -30,6 +31,12 @@ def test_every_platform_is_up() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_machine_is_its_platforms_architecture(name: str) -> None:
     assert SCENARIO.host(name).check_output("uname -m").strip() == UNAME[SCENARIO.arch(name)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_machine_runs_its_platforms_release(name: str) -> None:
+    codename = SCENARIO.host(name).check_output(". /etc/os-release && echo $VERSION_CODENAME").strip()
+    assert codename == RELEASES[SCENARIO.release(name)]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -63,7 +70,7 @@ if "runtime" in STAGES:
 
     @pytest.mark.parametrize("name", NAMES)
     def test_crun_has_the_wasm_engine(name: str) -> None:
-        runtime.crun_has_the_wasm_engine(SCENARIO.host(name))
+        runtime.crun_has_the_wasm_engine(SCENARIO.host(name), engine=SCENARIO.wasm_engine(name))
 
     @pytest.mark.parametrize("name", NAMES)
     def test_images_imported(name: str) -> None:

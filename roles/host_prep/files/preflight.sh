@@ -3,7 +3,6 @@
 set -u
 arch=$(uname -m)
 kernel=$(uname -r)
-os=$( (. /etc/os-release && printf '%s' "${PRETTY_NAME:-$ID}") 2>/dev/null || echo unknown)
 if [ -e /sys/fs/cgroup/cgroup.controllers ]; then
   cgroup=v2
 elif [ -d /sys/fs/cgroup/unified ]; then
@@ -12,5 +11,5 @@ else
   cgroup=v1
 fi
 if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then pid1=true; else pid1=false; fi
-printf '{"architecture": "%s", "kernel": "%s", "os_release": "%s", "cgroup": "%s", "systemd_pid1": %s}\n' \
-  "$arch" "$kernel" "$os" "$cgroup" "$pid1"
+printf '{"architecture": "%s", "kernel": "%s", "cgroup": "%s", "systemd_pid1": %s}\n' \
+  "$arch" "$kernel" "$cgroup" "$pid1"
