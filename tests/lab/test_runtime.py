@@ -111,7 +111,9 @@ def test_crun_has_the_wasm_engine(fleet: LabFleet, cold_run: EngineRun, name: st
 def test_each_host_runs_its_release(fleet: LabFleet, cold_run: EngineRun, name: str) -> None:
     suite = debian.RELEASES[RELEASES[name]]
     assert fleet.sh(name, ". /etc/os-release && echo $VERSION_CODENAME").strip() == suite
-    assert suite in fleet.sh(name, "dpkg-query -W -f '${Version}' containerd")  # that release's package
+    # that release's package: Debian N's stable updates carry +debNuM (1.6.20~ds1-1+deb12u3)
+    version = fleet.sh(name, "dpkg-query -W -f '${Version}' containerd")
+    assert f"+deb{RELEASES[name].split('-')[1]}u" in version, version
 
 
 def test_debian_13_runs_its_own_crun_with_wasmedge(fleet: LabFleet, cold_run: EngineRun) -> None:
@@ -176,6 +178,22 @@ def test_rejected_config_keeps_containerd_running_on_the_old_one(
         assert fleet.sh(name, f"sha256sum {CONFIG}; systemctl show -p MainPID --value containerd") == state
         assert fleet.testinfra(name).service("containerd").is_running
     assert converge(fleet, engine).ok().changed == 0
+
+
+def test_an_unsupported_release_fails_naming_host_and_release(
+    fleet: LabFleet, engine: str, cold_run: EngineRun
+) -> None:
+    """lab-2's /etc/os-release says Ubuntu: the runtime stage refuses it in its preflight, naming
+    the host and the release, and changes nothing on any host."""
+    keep = "/root/os-release.edge-test"
+    fake = 'ID=ubuntu\nVERSION_ID="24.04"\nPRETTY_NAME="Ubuntu 24.04.1 LTS"\n'
+    fleet.sh("lab-2", f"cp -P /etc/os-release {keep} && rm /etc/os-release && printf '{fake}' > /etc/os-release")
+    try:
+        result = failed_converge(fleet, engine, {})
+    finally:
+        fleet.sh("lab-2", f"rm -f /etc/os-release && mv {keep} /etc/os-release")
+    assert ("host lab-2 runs Ubuntu 24.04.1 LTS: unsupported OS release 'ubuntu-24'; supported: "
+            "debian-12, debian-13") in flat(result.output), result.output[-3000:]
 
 
 def test_root_is_the_repository() -> None:

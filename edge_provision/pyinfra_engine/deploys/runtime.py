@@ -72,10 +72,11 @@ def _packages(v: dict[str, Any], packages: list[str], arch: str, release: str, n
 def _node() -> tuple[str, list[str]]:
     """The host's OS release and the packages of its own crun with its Wasm engine ([] when crun
     is built on the controller), as the containerd role's preflight finds them."""
-    release = str(host.get_fact(OsRelease)["release"])
+    os_release = host.get_fact(OsRelease)
+    release = str(os_release["release"])
     problem = release_error(release)
     if problem:
-        raise DeployError(f"host {host.name}: {problem}")
+        raise DeployError(f"host {host.name} runs {os_release['pretty_name']}: {problem}")
     distro = runtime_controller.distro_crun_packages(
         fleet("edge_wasm_engine"), release, fleet("edge_wasm_distro_packages"))
     return release, distro
