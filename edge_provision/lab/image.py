@@ -5,10 +5,9 @@ One image per release of :data:`edge_provision.artifacts.debian.RELEASES` (``deb
 a hash of everything that shapes it (suite, packages, apt sources, the customization script
 and its version); the docker image is tagged ``<suite>-<key>`` and reused while the tag exists.
 
-systemd 256 and later (Debian 13 has 257) refuse to boot on cgroup v1 unless
-``SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1`` and ``systemd.unified_cgroup_hierarchy=0`` are on the
-kernel command line; in a container systemd reads its own PID 1 arguments instead, so the
-init script passes both words to it when the machine has no cgroup v2 (this one: v1 only).
+On this machine's cgroup v1, Debian 13's systemd (257, which refuses a pure cgroup v1 boot unless
+told) boots in a container as Debian 12's does: in the hybrid layout (the v1 controllers, plus
+its own unified hierarchy), with nothing to pass (measured).
 
 The customization makes a systemd host that is safe to boot in a *privileged* container,
 which shares the machine's kernel: nothing it starts may change machine-wide state (the
@@ -109,11 +108,6 @@ if [ -n "${EDGE_LAB_AUTHORIZED_KEY:-}" ]; then
   chmod 600 /root/.ssh/authorized_keys
 fi
 unset EDGE_LAB_AUTHORIZED_KEY
-# systemd >= 256 boots on cgroup v1 only when told to (these words, read from PID 1's arguments
-# in a container); older ones choose the legacy hierarchy by themselves and are not told.
-if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] && [ -e /etc/edge-lab/systemd-legacy-cgroup ]; then
-  set -- "$@" systemd.unified_cgroup_hierarchy=0 SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1
-fi
 exec /sbin/init "$@"
 """
 
@@ -158,10 +152,6 @@ echo "LANG=C.UTF-8" > "$root/etc/default/locale"
 # The kernel log is the machine's: keep it out of every lab host's journal.
 mkdir -p "$root/etc/systemd/journald.conf.d"
 printf '[Journal]\nReadKMsg=no\n' > "$root/etc/systemd/journald.conf.d/10-edge-lab.conf"
-# systemd 256 and later want to be told to boot on cgroup v1 (see edge-lab-init).
-version=$(chroot "$root" dpkg-query -W -f='${{Version}}' systemd | cut -d. -f1 | cut -d- -f1)
-mkdir -p "$root/etc/edge-lab"
-if [ "$version" -ge 256 ]; then : > "$root/etc/edge-lab/systemd-legacy-cgroup"; fi
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
 """
 
