@@ -47,14 +47,14 @@ vm-tests: setup
 # plane on amd64, the arm64 node joins and runs the Wasm sample) or SCENARIO=containers (every stage
 # on two container hosts, minutes, for iterating on roles). EDGE_MOLECULE_STAGES limits the
 # stages converged and verified. MOLECULE_ARGS go to `molecule test`, e.g. --destroy=never keeps a
-# failed run's VMs (and their logs) for a look inside; `molecule --base-config molecule/base.yml
-# destroy -s <scenario>` (or the next run without it) removes them. --destroy=never also skips the
+# failed run's VMs (and their logs) for a look inside; `molecule destroy -s <scenario>` (or the
+# next run without it) removes them. --destroy=never also skips the
 # first destroy, so such a run converges the VMs a kept run left, not new ones: destroy them first.
 SCENARIO ?= default
 MOLECULE_ARGS ?=
 
 molecule: setup
-	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/molecule --base-config molecule/base.yml test -s $(SCENARIO) \
+	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/molecule test -s $(SCENARIO) \
 		$(MOLECULE_ARGS)
 
 molecule-cluster:

@@ -120,6 +120,20 @@ def _artifacts(args: argparse.Namespace) -> int:
     return 0 if all(state in ("verified", "missing") for _, state in status) else 1
 
 
+# `status` exits 0 when every node is Ready, STATUS_NOT_READY when one is not, 1 when the API
+# cannot be asked.
+STATUS_NOT_READY = 3
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("edge-provision")
+    except metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown (not installed)"
+
+
 def _status(args: argparse.Namespace) -> int:
     from edge_provision import status
     from edge_provision.stages.cluster import common
@@ -133,11 +147,16 @@ def _status(args: argparse.Namespace) -> int:
         print(f"status: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(rows, indent=2) if args.json else status.render(rows))
+    not_ready = [r["name"] for r in rows if not r["ready"]]
+    if not_ready:  # a script or a monitor acts on the exit status
+        print(f"status: not Ready: {', '.join(not_ready)}", file=sys.stderr)
+        return STATUS_NOT_READY
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-provision", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="validate a fleet inventory; changes nothing")

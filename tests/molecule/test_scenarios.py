@@ -35,7 +35,7 @@ def test_molecule_scenario_passes(scenario: str, tmp_path_factory: pytest.TempPa
     env.pop("EDGE_MOLECULE_STAGES", None)  # the scenario's own stages
     started = time.monotonic()
     with log.open("w") as out, subprocess.Popen(
-        [str(BIN / "molecule"), "--base-config", "molecule/base.yml", "test", "-s", scenario],
+        [str(BIN / "molecule"), "test", "-s", scenario],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         text=True, errors="replace",
     ) as molecule:

@@ -6,7 +6,7 @@ which both scenarios' molecule.yml add to the verifier's files. Cluster and work
 of tests/checks/cluster.py over the admin kubeconfig the cluster stage wrote beside the inventory,
 plus each node's own address (edge_node_ip on VMs, whose user-mode NICs are all 10.0.2.15; the
 address the lab gave a container host). The Wasm sample must have run on lab-2, the edge host,
-where the inventory (molecule/base.yml) puts its node selector's label.
+where the inventory (.config/molecule/config.yml) puts its node selector's label.
 """
 
 from __future__ import annotations
