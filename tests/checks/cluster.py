@@ -77,8 +77,9 @@ def every_node_carries_the_wasm_label_recorded_as_owned(kubeconfig: Path,
     for node in _core(kubeconfig).list_node().items:
         name = node.metadata.name
         assert node.metadata.labels.get("edge-provision.io/wasm") == _engine(engines, name), name
+        assert node.metadata.labels.get("edge-provision.io/wasm-handler") == "crun-wasm", name
         owned = node.metadata.annotations[node_metadata.MANAGED_LABELS_ANNOTATION].split(",")
-        assert "edge-provision.io/wasm" in owned and "edge-provision.io/lab" in owned
+        assert {"edge-provision.io/wasm", "edge-provision.io/wasm-handler", "edge-provision.io/lab"} <= set(owned)
 
 
 def wasm_job_ran_with_the_wasm_handler_and_printed_the_demo(

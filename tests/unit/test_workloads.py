@@ -36,9 +36,10 @@ def test_a_label_someone_else_set_is_taken_over_only_when_the_inventory_names_it
     assert node_metadata.label_patch({"device": "gpio"}, {}, {}) is None
 
 
-def test_wanted_labels_add_the_wasm_engine() -> None:
-    assert node_metadata.wanted_labels({"device": "camera"}, "edge-provision.io/wasm", "wasmtime") == {
-        "device": "camera", "edge-provision.io/wasm": "wasmtime"}
+def test_wanted_labels_add_the_wasm_engine_and_handler() -> None:
+    v = samples.role_variables({})
+    assert node_metadata.wanted_labels({"device": "camera"}, v, "wasmedge", "crun-wasm") == {
+        "device": "camera", "edge-provision.io/wasm": "wasmedge", "edge-provision.io/wasm-handler": "crun-wasm"}
 
 
 def test_manifests() -> None:
@@ -46,7 +47,8 @@ def test_manifests() -> None:
                                   "workloads_container_image": "r.example/c:1"})
     runtime_class, job, _wasm_deployment, deployment = samples.manifests(v)
     assert runtime_class["handler"] == "crun-wasm"
-    assert runtime_class["scheduling"]["nodeSelector"] == {"edge-provision.io/wasm": "wasmedge"}
+    # by the handler, not the engine: one RuntimeClass for nodes of every engine (a mixed fleet)
+    assert runtime_class["scheduling"]["nodeSelector"] == {"edge-provision.io/wasm-handler": "crun-wasm"}
     pod = job["spec"]["template"]
     assert pod["metadata"]["annotations"] == {"module.wasm.image/variant": "compat-smart"}
     assert pod["spec"]["runtimeClassName"] == "crun-wasm"

@@ -31,7 +31,7 @@ def workloads_stage() -> None:
         script = role_path("workloads", "files", "devices.sh").read_text()
         detected = json.loads(host.get_fact(CommandOutput, argv=["sh", "-c", script, "devices"]) or "{}")
         labels = {**detected, **labels}  # inventory labels win
-    wanted = node_metadata.wanted_labels(labels, v["workloads_wasm_label"], engine)
+    wanted = node_metadata.wanted_labels(labels, v, engine, fleet("edge_wasm_handler"))
     crun = host.get_fact(CommandOutput, argv=[fleet("edge_wasm_crun_path"), "--version"])
     ops.node_labels(
         name="Reconcile the labels and taints edge-provision owns",

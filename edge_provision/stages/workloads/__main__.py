@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_provision.stages.workloads.node_metadata import crun_summary, reconcile_labels
+from edge_provision.stages.workloads.node_metadata import crun_summary, reconcile_labels, wanted_labels
 from edge_provision.stages.workloads.samples import manifests, misplaced_pods, role_variables, verify
 
 
@@ -20,7 +20,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = sub.add_parser("labels", help="reconcile the labels edge-provision owns on a node")
     labels.add_argument("--kubeconfig", type=Path, required=True)
     labels.add_argument("--node", required=True)
-    labels.add_argument("--labels", required=True, help="JSON object of the wanted labels")
+    labels.add_argument("--labels", required=True, help="JSON object of the inventory's and detected labels")
+    labels.add_argument("--wasm", nargs=2, required=True, metavar=("ENGINE", "HANDLER"),
+                        help="the node's Wasm engine and the fleet's handler (labelled as the role says)")
+    labels.add_argument("--vars", default="{}", help="JSON object of the role's settings (overrides)")
     labels.add_argument("--taints", default="[]", help="JSON list of the wanted taints")
     labels.add_argument("--crun-version", default="", help="output of the node's `crun --version`")
     labels.add_argument("--check", action="store_true", help="report, change nothing")
@@ -40,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             changed = reconcile_labels(
                 args.kubeconfig,
                 args.node,
-                json.loads(args.labels),
+                wanted_labels(json.loads(args.labels), role_variables(json.loads(args.vars)), *args.wasm),
                 json.loads(args.taints),
                 crun_summary(args.crun_version),
                 dry_run=args.check,

@@ -90,8 +90,13 @@ def annotation_patch(annotations: Mapping[str, str], crun: str) -> dict[str, Any
     return {"metadata": {"annotations": {CRUN_ANNOTATION: crun or None}}}
 
 
-def wanted_labels(inventory_labels: Mapping[str, Any], wasm_label: str, engine: str) -> dict[str, str]:
-    return {**{str(k): str(v) for k, v in inventory_labels.items()}, wasm_label: engine}
+def wanted_labels(inventory_labels: Mapping[str, Any], variables: Mapping[str, Any], engine: str,
+                  handler: str) -> dict[str, str]:
+    """A node's labels: the inventory's, its Wasm engine under ``workloads_wasm_label`` and the
+    Wasm handler (what the RuntimeClass schedules by) under ``workloads_wasm_handler_label``."""
+    return {**{str(k): str(v) for k, v in inventory_labels.items()},
+            str(variables["workloads_wasm_label"]): engine,
+            str(variables["workloads_wasm_handler_label"]): handler}
 
 
 def reconcile_labels(
