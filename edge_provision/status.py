@@ -11,8 +11,9 @@ from typing import Any
 from edge_provision.stages.cluster import kube_api
 from edge_provision.stages.workloads import node_metadata, samples
 
-# Labels every node has; left out of the table (--json keeps them).
+# Labels every node has, and the Wasm ones (their own column); left out of LABELS (--json keeps them).
 _COMMON_PREFIXES = ("kubernetes.io/", "beta.kubernetes.io/", "node-role.kubernetes.io/")
+_WASM_LABELS = ("edge-provision.io/wasm", "edge-provision.io/wasm-handler")
 
 
 def fleet_status(kubeconfig: Path, *, retries: int = kube_api.API_RETRIES) -> list[dict[str, Any]]:
@@ -61,7 +62,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         own = ",".join(
             f"{k}={v}"
             for k, v in r["labels"].items()
-            if not k.startswith(_COMMON_PREFIXES) and k != "edge-provision.io/wasm"
+            if not k.startswith(_COMMON_PREFIXES) and k not in _WASM_LABELS
         )
         table.append((r["name"], "yes" if r["ready"] else "NO", r.get("os") or "-", r["kubelet"],
                       r["container_runtime"], r["crun"] or "-", r["wasm_engine"] or "-", own or "-",
