@@ -151,7 +151,8 @@ def test_labels_of_a_node_the_cluster_does_not_have_fail_naming_it(
 ) -> None:
     """As for a host that failed earlier in the run: one line naming the node, no API dump."""
     kubeconfig = _kubeconfig_through(api, _api_port(api), tmp_path)
-    rc = workloads_cli.main(["labels", f"--kubeconfig={kubeconfig}", "--node=edge-failed", '--labels={"a": "b"}'])
+    rc = workloads_cli.main(["labels", f"--kubeconfig={kubeconfig}", "--node=edge-failed", '--labels={"a": "b"}',
+                             "--wasm", "wasmtime", "crun-wasm"])
     assert rc == 1
     assert capsys.readouterr().err == (
         "edge-provision workloads labels: node edge-failed is not registered with the cluster"
