@@ -204,3 +204,14 @@ def elf_info(data: bytes) -> tuple[str, bool]:
     if arch == "amd64" and not is64:
         arch = "x32"
     return arch, not interp
+
+
+def static_elf_problem(data: bytes, name: str, arch: str) -> str:
+    """Why the executable ``name`` (its bytes ``data``) is not a static ``arch`` ELF binary, or ``''``."""
+    try:
+        built_arch, static = elf_info(data)
+    except ValueError as exc:
+        return f"{name}: {exc}"
+    if built_arch != arch or not static:
+        return f"{name} came out {built_arch}, static={static}; wanted static {arch}"
+    return ""

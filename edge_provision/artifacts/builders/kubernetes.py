@@ -49,11 +49,11 @@ from edge_provision.artifacts.builders._common import (
     PINS_STEP,
     apt_source,
     cached_manifest,
-    elf_info,
     enable_deb_src,
     install_build_deps,
     load_versions,
     staged_build,
+    static_elf_problem,
 )
 from edge_provision.artifacts.debian import APT_ENV, host_arch, package_version, upstream_version
 from edge_provision.artifacts.fetch import VERSIONS_FILE
@@ -361,14 +361,9 @@ def _check_binary(path: Path, name: str, arch: str, pins: Pins) -> str:
     """The version a binary reports (``v1.20.2``); runs it when native, else reads its ELF header."""
     step = f"check {name}"
     data = path.read_bytes()
-    try:
-        built_arch, static = elf_info(data)
-    except ValueError as exc:
-        raise KubernetesBuildError(step, f"{name}: {exc}") from exc
-    if built_arch != arch or not static:
-        raise KubernetesBuildError(
-            step, f"{name} came out {built_arch}, static={static}; wanted static {arch}"
-        )
+    problem = static_elf_problem(data, name, arch)
+    if problem:
+        raise KubernetesBuildError(step, problem)
     want = f"v{pins.version}"
     if arch != host_arch():
         if want.encode() not in data:

@@ -65,9 +65,9 @@ from edge_provision.artifacts import (
 from edge_provision.artifacts.builders._common import (
     PINS_STEP,
     cached_manifest,
-    elf_info,
     load_versions,
     staged_build,
+    static_elf_problem,
 )
 from edge_provision.artifacts.debian import host_arch
 from edge_provision.artifacts.fetch import VERSIONS_FILE
@@ -563,14 +563,9 @@ def check_binary(path: Path, name: str, arch: str, component: str, pins: Pins) -
     string inside; a binary of another architecture, dynamic, or of another version fails."""
     step = f"check {name}"
     data = path.read_bytes()
-    try:
-        built_arch, static = elf_info(data)
-    except ValueError as exc:
-        raise KubernetesModulesBuildError(step, f"{name}: {exc}") from exc
-    if built_arch != arch or not static:
-        raise KubernetesModulesBuildError(
-            step, f"{name} came out {built_arch}, static={static}; wanted static {arch}"
-        )
+    problem = static_elf_problem(data, name, arch)
+    if problem:
+        raise KubernetesModulesBuildError(step, problem)
     args, want = version_check(name, component, pins)
     if arch != host_arch():
         token = want.split()[-1]
