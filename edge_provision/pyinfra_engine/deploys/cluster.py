@@ -18,8 +18,7 @@ from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from edge_provision.inventory import node_address
-from edge_provision.pyinfra_engine.deploys.common import fleet
-from edge_provision.pyinfra_engine.facts.common import OsRelease
+from edge_provision.pyinfra_engine.deploys.common import fleet, host_release
 from edge_provision.pyinfra_engine.operations import cluster as ops
 from edge_provision.pyinfra_engine.operations import runtime as runtime_ops
 from edge_provision.role_files import render_template, role_defaults, role_dependencies, role_vars
@@ -36,8 +35,8 @@ def _artifacts(
 def _controller(what: str, binaries: tuple[str, ...], images: tuple[str, ...],
                 packages: tuple[str, ...]) -> dict[str, Any]:
     """This host's Kubernetes artifacts: for its architecture, and packages of its OS release."""
+    release = host_release()
     try:
-        release = str(host.get_fact(OsRelease)["release"])
         return _artifacts(fleet("edge_arch"), release, binaries, images, packages)
     except Exception as exc:  # the builders' own errors name their step and output
         raise DeployError(f"host {host.name}: {what}: {exc}") from exc

@@ -12,9 +12,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.context import host
 from pyinfra.operations import apt, files, systemd
 
-from edge_provision.artifacts.debian import release_error
-from edge_provision.pyinfra_engine.deploys.common import fleet
-from edge_provision.pyinfra_engine.facts.common import OsRelease
+from edge_provision.pyinfra_engine.deploys.common import fleet, host_release
 from edge_provision.pyinfra_engine.operations import runtime as ops
 from edge_provision.role_files import render_template, role_vars
 from edge_provision.stages.runtime import controller as runtime_controller
@@ -72,11 +70,7 @@ def _packages(v: dict[str, Any], packages: list[str], arch: str, release: str, n
 def _node() -> tuple[str, list[str]]:
     """The host's OS release and the packages of its own crun with its Wasm engine ([] when crun
     is built on the controller), as the containerd role's preflight finds them."""
-    os_release = host.get_fact(OsRelease)
-    release = str(os_release["release"])
-    problem = release_error(release)
-    if problem:
-        raise DeployError(f"host {host.name} runs {os_release['pretty_name']}: {problem}")
+    release = host_release()
     distro = runtime_controller.distro_crun_packages(
         fleet("edge_wasm_engine"), release, fleet("edge_wasm_distro_packages"))
     return release, distro
