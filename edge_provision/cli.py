@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from edge_provision import inventory
@@ -88,14 +89,18 @@ def _artifacts(args: argparse.Namespace) -> int:
     if args.artifacts_command == "fetch":
         return _artifacts_fetch(args)
     if args.artifacts_command == "build":
-        from edge_provision.artifacts.builders import crun, images, kubernetes
+        from edge_provision.artifacts.builders import crun, images
+        from edge_provision.artifacts.builders import kubernetes_modules as modules
 
         builders: dict[str, Callable[[], Path]] = {
             "crun (Wasm)": lambda: crun.build_crun(args.arch),
             "wasi-demo image": images.build_wasi_demo_image,
             "busybox image": lambda: images.build_busybox_image(args.arch),
             "pause image": lambda: images.build_pause_image(args.arch),
-            "kubernetes": lambda: kubernetes.build_kubernetes(args.arch),
+            # Kubernetes, crictl, etcd, CoreDNS, flannel from their Go modules, then their images.
+            **{name: partial(modules.build_component, name, args.arch) for name in modules.all_components()},
+            **{f"{name} image": partial(images.build_cluster_image, name, args.arch)
+               for name in images.CLUSTER_IMAGES},
         }
         for what, build in builders.items():
             try:

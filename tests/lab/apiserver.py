@@ -1,8 +1,7 @@
 """A real Kubernetes API on the controller for lab tests that have no control plane on a host.
 
-etcd (Debian's etcd-server .deb, unpacked) and kube-apiserver 1.20.2 (built by
-`edge-provision artifacts build`, the same binary the kubeadm control plane runs) listen on
-loopback with a CA and serving certificate made here, and a static admin token. The joins of
+etcd and kube-apiserver (built from their Go modules by `edge-provision artifacts build`, the
+same binaries the kubeadm control plane's images carry) listen on loopback with a CA and serving certificate made here, and a static admin token. The joins of
 k3s, KubeEdge and OpenYurt with stand-in tools talk to it for everything that goes through the
 API (bootstrap tokens, the CA hash, node labels, k3s's node-password Secret).
 """
@@ -27,8 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from edge_provision.artifacts.builders.kubernetes import build_kubernetes
-from edge_provision.stages.runtime.controller import debs
+from edge_provision.artifacts.builders.kubernetes_modules import build_etcd, build_kubernetes_modules
 
 
 @dataclass
@@ -87,9 +85,8 @@ def local_api(directory: Path, apiserver_args: Sequence[str] = ()) -> Iterator[L
     """etcd and kube-apiserver (with ``apiserver_args`` too) on loopback until the context ends
     (both stopped, then)."""
     directory.mkdir(parents=True, exist_ok=True)
-    etcd_deb = next(d for d in debs(["etcd-server"], "amd64") if d["package"] == "etcd-server")
-    subprocess.run(["dpkg-deb", "-x", etcd_deb["path"], str(directory / "etcd-root")], check=True)
-    apiserver = build_kubernetes("amd64") / "kube-apiserver"
+    etcd = build_etcd("amd64") / "etcd"
+    apiserver = build_kubernetes_modules("amd64") / "kube-apiserver"
     ca_pem = _certificates(directory)
     admin_token = secrets.token_hex(16)
     (directory / "tokens.csv").write_text(f'{admin_token},admin,admin,"system:masters"\n')
@@ -98,7 +95,7 @@ def local_api(directory: Path, apiserver_args: Sequence[str] = ()) -> Iterator[L
     processes = []
     try:
         processes.append(subprocess.Popen(
-            [str(directory / "etcd-root/usr/bin/etcd"), "--data-dir", str(directory / "etcd"),
+            [str(etcd), "--data-dir", str(directory / "etcd"),
              "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
              "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
              "--listen-peer-urls", f"http://127.0.0.1:{peer_port}"],
@@ -106,7 +103,7 @@ def local_api(directory: Path, apiserver_args: Sequence[str] = ()) -> Iterator[L
         ))
         processes.append(subprocess.Popen(
             [str(apiserver), f"--etcd-servers=http://127.0.0.1:{etcd_port}", "--bind-address=127.0.0.1",
-             f"--secure-port={api_port}", "--insecure-port=0", f"--cert-dir={directory}",
+             f"--secure-port={api_port}", f"--cert-dir={directory}",
              f"--tls-cert-file={directory / 'server.crt'}", f"--tls-private-key-file={directory / 'server.key'}",
              f"--token-auth-file={directory / 'tokens.csv'}", "--authorization-mode=RBAC",
              f"--service-account-key-file={directory / 'sa.key'}",

@@ -3,7 +3,7 @@
 k3s, keadm and yurtadm are in no registry reachable from the lab, so this module installs
 stand-ins for them on the lab hosts (tests/lab/standins/: they record their argv and
 environment, leave the files the real tools leave and refuse what the real tools refuse; no role
-ever ships them). What goes through the Kubernetes API is real: a kube-apiserver 1.20.2 with
+ever ships them). What goes through the Kubernetes API is real: a kube-apiserver (versions.yml's Kubernetes) with
 etcd on the controller's loopback (tests/lab/apiserver.py) is the fleet's cluster, and the Node
 objects the stand-ins' kubelets would register are created in it by this module.
 

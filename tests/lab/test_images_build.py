@@ -1,19 +1,29 @@
-"""Real builds of the lab's images: the WASI demo module, and the wasi-demo / busybox / pause tarballs.
+"""Real builds of the lab's images: the WASI demo module, the wasi-demo / busybox / pause tarballs
+and the Kubernetes images (kube-apiserver, kube-controller-manager, kube-scheduler, etcd,
+kube-proxy, coredns, flannel). No lab host is started.
 
-Needs Debian's clang, lld, wasi-libc, libclang-rt-14-dev-wasm32, busybox-static and gcc,
-and Debian's source archive (the pause image's pause.c comes from the kubernetes source
-package). Each build goes into a temporary cache. The demo module is run if the Python
-``wasmtime`` package is importable; the tarballs are imported into a throwaway containerd
-if ``containerd`` and ``ctr`` are installed and we are root.
+Needs Debian's clang, lld, wasi-libc, libclang-rt-14-dev-wasm32 and the builders' root (pause
+is compiled there), ``go`` (pause.c comes from the k8s.io/kubernetes Go module the Kubernetes
+build downloads) and a Debian mirror (busybox-static, iptables, conntrack and their closure are
+downloaded). Each image goes into a temporary cache; the Go module builds of
+:mod:`builders.kubernetes_modules` are the real cache's (linked in: built there when missing,
+minutes each). The demo module is run if the Python ``wasmtime`` package is importable; the
+Kubernetes images' binaries, iptables and conntrack are run in a chroot of each image's layers
+(root); the tarballs are imported into a throwaway containerd if ``containerd`` and ``ctr`` are
+installed and we are root.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,14 +33,24 @@ import pytest
 
 from edge_provision import artifacts
 from edge_provision.artifacts import debian, oci
-from edge_provision.artifacts.builders import images
+from edge_provision.artifacts.builders import images, kubernetes_modules
 from edge_provision.artifacts.builders._common import elf_info
 
 pytestmark = pytest.mark.lab
 
+REAL_ARTIFACTS = artifacts.ARTIFACTS_DIR
+MODULE_BUILDS = ("kubernetes-modules", "etcd", "coredns", "flannel", "flannel-cni")
+HOST = debian.host_arch()
+OTHER = {"amd64": "arm64", "arm64": "amd64"}[HOST]
 
 
 def _use_cache(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Build into ``root``, the Go module builds (minutes each) taken from the real cache."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in MODULE_BUILDS:
+        (REAL_ARTIFACTS / name).mkdir(parents=True, exist_ok=True)
+        if not (root / name).exists():
+            (root / name).symlink_to(REAL_ARTIFACTS / name)
     monkeypatch.setattr(artifacts, "ARTIFACTS_DIR", root)
 
 
@@ -47,6 +67,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
             "pause": images.build_pause_image(debian.host_arch()),
             "root": root,
         }
+
+
+@pytest.fixture(scope="module")
+def cluster(built: dict[str, Path]) -> dict[str, dict[str, Path]]:
+    """The Kubernetes images for this machine's architecture, and kube-proxy's and flannel's for
+    the other one, in the cache of ``built`` (still in use)."""
+    return {
+        HOST: images.kubernetes_images(HOST, "control-plane"),
+        OTHER: {name: images.build_cluster_image(name, OTHER) for name in ("kube-proxy", "flannel")},
+    }
 
 
 def test_wasi_demo_compiles_to_a_small_module(built: dict[str, Path]) -> None:
@@ -184,11 +214,23 @@ def test_busybox_image(built: dict[str, Path]) -> None:
     ]
 
 
+def _kubeadm_constant(name: str) -> str:
+    """A string constant of kubeadm's constants.go in the pinned k8s.io/kubernetes module."""
+    version = f"v{kubernetes_modules.load_pins().version}"
+    module = Path(kubernetes_modules.download_module(kubernetes_modules.KUBERNETES_MODULE, version)["Dir"])
+    text = (module / "cmd/kubeadm/app/constants/constants.go").read_text()
+    match = re.search(rf'^\s*{name}\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    assert match, name
+    return match.group(1)
+
+
 def test_pause_image(built: dict[str, Path]) -> None:
     files, _, (manifest,) = _index_and_manifests(built["pause"])
     info = images.image_info(built["pause"])
     source = images.fetch_pause_source()
-    assert info.reference == f"edge-provision.local/pause:{source.version}"
+    assert info.reference == f"edge-provision.local/pause:{source.version}" == images.references()["pause"]
+    assert source.module == f"k8s.io/kubernetes@v{kubernetes_modules.load_pins().version}"
+    assert source.version == _kubeadm_constant("PauseVersion")  # what kubeadm pulls and checks
     layer = files["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]]  # type: ignore[index]
     assert oci.list_layer(layer) == [("pause", "file", 0o755, "")]
     binary = images.compile_pause(debian.host_arch(), source)
@@ -197,8 +239,89 @@ def test_pause_image(built: dict[str, Path]) -> None:
     assert version == f"pause.c v{source.version}-kubernetes-{source.kubernetes_version}\n"
 
 
+def test_cluster_images_carry_the_references_kubeadm_asks_for(cluster: dict[str, dict[str, Path]]) -> None:
+    refs = images.references()
+    pins = kubernetes_modules.load_pins()
+    assert set(cluster[HOST]) == set(images.CLUSTER_IMAGES)
+    for arch, tarballs in cluster.items():
+        for name, tarball in tarballs.items():
+            info = images.image_info(tarball)
+            assert info.reference == refs[name], (arch, name)
+            assert info.platforms == (str(oci.Platform.linux(arch)),)
+    assert refs["kube-apiserver"] == f"edge-provision.local/kube-apiserver:v{pins.version}"
+    assert refs["etcd"] == f"edge-provision.local/etcd:{pins.etcd_version}-0"
+    assert refs["coredns"] == f"edge-provision.local/coredns:v{pins.coredns_version}"
+    assert refs["coredns"].endswith(":" + _kubeadm_constant("CoreDNSVersion"))  # what kubeadm deploys
+    assert refs["flannel"] == f"edge-provision.local/flannel:v{kubernetes_modules.load_flannel_pins().version}"
+
+
+def _layers(tarball: Path) -> list[str]:
+    _, _, (manifest,) = _index_and_manifests(tarball)
+    return [layer["digest"] for layer in manifest["layers"]]  # type: ignore[index]
+
+
+def test_kube_proxy_and_flannel_share_the_iptables_layer(cluster: dict[str, dict[str, Path]]) -> None:
+    for arch in (HOST, OTHER):
+        proxy, flannel = _layers(cluster[arch]["kube-proxy"]), _layers(cluster[arch]["flannel"])
+        assert len(proxy) == len(flannel) == 2
+        assert proxy[0] == flannel[0], arch
+        assert proxy[1] != flannel[1]
+    assert _layers(cluster[HOST]["kube-proxy"])[0] != _layers(cluster[OTHER]["kube-proxy"])[0]
+    # The build ran the other architecture's iptables under qemu-user: "(nf_tables)", or the nft
+    # variant failing to open its netlink socket there.
+    checks = json.loads((cluster[OTHER]["kube-proxy"].parent / "image.json").read_text())["checks"]
+    assert "nf" in checks["/usr/sbin/iptables --version"]
+
+
+def _rootfs(tarball: Path, dest: Path) -> list[str]:
+    """Unpack the image's layers in order into ``dest``; its config's Env."""
+    files = oci.read_archive(tarball)
+    _, _, (manifest,) = _index_and_manifests(tarball)
+    for layer in manifest["layers"]:  # type: ignore[index]
+        blob = files["blobs/sha256/" + layer["digest"].split(":")[1]]
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            tar.extractall(dest, filter="fully_trusted")  # our own image
+    config = json.loads(files["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])  # type: ignore[index]
+    return list(config["config"].get("Env", []))
+
+
+def _version_commands() -> dict[str, list[tuple[list[str], str]]]:
+    """Image -> (command, text its output must contain), run in a chroot of the image."""
+    pins = kubernetes_modules.load_pins()
+    kubernetes = f"Kubernetes v{pins.version}"
+    iptables = [([command, "--version"], "(nf_tables)") for command in images.IPTABLES_COMMANDS]
+    flannel = kubernetes_modules.load_flannel_pins()
+    return {
+        **{name: [([name, "--version"], kubernetes)] for name in images.CONTROL_PLANE_COMPONENTS},
+        "etcd": [(["etcd", "--version"], f"etcd Version: {pins.etcd_version}"),
+                 (["etcdctl", "version"], f"etcdctl version: {pins.etcd_version}")],
+        "kube-proxy": [(["kube-proxy", "--version"], kubernetes), *iptables,
+                       (["conntrack", "--version"], "conntrack v")],
+        "coredns": [(["/coredns", "-version"], f"CoreDNS-{pins.coredns_version}")],
+        "flannel": [(["/opt/bin/flanneld", "--version"], f"v{flannel.version}"),
+                    (["/opt/cni/bin/flannel"], f"CNI flannel plugin v{flannel.cni_plugin_version}"), *iptables,
+                    (["conntrack", "--version"], "conntrack v")],
+    }
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+@pytest.mark.parametrize("name", images.CLUSTER_IMAGES)
+def test_each_cluster_image_runs_its_commands_in_a_chroot(
+    cluster: dict[str, dict[str, Path]], tmp_path: Path, name: str
+) -> None:
+    env = _rootfs(cluster[HOST][name], tmp_path)
+    path = next((e for e in env if e.startswith("PATH=")), "PATH=/")  # the image's own
+    chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    assert chroot
+    for argv, want in _version_commands()[name]:
+        proc = subprocess.run([chroot, str(tmp_path), *argv], capture_output=True, text=True,
+                              env={"PATH": path.split("=", 1)[1], "LC_ALL": "C"}, check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and want in output, (argv, proc.returncode, output)
+
+
 def test_builds_are_cached_and_deterministic(
-    built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built: dict[str, Path], cluster: dict[str, dict[str, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Same cache: the very same files come back, untouched.
     with monkeypatch.context() as mp:
@@ -207,6 +330,7 @@ def test_builds_are_cached_and_deterministic(
         assert images.build_busybox_image() == built["busybox"]
         assert built["busybox"].stat().st_mtime_ns == mtime
         assert images.build_wasi_demo_image() == built["wasi-demo"]
+        assert images.build_cluster_image("kube-proxy", HOST) == cluster[HOST]["kube-proxy"]
     # A fresh cache (the downloaded pause.c source reused): byte-identical results.
     other = tmp_path / "cache-b"
     shutil.copytree(built["root"] / "sources", other / "sources")
@@ -220,6 +344,10 @@ def test_builds_are_cached_and_deterministic(
     for name, path in again.items():
         assert path != built[name]
         assert path.read_bytes() == built[name].read_bytes(), name
+    for name in ("kube-proxy", "etcd"):
+        path = images.build_cluster_image(name, HOST)
+        assert path != cluster[HOST][name]
+        assert path.read_bytes() == cluster[HOST][name].read_bytes(), name
 
 
 # --- import into a throwaway containerd --------------------------------------------------
@@ -265,9 +393,9 @@ def containerd() -> Iterator[list[str]]:
 
 
 def test_ctr_imports_every_image_and_the_cri_knows_them(
-    built: dict[str, Path], containerd: list[str]
+    built: dict[str, Path], cluster: dict[str, dict[str, Path]], containerd: list[str]
 ) -> None:
-    tarballs = [built["wasi-demo"], built["busybox"], built["pause"]]
+    tarballs = [built["wasi-demo"], built["busybox"], built["pause"], *cluster[HOST].values()]
     for tarball in tarballs:
         result = subprocess.run(
             [*containerd, "images", "import", str(tarball)], capture_output=True, text=True

@@ -7,7 +7,7 @@ restarted). The controller waits for it, so a node is touched only with a token 
 a token the cluster never signs fails on the controller, naming its ID.
 
 A real kube-apiserver and etcd (tests/lab/apiserver.py) carry a cluster-info like kubeadm's; the
-real kube-controller-manager 1.20.2 (the control plane's binary) runs only its bootstrapsigner
+real kube-controller-manager (the control plane's binary) runs only its bootstrapsigner
 controller, as kubeadm enables it (it is off by default).
 """
 
@@ -23,7 +23,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edge_provision.artifacts.builders.kubernetes import build_kubernetes
+from edge_provision.artifacts.builders.kubernetes_modules import build_kubernetes_modules
 from edge_provision.stages.cluster import common, kube_api
 from tests.lab.apiserver import LocalApi, local_api
 
@@ -63,8 +63,8 @@ def kubeconfig(api: tuple[LocalApi, Path]) -> Iterator[Path]:
 def bootstrap_signer(kubeconfig: Path) -> Iterator[subprocess.Popen[bytes]]:
     log = open(kubeconfig.parent / "controller-manager.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [str(build_kubernetes("amd64") / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
-         "--controllers=bootstrapsigner", "--leader-elect=false", "--port=0", "--secure-port=0"],
+        [str(build_kubernetes_modules("amd64") / "kube-controller-manager"), f"--kubeconfig={kubeconfig}",
+         "--controllers=bootstrap-signer-controller", "--leader-elect=false", "--secure-port=0"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     yield process

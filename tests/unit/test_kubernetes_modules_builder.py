@@ -1,10 +1,12 @@
-"""Kubernetes-from-Go-modules builder: pins, the wrapper go.mod, ldflags, cache keys, cache hits
-(no go, no network, no build)."""
+"""Kubernetes-from-Go-modules builder (Kubernetes, crictl, etcd, CoreDNS, flannel): pins by minor,
+the components, the wrapper go.mod, ldflags, cache keys, cache hits (no go, no network, no build)."""
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,8 +19,11 @@ PINS = builder.Pins(
     git_commit="26c89157669bdc7e3657302bc1abde758507095b",
     crictl_version="1.34.0",
     etcd_version="3.6.17",
+    coredns_version="1.12.1",
 )
+FLANNEL = builder.FlannelPins(version="0.28.7", cni_plugin_version="0.9.1")
 GO = "go1.26.8"
+ENTRY = {"version": "1.34.12", "crictl_version": "1.34.0", "etcd_version": "3.6.17", "coredns_version": "1.12.1"}
 
 # `go mod edit -json` of k8s.io/kubernetes' go.mod, cut down: a staging module required at the
 # placeholder v0.0.0, one not required at all, an ordinary dependency.
@@ -55,10 +60,16 @@ ETCD_MODFILE = {
 }
 
 
-def _versions(tmp_path: Path, entry: object) -> Path:
+def _write(tmp_path: Path, data: object) -> Path:
     path = tmp_path / "versions.yml"
-    path.write_text(yaml.safe_dump({builder.PIN_KEY: entry}))
+    path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _versions(tmp_path: Path, entry: object, minor: Any = "1.34") -> Path:
+    """A versions.yml pinning ``entry`` as Kubernetes ``minor``, and flannel."""
+    return _write(tmp_path, {builder.PIN_KEY: {minor: entry},
+                             builder.FLANNEL_PIN_KEY: {"version": "0.28.7", "cni_plugin_version": "0.9.1"}})
 
 
 # -- pins ---------------------------------------------------------------------------------------
@@ -66,32 +77,60 @@ def _versions(tmp_path: Path, entry: object) -> Path:
 
 def test_versions_yml_pins_a_1_34_release_with_matching_staging_version() -> None:
     pins = builder.load_pins()
-    assert pins.version.startswith("1.34.")
+    assert builder.DEFAULT_MINOR == "1.34"
+    assert pins.minor == "1.34" and pins.version.startswith("1.34.")
     assert pins.staging_version == "0.34." + pins.version.split(".")[2]
-    assert pins.etcd_version.startswith("3.6.")
+    assert pins.etcd_version.startswith("3.6.")  # kubeadm 1.34: SupportedEtcdVersion[34] = 3.6.5-0
+    assert pins.coredns_version == "1.12.1"  # kubeadm 1.34: CoreDNSVersion = v1.12.1
     assert pins.crictl_version.split(".")[:2] == pins.version.split(".")[:2]
     assert len(pins.git_commit) == 40
+    assert builder.load_pins(minor="1.34") == builder.load_pins(builder.VERSIONS_FILE, "v1.34") == pins
 
 
-def test_versions_yml_keeps_the_debian_source_kubernetes_entry() -> None:
+def test_versions_yml_keys_kubernetes_by_minor_and_pins_flannel() -> None:
     data = yaml.safe_load(builder.VERSIONS_FILE.read_text())
-    assert data["kubernetes"]["source"] == "debian-source"
-    assert builder.PIN_KEY in data
+    assert builder.PIN_KEY == "kubernetes"
+    assert "kubernetes_modules" not in data and "etcd" not in data  # the Debian-era entries are gone
+    assert set(data["kubernetes"]) == {builder.DEFAULT_MINOR}
+    assert builder.pinned_minors() == [builder.DEFAULT_MINOR]
+    flannel = builder.load_flannel_pins()
+    assert flannel.version.startswith("0.2")
+    assert flannel.cni_plugin_version == "0.9.1"  # the last containernetworking/plugins with meta/flannel
 
 
 def test_load_pins_strips_a_leading_v(tmp_path: Path) -> None:
-    path = _versions(tmp_path, {"version": "v1.34.12", "crictl_version": "v1.34.0", "etcd_version": "3.6.17"})
-    assert builder.load_pins(path) == builder.Pins("1.34.12", "", "1.34.0", "3.6.17")
+    path = _versions(tmp_path, {"version": "v1.34.12", "crictl_version": "v1.34.0", "etcd_version": "3.6.17",
+                                "coredns_version": "v1.12.1"})
+    assert builder.load_pins(path) == builder.Pins("1.34.12", "", "1.34.0", "3.6.17", "1.12.1")
+
+
+def test_load_pins_picks_the_minor(tmp_path: Path) -> None:
+    path = _write(tmp_path, {builder.PIN_KEY: {
+        "1.34": ENTRY, "1.35": {**ENTRY, "version": "1.35.2", "crictl_version": "1.35.0"}}})
+    assert builder.load_pins(path).version == "1.34.12"
+    assert builder.load_pins(path, minor="1.35").version == "1.35.2"
+    assert builder.pinned_minors(path) == ["1.34", "1.35"]
+
+
+def test_a_missing_minor_names_the_pinned_ones(tmp_path: Path) -> None:
+    path = _write(tmp_path, {builder.PIN_KEY: {"1.34": ENTRY, "1.9": {**ENTRY, "version": "1.9.1"}}})
+    with pytest.raises(builder.KubernetesModulesBuildError, match="read pins") as info:
+        builder.load_pins(path, minor="1.35")
+    assert "no Kubernetes 1.35 pinned" in str(info.value)
+    assert "(pinned minors: 1.9, 1.34)" in str(info.value)
 
 
 @pytest.mark.parametrize(
     ("entry", "words"),
     [
-        ({"crictl_version": "1.34.0", "etcd_version": "3.6.17"}, "'version'"),
-        ({"version": "1.34", "crictl_version": "1.34.0", "etcd_version": "3.6.17"}, "want a release X.Y.Z"),
-        ({"version": "1.34.1", "crictl_version": "1.34.0", "etcd_version": "3.6.17", "git_commit": "abc"},
-         "40 hex digits"),
-        ("not a mapping", "kubernetes_modules"),
+        ({k: v for k, v in ENTRY.items() if k != "version"}, "'version'"),
+        ({k: v for k, v in ENTRY.items() if k != "coredns_version"}, "'coredns_version'"),
+        ({**ENTRY, "version": "1.34"}, "want a release X.Y.Z"),
+        ({**ENTRY, "coredns_version": "latest"}, 'kubernetes."1.34".coredns_version is \'latest\''),
+        ({**ENTRY, "etcd_version": "3.6"}, "want a release X.Y.Z"),
+        ({**ENTRY, "version": "1.35.0"}, "want a 1.34 release"),
+        ({**ENTRY, "git_commit": "abc"}, "40 hex digits"),
+        ("not a mapping", "want a mapping"),
     ],
 )
 def test_bad_pins_fail_naming_the_key(tmp_path: Path, entry: object, words: str) -> None:
@@ -99,6 +138,66 @@ def test_bad_pins_fail_naming_the_key(tmp_path: Path, entry: object, words: str)
         builder.load_pins(_versions(tmp_path, entry))
     assert words in str(info.value)
     assert isinstance(info.value, ArtifactBuildError)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({}, "lacks kubernetes:"),
+        ({"kubernetes": {"version": "1.34.12"}}, "has the key 'version'"),
+        ({"kubernetes": {1.34: ENTRY}}, "want a quoted minor version"),  # YAML: kubernetes: {1.34: ...}
+        ({"kubernetes": ENTRY | {"source": "debian-source"}}, "has the key"),  # the old flat entry
+        ({"kubernetes_modules": ENTRY}, "lacks kubernetes:"),
+    ],
+)
+def test_a_bad_kubernetes_mapping_fails(tmp_path: Path, data: object, words: str) -> None:
+    with pytest.raises(builder.KubernetesModulesBuildError, match="read pins") as info:
+        builder.load_pins(_write(tmp_path, data))
+    assert words in str(info.value)
+
+
+def test_a_bad_minor_argument_fails() -> None:
+    with pytest.raises(builder.KubernetesModulesBuildError, match=r"want a minor version like 1\.34"):
+        builder.load_pins(minor="1.34.12")
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        (None, "'flannel'"),
+        ({"version": "0.28.7"}, "'cni_plugin_version'"),
+        ({"version": "0.28", "cni_plugin_version": "0.9.1"}, "flannel.version is '0.28'"),
+        ({"version": "v0.28.7", "cni_plugin_version": "main"}, "flannel.cni_plugin_version is 'main'"),
+    ],
+)
+def test_bad_flannel_pins_fail_naming_the_key(tmp_path: Path, entry: object, words: str) -> None:
+    data = {builder.PIN_KEY: {"1.34": ENTRY}, **({builder.FLANNEL_PIN_KEY: entry} if entry else {})}
+    with pytest.raises(builder.KubernetesModulesBuildError, match="read pins") as info:
+        builder.load_flannel_pins(_write(tmp_path, data))
+    assert words in str(info.value)
+
+
+def test_load_flannel_pins_strips_a_leading_v(tmp_path: Path) -> None:
+    path = _write(tmp_path, {builder.FLANNEL_PIN_KEY: {"version": "v0.28.7", "cni_plugin_version": "v0.9.1"}})
+    assert builder.load_flannel_pins(path) == FLANNEL
+
+
+def test_kubernetes_components_need_no_flannel_pins(tmp_path: Path) -> None:
+    path = _write(tmp_path, {builder.PIN_KEY: {"1.34": ENTRY}})
+    assert builder.pinned_component("coredns", versions_file=path).version == "1.12.1"
+    with pytest.raises(builder.KubernetesModulesBuildError, match="'flannel'"):
+        builder.pinned_component("flannel-cni", versions_file=path)
+
+
+def test_flannel_components_ignore_the_minor(tmp_path: Path) -> None:
+    path = _versions(tmp_path, ENTRY)
+    assert builder.pinned_component("flannel", minor="1.99", versions_file=path).version == "0.28.7"
+
+
+def test_an_unknown_component_names_the_known_ones() -> None:
+    with pytest.raises(builder.KubernetesModulesBuildError, match="unknown component 'calico'") as info:
+        builder.pinned_component("calico")
+    assert "kubernetes-modules, crictl, etcd, coredns, flannel, flannel-cni" in str(info.value)
 
 
 # -- the wrapper go.mod --------------------------------------------------------------------------
@@ -163,8 +262,10 @@ def test_etcd_wrapper_requires_server_and_etcdctl_at_the_pin() -> None:
 
 
 def test_components_name_every_binary() -> None:
-    comps = builder.components(PINS)
-    assert set(comps) == {"kubernetes-modules", "crictl", "etcd"}
+    comps = builder.components(PINS, FLANNEL)
+    assert list(comps) == list(builder.all_components()) == [
+        "kubernetes-modules", "crictl", "etcd", "coredns", "flannel", "flannel-cni"]
+    assert list(builder.components(PINS)) == list(builder.KUBERNETES_COMPONENTS)
     assert set(comps["kubernetes-modules"].binaries) == {
         "kubeadm", "kubelet", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy",
         "kubectl",
@@ -172,6 +273,30 @@ def test_components_name_every_binary() -> None:
     assert comps["kubernetes-modules"].local_fallback == "v0.34.12"
     assert set(comps["etcd"].binaries) == {"etcd", "etcdctl"}
     assert comps["crictl"].requires == (("sigs.k8s.io/cri-tools", "v1.34.0"),)
+    assert comps["coredns"].requires == (("github.com/coredns/coredns", "v1.12.1"),)
+    assert dict(comps["coredns"].binaries) == {"coredns": "github.com/coredns/coredns"}
+    assert comps["flannel"].requires == (("github.com/flannel-io/flannel", "v0.28.7"),)
+    assert dict(comps["flannel"].binaries) == {"flanneld": "github.com/flannel-io/flannel"}
+    # The CNI plugin has a wrapper of its own: flannel requires a containernetworking/plugins
+    # without plugins/meta/flannel.
+    assert comps["flannel-cni"].requires == (("github.com/containernetworking/plugins", "v0.9.1"),)
+    assert dict(comps["flannel-cni"].binaries) == {
+        "flannel": "github.com/containernetworking/plugins/plugins/meta/flannel"}
+    for component in comps.values():
+        assert set(component.checks) == set(component.binaries), component.name
+        assert component.module == f"edge-provision.invalid/build/{component.name}"
+    assert [c.name for c in comps.values() if c.git_commit] == ["kubernetes-modules"]
+    assert {name: c.version for name, c in comps.items()} == {
+        "kubernetes-modules": "1.34.12", "crictl": "1.34.0", "etcd": "3.6.17", "coredns": "1.12.1",
+        "flannel": "0.28.7", "flannel-cni": "0.9.1",
+    }
+
+
+def test_flannel_wrappers_require_one_module_each() -> None:
+    comps = builder.flannel_components(FLANNEL)
+    text = builder.wrapper_go_mod(comps["flannel-cni"].module, comps["flannel-cni"].requires, {}, go="1.22.0")
+    assert "\tgithub.com/containernetworking/plugins v0.9.1\n" in text
+    assert "flannel-io" not in text
 
 
 @pytest.mark.parametrize(
@@ -181,6 +306,9 @@ def test_components_name_every_binary() -> None:
         ("go.etcd.io/etcd/server/v3", "server"),
         ("go.etcd.io/etcd/etcdctl/v3", "etcdctl"),
         ("sigs.k8s.io/cri-tools/cmd/crictl", "crictl"),
+        ("github.com/coredns/coredns", "coredns"),
+        ("github.com/flannel-io/flannel", "flannel"),
+        ("github.com/containernetworking/plugins/plugins/meta/flannel", "flannel"),
     ],
 )
 def test_exec_name_is_what_go_build_writes(package: str, name: str) -> None:
@@ -191,7 +319,7 @@ def test_exec_name_is_what_go_build_writes(package: str, name: str) -> None:
 
 
 def test_kubernetes_ldflags_stamp_both_version_packages() -> None:
-    flags = builder.ldflags(builder.components(PINS)["kubernetes-modules"], PINS, "2026-09-23T17:08:30Z")
+    flags = builder.ldflags(builder.components(PINS)["kubernetes-modules"], "2026-09-23T17:08:30Z")
     assert flags.startswith("-s -w ")
     for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         assert f"-X {package}.gitVersion=v1.34.12" in flags
@@ -208,22 +336,64 @@ def test_kubernetes_ldflags_leave_out_an_unknown_commit() -> None:
     assert len(flags) == 10
 
 
-def test_crictl_and_etcd_ldflags() -> None:
-    comps = builder.components(PINS)
-    assert builder.ldflags(comps["crictl"], PINS, "x") == (
-        "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=1.34.0"
+def test_kubernetes_ldflags_stamp_no_commit_when_none_is_pinned() -> None:
+    pins = builder.Pins("1.34.12", "", "1.34.0", "3.6.17", "1.12.1")
+    flags = builder.ldflags(builder.components(pins)["kubernetes-modules"], builder.EPOCH_DATE)
+    assert "gitCommit" not in flags and "buildDate=1970-01-01T00:00:00Z" in flags
+
+
+def test_ldflags_of_the_other_components() -> None:
+    comps = builder.components(PINS, FLANNEL)
+    assert builder.ldflags(comps["crictl"], "x") == (
+        "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=1.34.0"  # cri-tools' Makefile: no v
     )
-    assert builder.ldflags(comps["etcd"], PINS, "x") == "-s -w"
+    assert builder.ldflags(comps["etcd"], "x") == "-s -w"
+    assert builder.ldflags(comps["coredns"], "x") == "-s -w"  # its version is a constant
+    assert builder.ldflags(comps["flannel"], "x") == (
+        "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=v0.28.7"
+    )
+    assert builder.ldflags(comps["flannel-cni"], "x") == (
+        "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=v0.9.1"
+    )
 
 
 def test_version_checks() -> None:
-    assert builder.version_check("kubeadm", "kubernetes-modules", PINS) == (
-        ["version", "-o", "short"], "v1.34.12"
-    )
-    assert builder.version_check("kubelet", "kubernetes-modules", PINS) == (["--version"], "Kubernetes v1.34.12")
-    assert builder.version_check("kubectl", "kubernetes-modules", PINS)[1] == "Client Version: v1.34.12"
-    assert builder.version_check("crictl", "crictl", PINS)[1] == "crictl version 1.34.0"
-    assert builder.version_check("etcd", "etcd", PINS)[1] == "etcd Version: 3.6.17"
+    comps = builder.components(PINS, FLANNEL)
+    kubernetes = comps["kubernetes-modules"].checks
+    assert kubernetes["kubeadm"] == (("version", "-o", "short"), "v1.34.12", "v1.34.12")
+    assert kubernetes["kubelet"] == (("--version",), "Kubernetes v1.34.12", "v1.34.12")
+    assert kubernetes["kube-apiserver"].want == "Kubernetes v1.34.12"
+    assert kubernetes["kubectl"] == (("version", "--client"), "Client Version: v1.34.12", "v1.34.12")
+    assert comps["crictl"].checks["crictl"] == (("--version",), "crictl version 1.34.0", "1.34.0")
+    assert comps["etcd"].checks["etcd"] == (("--version",), "etcd Version: 3.6.17", "3.6.17")
+    assert comps["etcd"].checks["etcdctl"] == (("version",), "etcdctl version: 3.6.17", "3.6.17")
+    assert comps["coredns"].checks["coredns"] == (("-version",), "CoreDNS-1.12.1", "1.12.1")
+    assert comps["flannel"].checks["flanneld"] == (("--version",), "v0.28.7", "v0.28.7")
+    assert comps["flannel-cni"].checks["flannel"] == ((), "CNI flannel plugin v0.9.1", "v0.9.1")
+
+
+def _elf(machine: int, payload: bytes = b"") -> bytes:
+    """A 64-bit little-endian ELF header without program headers (static), then ``payload``."""
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<H", header, 18, machine)
+    struct.pack_into("<Q", header, 32, 64)
+    struct.pack_into("<HH", header, 54, 56, 0)
+    return bytes(header) + payload
+
+
+def test_a_cross_built_binary_must_embed_its_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "host_arch", lambda: "amd64")
+    check = builder.flannel_components(FLANNEL)["flannel"].checks["flanneld"]
+    binary = tmp_path / "flanneld"
+    binary.write_bytes(_elf(183, b"...v0.28.7..."))
+    assert builder.check_binary(binary, "flanneld", "arm64", check) == "(cross-built: contains v0.28.7)"
+    binary.write_bytes(_elf(183, b"...v0.28.6..."))
+    with pytest.raises(builder.KubernetesModulesBuildError, match=r"does not embed its version v0\.28\.7"):
+        builder.check_binary(binary, "flanneld", "arm64", check)
+    binary.write_bytes(_elf(62, b"...v0.28.7..."))
+    with pytest.raises(builder.KubernetesModulesBuildError, match="came out amd64"):
+        builder.check_binary(binary, "flanneld", "arm64", check)
 
 
 # -- environment and cache key ----------------------------------------------------------------------
@@ -245,34 +415,57 @@ def test_build_env_keeps_goproxy_and_sets_the_build_flags() -> None:
 
 def test_cache_key_changes_with_what_shapes_the_build() -> None:
     comps = builder.components(PINS)
-    key = builder.cache_key("amd64", comps["kubernetes-modules"], PINS, GO)
-    assert key == builder.cache_key("amd64", comps["kubernetes-modules"], PINS, GO)
-    newer = builder.Pins("1.34.13", PINS.git_commit, PINS.crictl_version, PINS.etcd_version)
+    key = builder.cache_key("amd64", comps["kubernetes-modules"], GO)
+    assert key == builder.cache_key("amd64", comps["kubernetes-modules"], GO)
+    newer = builder.Pins("1.34.13", PINS.git_commit, PINS.crictl_version, PINS.etcd_version, "1.12.1")
+    other_commit = builder.Pins("1.34.12", "0" * 40, "1.34.0", "3.6.17", "1.12.1")
     others = {
-        builder.cache_key("amd64", builder.components(newer)["kubernetes-modules"], newer, GO),
-        builder.cache_key("arm64", comps["kubernetes-modules"], PINS, GO),
-        builder.cache_key("amd64", comps["kubernetes-modules"], PINS, "go1.26.9"),
-        builder.cache_key("amd64", comps["kubernetes-modules"],
-                          builder.Pins("1.34.12", "0" * 40, "1.34.0", "3.6.17"), GO),
-        builder.cache_key("amd64", comps["crictl"], PINS, GO),
+        builder.cache_key("amd64", builder.components(newer)["kubernetes-modules"], GO),
+        builder.cache_key("arm64", comps["kubernetes-modules"], GO),
+        builder.cache_key("amd64", comps["kubernetes-modules"], "go1.26.9"),
+        builder.cache_key("amd64", builder.components(other_commit)["kubernetes-modules"], GO),
+        builder.cache_key("amd64", comps["crictl"], GO),
     }
     assert key not in others and len(others) == 5
 
 
-def test_cache_key_of_etcd_ignores_the_kubernetes_pin() -> None:
-    newer = builder.Pins("1.34.13", "", PINS.crictl_version, PINS.etcd_version)
-    assert builder.cache_key("amd64", builder.components(newer)["etcd"], newer, GO) == builder.cache_key(
-        "amd64", builder.components(PINS)["etcd"], PINS, GO
+def test_cache_keys_of_the_existing_builds_stay_put() -> None:
+    """The keys of the builds in people's caches (1.34.12, crictl 1.34.0, etcd 3.6.17 with go1.26.8):
+    a change here rebuilds 30 minutes of binaries, so make it on purpose (BUILDER_REVISION)."""
+    comps = builder.components(PINS)
+    assert {(name, arch): builder.cache_key(arch, comps[name], GO)
+            for name in ("kubernetes-modules", "crictl", "etcd") for arch in ("amd64", "arm64")} == {
+        ("kubernetes-modules", "amd64"): "b0964af70e94", ("kubernetes-modules", "arm64"): "4379d42f3d67",
+        ("crictl", "amd64"): "40d066eb953b", ("crictl", "arm64"): "3248967c0745",
+        ("etcd", "amd64"): "aa5c34dc1f05", ("etcd", "arm64"): "3af001c57cbf",
+    }
+
+
+def test_cache_keys_of_the_other_components_ignore_the_kubernetes_pin() -> None:
+    newer = builder.Pins("1.34.13", "", PINS.crictl_version, PINS.etcd_version, PINS.coredns_version)
+    for name in ("etcd", "coredns"):
+        assert builder.cache_key("amd64", builder.components(newer)[name], GO) == builder.cache_key(
+            "amd64", builder.components(PINS)[name], GO
+        )
+    keys = {builder.cache_key(arch, c, GO)
+            for c in builder.components(PINS, FLANNEL).values() for arch in ("amd64", "arm64")}
+    assert len(keys) == 12
+    newer_cni = builder.FlannelPins("0.28.7", "0.9.0")
+    assert builder.cache_key("amd64", builder.flannel_components(newer_cni)["flannel"], GO) == builder.cache_key(
+        "amd64", builder.flannel_components(FLANNEL)["flannel"], GO
+    )
+    assert builder.cache_key("amd64", builder.flannel_components(newer_cni)["flannel-cni"], GO) != (
+        builder.cache_key("amd64", builder.flannel_components(FLANNEL)["flannel-cni"], GO)
     )
 
 
 def test_a_complete_cached_build_is_reused_without_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builder, "go_version", lambda env=None: GO)
     monkeypatch.setattr(builder, "build_dir", lambda name, version, arch, key: tmp_path / name / key)
-    versions = _versions(tmp_path, {"version": "1.34.12", "crictl_version": "1.34.0", "etcd_version": "3.6.17"})
+    versions = _versions(tmp_path, ENTRY)
     pins = builder.load_pins(versions)
     component = builder.components(pins)["crictl"]
-    dest = tmp_path / "crictl" / builder.cache_key("amd64", component, pins, GO)
+    dest = tmp_path / "crictl" / builder.cache_key("amd64", component, GO)
     dest.mkdir(parents=True)
     (dest / "crictl").write_bytes(b"\x7fELF binary")
     (dest / "manifest.json").write_text(json.dumps({"files": {"crictl": {
@@ -292,3 +485,86 @@ def test_missing_go_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(builder, "go_version", lambda env=None: None)
     with pytest.raises(builder.KubernetesModulesBuildError, match="no usable `go`"):
         builder.build_etcd("amd64")
+
+
+def _cached(dest: Path, names: tuple[str, ...]) -> None:
+    """A complete build of ``names`` in ``dest``, as the cache check sees one."""
+    dest.mkdir(parents=True)
+    for name in names:
+        (dest / name).write_bytes(b"\x7fELF " + name.encode())
+    (dest / "manifest.json").write_text(json.dumps({"files": {name: {
+        "sha256": sha256_file(dest / name), "size": (dest / name).stat().st_size} for name in names}}))
+
+
+def test_cached_coredns_and_flannel_builds_are_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "go_version", lambda env=None: GO)
+    monkeypatch.setattr(builder, "build_dir", lambda name, version, arch, key: tmp_path / name / version / key)
+    versions = _write(tmp_path, {
+        builder.PIN_KEY: {"1.34": ENTRY, "1.35": {**ENTRY, "version": "1.35.1", "coredns_version": "1.12.4"}},
+        builder.FLANNEL_PIN_KEY: {"version": "0.28.7", "cni_plugin_version": "0.9.1"},
+    })
+    comps = builder.components(builder.load_pins(versions, "1.35"), builder.load_flannel_pins(versions))
+    expected = {}
+    for name, component in comps.items():
+        if name in ("coredns", "flannel", "flannel-cni"):
+            expected[name] = tmp_path / name / component.version / builder.cache_key("arm64", component, GO)
+            _cached(expected[name], tuple(component.binaries))
+    assert builder.build_coredns("arm64", minor="1.35", versions_file=versions) == expected["coredns"]
+    assert expected["coredns"].parent.name == "1.12.4"
+    assert builder.build_flannel("arm64", versions_file=versions) == expected["flannel"]
+    assert builder.build_flannel_cni("arm64", versions_file=versions) == expected["flannel-cni"]
+    assert (expected["flannel"] / "flanneld").is_file() and (expected["flannel-cni"] / "flannel").is_file()
+
+
+def test_the_cli_names_the_pinned_minors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert builder.main(["--minor", "1.99", "amd64", "coredns"]) == 1
+    assert "no Kubernetes 1.99 pinned" in capsys.readouterr().err
+    assert builder.main(["arm64", "calico"]) == 1
+    assert "unknown component 'calico'" in capsys.readouterr().err
+
+
+# -- cgo (flanneld on amd64) ------------------------------------------------------------------------
+
+
+def test_only_flanneld_on_amd64_needs_cgo() -> None:
+    comps = builder.components(PINS, FLANNEL)
+    assert {name: c.cgo_arches for name, c in comps.items() if c.cgo_arches} == {"flannel": ("amd64",)}
+
+
+def test_a_cgo_build_links_statically_with_go_resolvers() -> None:
+    flannel = builder.flannel_components(FLANNEL)["flannel"]
+    assert builder.ldflags(flannel, "x", cgo=True) == (
+        "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=v0.28.7 -linkmode=external -extldflags=-static"
+    )
+    assert builder.go_build_args(flannel, "x", "OUT", cgo=True) == [
+        "build", "-trimpath", "-buildvcs=false", "-tags=netgo,osusergo", "-ldflags",
+        builder.ldflags(flannel, "x", cgo=True), "-o", "OUT/", "github.com/flannel-io/flannel",
+    ]
+    assert "-tags" not in " ".join(builder.go_build_args(flannel, "x", "OUT"))
+    env = builder.build_env("amd64", {"PATH": "/usr/bin"}, cgo=True)
+    assert env["CGO_ENABLED"] == "1" and builder.build_env("amd64", {"PATH": "/usr/bin"})["CGO_ENABLED"] == "0"
+
+
+def test_the_c_toolchain_is_part_of_a_cgo_builds_key() -> None:
+    flannel = builder.flannel_components(FLANNEL)["flannel"]
+    plain = builder.cache_key("amd64", flannel, GO)
+    assert builder.cache_key("amd64", flannel, GO, "") == plain
+    gcc12 = builder.cache_key("amd64", flannel, GO, "gcc (Debian 12.2.0-14) 12.2.0; ldd (Debian GLIBC 2.36-9) 2.36")
+    gcc13 = builder.cache_key("amd64", flannel, GO, "gcc (Debian 13.1.0-1) 13.1.0; ldd (Debian GLIBC 2.36-9) 2.36")
+    assert len({plain, gcc12, gcc13}) == 3
+
+
+def test_a_cgo_build_is_native_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "host_arch", lambda: "arm64")
+    monkeypatch.setattr(builder, "go_version", lambda env=None: GO)
+    with pytest.raises(builder.KubernetesModulesBuildError, match="needs cgo: build it on an amd64 machine"):
+        builder.build_flannel("amd64")
+
+
+def test_a_cgo_build_without_a_c_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "host_arch", lambda: "amd64")
+    monkeypatch.setattr(builder, "go_version", lambda env=None: GO)
+    monkeypatch.setattr(builder, "c_toolchain", lambda env: None)
+    with pytest.raises(builder.KubernetesModulesBuildError, match="no C compiler") as info:
+        builder.build_flannel("amd64")
+    assert info.value.step == "find cc"

@@ -1,6 +1,9 @@
-"""Build Kubernetes v1.34 (and crictl, etcd) from their Go modules, through small wrapper modules.
+"""Build Kubernetes (crictl, etcd, CoreDNS) and flannel from their Go modules, through small
+wrapper modules.
 
-Inputs, pinned in ``edge_provision/artifacts/versions.yml`` (``kubernetes_modules:``):
+Inputs, pinned in ``edge_provision/artifacts/versions.yml``: ``kubernetes:`` holds one entry per
+Kubernetes minor (``"1.34":``; :data:`DEFAULT_MINOR` is the one built unless ``minor=`` says
+otherwise, :func:`load_pins`), ``flannel:`` one entry (:func:`load_flannel_pins`).
 
 * ``version`` (``1.34.12``): ``k8s.io/kubernetes`` v<version>. Its go.mod requires the staging
   modules (``k8s.io/api``, ``k8s.io/client-go``, ...) at ``v0.0.0`` and replaces them with
@@ -17,25 +20,47 @@ Inputs, pinned in ``edge_provision/artifacts/versions.yml`` (``kubernetes_module
 * ``etcd_version``: ``go.etcd.io/etcd/server/v3`` (package main at its root) and
   ``go.etcd.io/etcd/etcdctl/v3``; their go.mod files replace the sibling modules (api, client,
   pkg) with ``../`` paths, so the wrapper pins those at the versions the release requires.
+* ``coredns_version``: ``github.com/coredns/coredns`` (package main at its root; its version is a
+  constant, ``coredns -version`` prints ``CoreDNS-<version>``; nothing stamped).
+* ``flannel.version``: ``github.com/flannel-io/flannel`` (package main at its root) as
+  ``flanneld``, its ``pkg/version.Version`` stamped ``v<version>`` as upstream's Makefile does.
+  On amd64 its UDP backend calls C (``runCProxy``), so, as upstream does, flanneld for amd64 is
+  built with cgo and linked statically against the machine's glibc (gcc and libc6-dev needed;
+  ``-tags netgo,osusergo`` keep NSS out; native builds only: :data:`CGO_TAGS`,
+  :data:`CGO_LDFLAGS`, the compiler and libc in the cache key). arm64 is CGO_ENABLED=0 like
+  upstream's arm64 build (``backend: udp`` says "not supported"; vxlan, host-gw, wireguard work).
+* ``flannel.cni_plugin_version``: the ``flannel`` CNI meta plugin (reads
+  ``/run/flannel/subnet.env``, delegates to ``bridge``) from
+  ``github.com/containernetworking/plugins/plugins/meta/flannel``, its
+  ``pkg/utils/buildversion.BuildVersion`` stamped ``v<version>`` as upstream's release.sh does. A
+  wrapper of its own (component ``flannel-cni``): flannel requires containernetworking/plugins
+  v1.10.0, and one module graph holds one version of a module.
 
 The Go toolchain is the machine's ``go`` (``GOTOOLCHAIN=local``; etcd 3.6.17 needs Go >= 1.26.0),
-modules come from ``GOPROXY`` as the environment sets it. ``GOMODCACHE`` and ``GOCACHE`` live under
-``<cache>/go/`` (:data:`GO_DIR`), shared by every build, version and architecture: a second build
-recompiles only what changed. Every binary is static (``CGO_ENABLED=0``), stripped (``-s -w``)
-and ``-trimpath``, so ``arch="arm64"`` cross-builds on amd64 with no C toolchain.
+modules come from ``GOPROXY`` as the environment sets it. ``GOMODCACHE`` and ``GOCACHE`` live
+under ``<cache>/go/`` (:data:`GO_DIR`), shared by every build, version and architecture: a second
+build recompiles only what changed. Every binary is static (``CGO_ENABLED=0``, but flanneld on
+amd64), stripped (``-s -w``) and ``-trimpath``, so ``arch="arm64"`` cross-builds on amd64 with no
+C toolchain.
 
-Output: one cache directory per component (``kubernetes-modules``, ``crictl``, ``etcd``;
-:func:`edge_provision.artifacts.build_dir`, keyed by everything that shapes the build) with the
-binaries, ``manifest.json`` (sha256 and size of each, the versions they report) and the wrapper's
-``go.mod``/``go.sum`` under ``wrapper/``. Built in a work directory beside the cache and renamed
-into place (:func:`~edge_provision.artifacts.builders._common.staged_build`). The go commands run
-at ``nice 19``. Measured on 2 shared cores (Go 1.26.8): amd64 from empty Go caches 15.5 min in
-all (Kubernetes 12.7, crictl 1.8, etcd 1.1; downloads included, 1.2 GB of modules, 3.7 GB of build
-cache), arm64 after it 12 min; peak RSS 1.9 GB (the linker); a cache hit 0.4 s, a rebuild with a
-warm Go cache 23 s, byte-identical. Binaries: 57-102 MB each (kube-apiserver the largest).
+Output: one cache directory per component (``kubernetes-modules``, ``crictl``, ``etcd``,
+``coredns``, ``flannel``, ``flannel-cni``; :func:`edge_provision.artifacts.build_dir`, keyed by
+everything that shapes the build) with the binaries, ``manifest.json`` (sha256 and size of each,
+the versions they report) and the wrapper's ``go.mod``/``go.sum`` under ``wrapper/``. Built in a
+work directory beside the cache and renamed into place
+(:func:`~edge_provision.artifacts.builders._common.staged_build`). The go commands run at
+``nice 19``. Measured on 2 shared cores (Go 1.26.8): amd64 from empty Go caches 15.5 min for the
+first three (Kubernetes 12.7, crictl 1.8, etcd 1.1; downloads included, 1.2 GB of modules, 3.7 GB
+of build cache), arm64 after it 12 min; peak RSS 1.9 GB (the linker); a cache hit 0.4 s, a
+rebuild with a warm Go cache 23 s, byte-identical. Binaries: 57-102 MB each (kube-apiserver the
+largest). CoreDNS, flanneld and the flannel CNI plugin, each from an empty
+build cache (modules already downloaded; the machine busy with other work): amd64 4.8, 3.7 (cgo)
+and 0.2 min, arm64 3.6, 2.9 and 0.4 min, byte-identical to builds on the shared warm cache; 0.9 GB
+of build cache for CoreDNS, 0.7 GB for flanneld; peak RSS 1.2 GB. Binaries: coredns 72 MB
+(arm64 67), flanneld 52 MB (48), flannel 2.7 MB.
 
-``python -m edge_provision.artifacts.builders.kubernetes_modules [amd64|arm64] [component ...]``
-builds into the cache and prints the directories.
+``python -m edge_provision.artifacts.builders.kubernetes_modules [--minor 1.34] [amd64|arm64]
+[component ...]`` builds into the cache and prints the directories.
 """
 
 from __future__ import annotations
@@ -48,11 +73,12 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_provision.artifacts import (
     CACHE_DIR,
@@ -76,7 +102,10 @@ log = logging.getLogger(__name__)
 
 # Bump when the build steps change in a way that changes the output (the cache key includes it).
 BUILDER_REVISION = "1"
-PIN_KEY = "kubernetes_modules"
+PIN_KEY = "kubernetes"  # versions.yml: kubernetes: {"<minor>": {version: ..., ...}}
+FLANNEL_PIN_KEY = "flannel"
+# The Kubernetes minor built when no one asks for another (the fleet's edge_kubernetes_version).
+DEFAULT_MINOR = "1.34"
 
 KUBERNETES_MODULE = "k8s.io/kubernetes"
 # Binary name -> main package. The server binaries of a kubeadm node and the client.
@@ -97,6 +126,17 @@ CRICTL_VERSION_VAR = "sigs.k8s.io/cri-tools/pkg/version.Version"
 ETCD_SERVER_MODULE = "go.etcd.io/etcd/server/v3"
 ETCDCTL_MODULE = "go.etcd.io/etcd/etcdctl/v3"
 ETCD_BINARIES: Mapping[str, str] = {"etcd": ETCD_SERVER_MODULE, "etcdctl": ETCDCTL_MODULE}
+COREDNS_MODULE = "github.com/coredns/coredns"
+COREDNS_BINARIES: Mapping[str, str] = {"coredns": COREDNS_MODULE}
+FLANNEL_MODULE = "github.com/flannel-io/flannel"
+FLANNEL_BINARIES: Mapping[str, str] = {"flanneld": FLANNEL_MODULE}
+FLANNEL_VERSION_VAR = "github.com/flannel-io/flannel/pkg/version.Version"
+CNI_PLUGINS_MODULE = "github.com/containernetworking/plugins"
+FLANNEL_CNI_BINARIES: Mapping[str, str] = {"flannel": f"{CNI_PLUGINS_MODULE}/plugins/meta/flannel"}
+CNI_PLUGINS_VERSION_VAR = f"{CNI_PLUGINS_MODULE}/pkg/utils/buildversion.BuildVersion"
+# Components by the pins they come from: a Kubernetes minor's entry, or flannel's.
+KUBERNETES_COMPONENTS = ("kubernetes-modules", "crictl", "etcd", "coredns")
+FLANNEL_COMPONENTS = ("flannel", "flannel-cni")
 
 # Debian architecture -> GOARCH, and the GOARCH's baseline level (an inherited GOAMD64=v3 would
 # make binaries some edge CPUs cannot run, and change the bytes).
@@ -112,27 +152,42 @@ BUILD_ENV: Mapping[str, str] = {
 }
 BUILD_FLAGS = ("-trimpath", "-buildvcs=false")
 STRIP_LDFLAGS = ("-s", "-w")
+# A component that needs cgo on an arch (Component.cgo_arches) is linked statically against the
+# machine's libc as its upstream does (-extldflags -static), with Go's own DNS resolver and user
+# lookup (netgo, osusergo: a static glibc binary must not load NSS modules). Native only.
+CGO_TAGS = "netgo,osusergo"
+CGO_LDFLAGS = ("-linkmode=external", "-extldflags=-static")
 # Shared by every build: downloaded modules and Go's build cache.
 GO_DIR = CACHE_DIR / "go"
 WRAPPER_PREFIX = "edge-provision.invalid/build"
 NICE = "19"  # the build shares its machine (lab tests, people): do not starve them
 EPOCH_DATE = "1970-01-01T00:00:00Z"
+_RELEASE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+_MINOR = re.compile(r"[0-9]+\.[0-9]+")
 _LOCAL_PATH = re.compile(r"^\.\.?/")
 _MAJOR_SUFFIX = re.compile(r"^v[0-9]+$")
 
 
 class KubernetesModulesBuildError(ArtifactBuildError):
-    """A step of the build of Kubernetes, crictl or etcd from Go modules failed."""
+    """A step of the build of Kubernetes, crictl, etcd, CoreDNS or flannel from Go modules failed."""
 
     build = "kubernetes modules build"
 
 
 @dataclass(frozen=True)
 class Pins:
+    """One Kubernetes minor's entry of versions.yml (``kubernetes: "1.34": ...``)."""
+
     version: str  # Kubernetes, e.g. "1.34.12"
     git_commit: str  # its tag's commit ("" when unknown)
     crictl_version: str  # e.g. "1.34.0"
     etcd_version: str  # e.g. "3.6.17"
+    coredns_version: str  # e.g. "1.12.1"
+
+    @property
+    def minor(self) -> str:
+        """1.34.12 -> 1.34: the key of its entry."""
+        return self.version.rsplit(".", 1)[0]
 
     @property
     def staging_version(self) -> str:
@@ -141,66 +196,203 @@ class Pins:
 
 
 @dataclass(frozen=True)
+class FlannelPins:
+    """versions.yml ``flannel:``."""
+
+    version: str  # flanneld, github.com/flannel-io/flannel, e.g. "0.28.7"
+    cni_plugin_version: str  # the flannel CNI plugin, github.com/containernetworking/plugins, e.g. "0.9.1"
+
+
+class VersionCheck(NamedTuple):
+    """How a built binary shows its version."""
+
+    args: tuple[str, ...]  # run natively with these arguments ...
+    want: str  # ... its output (stdout and stderr) contains this
+    embedded: str  # a cross-built binary's bytes contain this
+
+
+@dataclass(frozen=True)
 class Component:
     """One wrapper module and the binaries built through it."""
 
-    name: str  # cache name: kubernetes-modules, crictl, etcd
+    name: str  # cache name: kubernetes-modules, crictl, etcd, coredns, flannel, flannel-cni
     version: str  # of the cache directory (no leading v)
     requires: tuple[tuple[str, str], ...]  # (module, version) the wrapper requires
     binaries: Mapping[str, str]  # binary name -> main package
     # Version of a staging module that the upstream go.mod requires at v0.0.0 (Kubernetes).
     local_fallback: str = ""
+    # The first required module's commit: checked against the proxy's origin record, stamped and
+    # part of the cache key (Kubernetes; "" for the others).
+    git_commit: str = ""
+    stamps: tuple[tuple[str, str], ...] = ()  # (-X variable, value) for go build -ldflags
+    checks: Mapping[str, VersionCheck] = field(default_factory=dict)  # by binary name
+    # Architectures whose build needs cgo (flanneld on amd64: its UDP backend's C proxy).
+    cgo_arches: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:
         return f"{WRAPPER_PREFIX}/{self.name}"
 
 
-def load_pins(versions_file: Path = VERSIONS_FILE) -> Pins:
-    """The ``kubernetes_modules:`` pins from versions.yml."""
-    data = load_versions(versions_file, KubernetesModulesBuildError)
+def _release(value: object) -> str:
+    return str(value).removeprefix("v")
+
+
+def _check_releases(fields: Iterable[tuple[str, str]], versions_file: Path) -> None:
+    for name, value in fields:
+        if not _RELEASE.fullmatch(value):
+            raise KubernetesModulesBuildError(
+                PINS_STEP, f"{name} is {value!r} in {versions_file}; want a release X.Y.Z"
+            )
+
+
+def pinned_minors(versions_file: Path = VERSIONS_FILE) -> list[str]:
+    """The Kubernetes minors versions.yml pins (the keys of ``kubernetes:``), sorted."""
+    entries = _minor_entries(load_versions(versions_file, KubernetesModulesBuildError), versions_file)
+    return sorted(entries, key=lambda m: tuple(int(p) for p in m.split(".")))
+
+
+def _minor_entries(data: Any, versions_file: Path) -> dict[str, Any]:
+    entries = data.get(PIN_KEY) if isinstance(data, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise KubernetesModulesBuildError(
+            PINS_STEP, f"{versions_file} lacks {PIN_KEY}: (a mapping of minor versions, e.g. "
+            f'{PIN_KEY}: {{"{DEFAULT_MINOR}": {{version: ...}}}})'
+        )
+    for key in entries:
+        if not isinstance(key, str) or not _MINOR.fullmatch(key):
+            raise KubernetesModulesBuildError(
+                PINS_STEP, f"{PIN_KEY}: has the key {key!r} in {versions_file}; want a quoted minor "
+                f'version like "{DEFAULT_MINOR}" (unquoted, YAML reads 1.30 as the number 1.3)'
+            )
+    return entries
+
+
+def load_pins(versions_file: Path = VERSIONS_FILE, minor: str = DEFAULT_MINOR) -> Pins:
+    """The pins of Kubernetes ``minor`` (``kubernetes: "<minor>":`` of versions.yml)."""
+    minor = str(minor).removeprefix("v")
+    if not _MINOR.fullmatch(minor):
+        raise KubernetesModulesBuildError(PINS_STEP, f"minor is {minor!r}; want a minor version like 1.34")
+    entries = _minor_entries(load_versions(versions_file, KubernetesModulesBuildError), versions_file)
+    where = f'{PIN_KEY}."{minor}"'
+    if minor not in entries:
+        raise KubernetesModulesBuildError(
+            PINS_STEP, f"no Kubernetes {minor} pinned in {versions_file} (pinned minors: "
+            f"{', '.join(pinned_minors(versions_file))}); add a {where} entry"
+        )
+    entry = entries[minor]
+    if not isinstance(entry, dict):
+        raise KubernetesModulesBuildError(
+            PINS_STEP, f"{where} is {entry!r} in {versions_file}; want a mapping (version, git_commit, "
+            "crictl_version, etcd_version, coredns_version)"
+        )
     try:
-        entry = data[PIN_KEY]
         pins = Pins(
-            version=str(entry["version"]).removeprefix("v"),
+            version=_release(entry["version"]),
             git_commit=str(entry.get("git_commit") or ""),
-            crictl_version=str(entry["crictl_version"]).removeprefix("v"),
-            etcd_version=str(entry["etcd_version"]).removeprefix("v"),
+            crictl_version=_release(entry["crictl_version"]),
+            etcd_version=_release(entry["etcd_version"]),
+            coredns_version=_release(entry["coredns_version"]),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise KubernetesModulesBuildError(
-            PINS_STEP, f"{versions_file} lacks {exc} (need {PIN_KEY}.version, {PIN_KEY}.crictl_version, "
-            f"{PIN_KEY}.etcd_version)"
+            PINS_STEP, f"{versions_file}: {where} lacks {exc} (need version, crictl_version, etcd_version, "
+            "coredns_version)"
         ) from exc
-    for field, value in (("version", pins.version), ("crictl_version", pins.crictl_version),
-                         ("etcd_version", pins.etcd_version)):
-        if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", value):
-            raise KubernetesModulesBuildError(
-                PINS_STEP, f"{PIN_KEY}.{field} is {value!r} in {versions_file}; want a release X.Y.Z"
-            )
+    _check_releases(((f"{where}.version", pins.version), (f"{where}.crictl_version", pins.crictl_version),
+                     (f"{where}.etcd_version", pins.etcd_version),
+                     (f"{where}.coredns_version", pins.coredns_version)), versions_file)
+    if pins.minor != minor:
+        raise KubernetesModulesBuildError(
+            PINS_STEP, f"{where}.version is {pins.version!r} in {versions_file}; want a {minor} release"
+        )
     if pins.git_commit and not re.fullmatch(r"[0-9a-f]{40}", pins.git_commit):
         raise KubernetesModulesBuildError(
-            PINS_STEP, f"{PIN_KEY}.git_commit is {pins.git_commit!r} in {versions_file}; want 40 hex digits"
+            PINS_STEP, f"{where}.git_commit is {pins.git_commit!r} in {versions_file}; want 40 hex digits"
         )
     return pins
 
 
-def components(pins: Pins) -> dict[str, Component]:
-    """The three builds of the pins, by cache name."""
+def load_flannel_pins(versions_file: Path = VERSIONS_FILE) -> FlannelPins:
+    """The ``flannel:`` pins of versions.yml."""
+    data = load_versions(versions_file, KubernetesModulesBuildError)
+    try:
+        entry = data[FLANNEL_PIN_KEY]
+        pins = FlannelPins(version=_release(entry["version"]),
+                           cni_plugin_version=_release(entry["cni_plugin_version"]))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise KubernetesModulesBuildError(
+            PINS_STEP, f"{versions_file} lacks {exc} (need {FLANNEL_PIN_KEY}.version, "
+            f"{FLANNEL_PIN_KEY}.cni_plugin_version)"
+        ) from exc
+    _check_releases(((f"{FLANNEL_PIN_KEY}.version", pins.version),
+                     (f"{FLANNEL_PIN_KEY}.cni_plugin_version", pins.cni_plugin_version)), versions_file)
+    return pins
+
+
+def kubernetes_components(pins: Pins) -> dict[str, Component]:
+    """The builds of a Kubernetes minor's pins, by cache name."""
+    v = f"v{pins.version}"
     return {
         "kubernetes-modules": Component(
-            "kubernetes-modules", pins.version, ((KUBERNETES_MODULE, f"v{pins.version}"),),
-            KUBERNETES_BINARIES, local_fallback=f"v{pins.staging_version}",
+            "kubernetes-modules", pins.version, ((KUBERNETES_MODULE, v),),
+            KUBERNETES_BINARIES, local_fallback=f"v{pins.staging_version}", git_commit=pins.git_commit,
+            checks={
+                **{name: VersionCheck(("--version",), f"Kubernetes {v}", v) for name in KUBERNETES_BINARIES},
+                "kubeadm": VersionCheck(("version", "-o", "short"), v, v),
+                "kubectl": VersionCheck(("version", "--client"), f"Client Version: {v}", v),
+            },
         ),
         "crictl": Component(
-            "crictl", pins.crictl_version, ((CRICTL_MODULE, f"v{pins.crictl_version}"),), CRICTL_BINARIES
+            "crictl", pins.crictl_version, ((CRICTL_MODULE, f"v{pins.crictl_version}"),), CRICTL_BINARIES,
+            stamps=((CRICTL_VERSION_VAR, pins.crictl_version),),  # cri-tools' Makefile: no "v"
+            checks={"crictl": VersionCheck(("--version",), f"crictl version {pins.crictl_version}",
+                                           pins.crictl_version)},
         ),
         "etcd": Component(
             "etcd", pins.etcd_version,
             ((ETCD_SERVER_MODULE, f"v{pins.etcd_version}"), (ETCDCTL_MODULE, f"v{pins.etcd_version}")),
             ETCD_BINARIES,
+            checks={
+                "etcd": VersionCheck(("--version",), f"etcd Version: {pins.etcd_version}", pins.etcd_version),
+                "etcdctl": VersionCheck(("version",), f"etcdctl version: {pins.etcd_version}",
+                                        pins.etcd_version),
+            },
+        ),
+        "coredns": Component(
+            "coredns", pins.coredns_version, ((COREDNS_MODULE, f"v{pins.coredns_version}"),),
+            COREDNS_BINARIES,
+            checks={"coredns": VersionCheck(("-version",), f"CoreDNS-{pins.coredns_version}",
+                                            pins.coredns_version)},
         ),
     }
+
+
+def flannel_components(pins: FlannelPins) -> dict[str, Component]:
+    """flanneld and the flannel CNI plugin, by cache name: two wrappers (flannel requires a
+    containernetworking/plugins without plugins/meta/flannel)."""
+    flannel, plugin = f"v{pins.version}", f"v{pins.cni_plugin_version}"
+    return {
+        "flannel": Component(
+            "flannel", pins.version, ((FLANNEL_MODULE, flannel),), FLANNEL_BINARIES,
+            stamps=((FLANNEL_VERSION_VAR, flannel),),  # flannel's Makefile: TAG, git describe
+            checks={"flanneld": VersionCheck(("--version",), flannel, flannel)},
+            # pkg/backend/udp on amd64 calls C (cproxy_amd64.go) and main imports it: without cgo
+            # "undefined: runCProxy". Upstream's Makefile builds amd64 with CGO_ENABLED=1 too.
+            cgo_arches=("amd64",),
+        ),
+        "flannel-cni": Component(
+            "flannel-cni", pins.cni_plugin_version, ((CNI_PLUGINS_MODULE, plugin),), FLANNEL_CNI_BINARIES,
+            stamps=((CNI_PLUGINS_VERSION_VAR, plugin),),  # plugins' scripts/release.sh: TAG
+            # No CNI_COMMAND: the plugin prints its about string (to stderr) and exits 0.
+            checks={"flannel": VersionCheck((), f"CNI flannel plugin {plugin}", plugin)},
+        ),
+    }
+
+
+def components(pins: Pins, flannel: FlannelPins | None = None) -> dict[str, Component]:
+    """The builds of a Kubernetes minor's pins, and flannel's when given, by cache name."""
+    return {**kubernetes_components(pins), **(flannel_components(flannel) if flannel is not None else {})}
 
 
 # -- the wrapper module ------------------------------------------------------------------------
@@ -266,18 +458,26 @@ def kubernetes_ldflags(version: str, git_commit: str, build_date: str) -> list[s
     }
     if git_commit:
         fields["gitCommit"] = git_commit
-    return [f"-X {package}.{field}={value}"
-            for package in KUBERNETES_VERSION_PACKAGES for field, value in fields.items()]
+    return [f"-X {package}.{name}={value}"
+            for package in KUBERNETES_VERSION_PACKAGES for name, value in fields.items()]
 
 
-def ldflags(component: Component, pins: Pins, build_date: str) -> str:
-    """The whole ``-ldflags`` value of a component's ``go build``."""
+def ldflags(component: Component, build_date: str, *, cgo: bool = False) -> str:
+    """The whole ``-ldflags`` value of a component's ``go build`` (``cgo``: linked statically)."""
     flags = list(STRIP_LDFLAGS)
     if component.name == "kubernetes-modules":
-        flags += kubernetes_ldflags(pins.version, pins.git_commit, build_date)
-    elif component.name == "crictl":
-        flags.append(f"-X {CRICTL_VERSION_VAR}={pins.crictl_version}")  # cri-tools' Makefile: no "v"
+        flags += kubernetes_ldflags(component.version, component.git_commit, build_date)
+    flags += [f"-X {variable}={value}" for variable, value in component.stamps]
+    if cgo:
+        flags += CGO_LDFLAGS
     return " ".join(flags)
+
+
+def go_build_args(component: Component, build_date: str, outdir: str, *, cgo: bool = False) -> list[str]:
+    """The arguments of a component's ``go build``."""
+    tags = [f"-tags={CGO_TAGS}"] if cgo else []
+    return ["build", *BUILD_FLAGS, *tags, "-ldflags", ldflags(component, build_date, cgo=cgo),
+            "-o", f"{outdir}/", *component.binaries.values()]
 
 
 def exec_name(package: str) -> str:
@@ -286,9 +486,10 @@ def exec_name(package: str) -> str:
     return parts[-2] if len(parts) > 1 and _MAJOR_SUFFIX.match(parts[-1]) else parts[-1]
 
 
-def build_env(arch: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def build_env(arch: str, base: Mapping[str, str] | None = None, *, cgo: bool = False) -> dict[str, str]:
     """The go commands' environment: ``base`` (default: this process's; GOPROXY and the like pass
-    through) with GOARCH, :data:`BUILD_ENV` and the shared module and build caches."""
+    through) with GOARCH, :data:`BUILD_ENV` (``cgo``: but CGO_ENABLED=1) and the shared module and
+    build caches."""
     env = dict(os.environ if base is None else base)
     for name in ("GOARCH", "GOAMD64", "GOARM64", "GOPATH", "GOEXPERIMENT"):
         env.pop(name, None)
@@ -303,6 +504,8 @@ def build_env(arch: str, base: Mapping[str, str] | None = None) -> dict[str, str
         "LC_ALL": "C",
         "TZ": "UTC",
     })
+    if cgo:
+        env["CGO_ENABLED"] = "1"
     return env
 
 
@@ -319,9 +522,31 @@ def go_version(env: Mapping[str, str] | None = None) -> str | None:
         return None
 
 
-def cache_key(arch: str, component: Component, pins: Pins, toolchain: str) -> str:
-    """Everything that shapes a component's binaries."""
-    stamp = pins.git_commit if component.name == "kubernetes-modules" else ""
+def c_toolchain(env: Mapping[str, str]) -> str | None:
+    """The C compiler and libc a cgo build links with (``cc --version``, ``ldd --version``, first
+    lines), None when there is no compiler."""
+    cc = shutil.which(env.get("CC") or "gcc", path=env.get("PATH"))
+    if cc is None:
+        return None
+    try:
+        compiler = run("cc --version", [cc, "--version"], env=env, error=KubernetesModulesBuildError,
+                       stdout_only=True)
+    except KubernetesModulesBuildError:
+        return None
+    ldd = shutil.which("ldd", path=env.get("PATH"))
+    libc = ""
+    if ldd is not None:
+        try:
+            libc = run("ldd --version", [ldd, "--version"], env=env, error=KubernetesModulesBuildError)
+        except KubernetesModulesBuildError:
+            libc = ""
+    return "; ".join(text.strip().splitlines()[0] for text in (compiler, libc) if text.strip())
+
+
+def cache_key(arch: str, component: Component, toolchain: str, c_compiler: str = "") -> str:
+    """Everything that shapes a component's binaries; ``c_compiler`` (:func:`c_toolchain`) for a
+    cgo build. (The ``-X`` stamps follow from the required versions; a change of what is stamped
+    bumps :data:`BUILDER_REVISION`.)"""
     return input_key(
         BUILDER_REVISION,
         arch,
@@ -329,12 +554,13 @@ def cache_key(arch: str, component: Component, pins: Pins, toolchain: str) -> st
         component.name,
         *(f"{path}@{version}" for path, version in component.requires),
         component.local_fallback,
-        stamp,
+        component.git_commit,
         *(f"{name}={package}" for name, package in sorted(component.binaries.items())),
         *(f"{k}={v}" for k, v in sorted(BUILD_ENV.items())),
         "=".join(GO_LEVELS[arch]),
         *BUILD_FLAGS,
         *STRIP_LDFLAGS,
+        *((f"cgo={c_compiler}", CGO_TAGS, *CGO_LDFLAGS) if c_compiler else ()),
     )
 
 
@@ -355,56 +581,112 @@ def verify_build(directory: Path) -> list[str]:
     return []
 
 
+def all_components() -> tuple[str, ...]:
+    """Every component's name, in build order."""
+    return KUBERNETES_COMPONENTS + FLANNEL_COMPONENTS
+
+
+def pinned_component(
+    name: str, *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
+) -> Component:
+    """Component ``name`` as versions.yml pins it: from Kubernetes ``minor``'s entry, or from
+    ``flannel:`` (whatever ``minor``)."""
+    if name in KUBERNETES_COMPONENTS:
+        return kubernetes_components(load_pins(versions_file, minor))[name]
+    if name in FLANNEL_COMPONENTS:
+        return flannel_components(load_flannel_pins(versions_file))[name]
+    raise KubernetesModulesBuildError(
+        "check arguments", f"unknown component {name!r} (known: {', '.join(all_components())})"
+    )
+
+
 def build_component(
-    name: str, arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE
+    name: str, arch: str = "amd64", *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
 ) -> Path:
-    """Build (or reuse) one component (``kubernetes-modules``, ``crictl`` or ``etcd``) for ``arch``;
-    return its cache directory."""
+    """Build (or reuse) one component (see :func:`all_components`) for ``arch``; return its cache
+    directory. ``minor`` picks the Kubernetes entry (not used by flannel's components)."""
     if arch not in GOARCHES:
         raise KubernetesModulesBuildError(
             "check arguments", f"unknown arch {arch!r} (known: {', '.join(GOARCHES)})"
         )
-    pins = load_pins(versions_file)
-    comps = components(pins)
-    if name not in comps:
+    component = pinned_component(name, minor=minor, versions_file=versions_file)
+    cgo = arch in component.cgo_arches
+    if cgo and arch != host_arch():
         raise KubernetesModulesBuildError(
-            "check arguments", f"unknown component {name!r} (known: {', '.join(comps)})"
+            "check arguments", f"{name} for {arch} needs cgo: build it on an {arch} machine"
         )
-    component = comps[name]
-    env = build_env(arch)
+    env = build_env(arch, cgo=cgo)
     toolchain = go_version(env)
     if toolchain is None:
         raise KubernetesModulesBuildError(
-            "find go", "no usable `go` on PATH (need Go >= 1.26: etcd 3.6 says go 1.26.0, Kubernetes "
-            "1.34 go 1.25.0); install it, e.g. from the Go distribution, and put it on PATH"
+            "find go", "no usable `go` on PATH (need Go >= 1.26: etcd 3.6 says go 1.26.0, Kubernetes 1.34 "
+            "and flannel 0.28.7 go 1.25.0); install it, e.g. from the Go distribution, and put it on PATH"
         )
-    key = cache_key(arch, component, pins, toolchain)
+    c_compiler = ""
+    if cgo:
+        c_compiler = c_toolchain(env) or ""
+        if not c_compiler:
+            raise KubernetesModulesBuildError(
+                "find cc", f"{name} for {arch} is built with cgo, linked statically, and there is no C "
+                "compiler (gcc) on PATH: apt-get install gcc libc6-dev"
+            )
+    key = cache_key(arch, component, toolchain, c_compiler)
     dest = build_dir(component.name, component.version, arch, key)
     return staged_build(
         dest, cached_component(component.binaries),
-        lambda work, out: _build(work, out, arch, component, pins, toolchain, key, env),
+        lambda work, out: _build(work, out, arch, component, toolchain, key, env, c_compiler),
         error=KubernetesModulesBuildError,
     )
 
 
-def build_kubernetes_modules(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE) -> Path:
+def build_kubernetes_modules(
+    arch: str = "amd64", *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
+) -> Path:
     """kubeadm, kubelet, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
-    kubectl of ``kubernetes_modules.version`` for ``arch``: the cache directory."""
-    return build_component("kubernetes-modules", arch, versions_file=versions_file)
+    kubectl of Kubernetes ``minor``'s pinned release for ``arch``: the cache directory."""
+    return build_component("kubernetes-modules", arch, minor=minor, versions_file=versions_file)
 
 
-def build_crictl(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE) -> Path:
-    return build_component("crictl", arch, versions_file=versions_file)
+def build_crictl(
+    arch: str = "amd64", *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
+) -> Path:
+    """``crictl`` of Kubernetes ``minor``'s ``crictl_version``: the cache directory."""
+    return build_component("crictl", arch, minor=minor, versions_file=versions_file)
 
 
-def build_etcd(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE) -> Path:
-    return build_component("etcd", arch, versions_file=versions_file)
+def build_etcd(
+    arch: str = "amd64", *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
+) -> Path:
+    """``etcd`` and ``etcdctl`` of Kubernetes ``minor``'s ``etcd_version``: the cache directory."""
+    return build_component("etcd", arch, minor=minor, versions_file=versions_file)
 
 
-def build_all(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE) -> dict[str, Path]:
+def build_coredns(
+    arch: str = "amd64", *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
+) -> Path:
+    """``coredns`` of Kubernetes ``minor``'s ``coredns_version``: the cache directory."""
+    return build_component("coredns", arch, minor=minor, versions_file=versions_file)
+
+
+def build_flannel(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE) -> Path:
+    """``flanneld`` of ``flannel.version``: the cache directory (the CNI plugin:
+    :func:`build_flannel_cni`)."""
+    return build_component("flannel", arch, versions_file=versions_file)
+
+
+def build_flannel_cni(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE) -> Path:
+    """The ``flannel`` CNI plugin of ``flannel.cni_plugin_version``: the cache directory."""
+    return build_component("flannel-cni", arch, versions_file=versions_file)
+
+
+def build_all(
+    arch: str = "amd64", *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
+) -> dict[str, Path]:
     """Every component for ``arch``, one after the other: cache directory by component."""
-    return {name: build_component(name, arch, versions_file=versions_file)
-            for name in components(load_pins(versions_file))}
+    return {name: build_component(name, arch, minor=minor, versions_file=versions_file)
+            for name in all_components()}
+
+
 
 
 def _go(step: str, args: Sequence[str], *, cwd: Path, env: Mapping[str, str], parsed: bool = False) -> str:
@@ -435,6 +717,31 @@ def _module_info(work: Path, env: Mapping[str, str], path: str, version: str) ->
     return info, modfile
 
 
+def download_module(path: str, version: str) -> dict[str, Any]:
+    """``go mod download -json path@version`` in the module build's environment
+    (:func:`build_env`: its ``GOMODCACHE``, ``GOPROXY`` and ``GOTOOLCHAIN``): the
+    module's ``Dir`` (the extracted zip), ``Zip``, ``Sum``, ... A module the build downloaded is in
+    the cache already: nothing is fetched then."""
+    arch = host_arch() if host_arch() in GOARCHES else "amd64"
+    env = build_env(arch)
+    go = shutil.which("go", path=env.get("PATH"))
+    if go is None:
+        raise KubernetesModulesBuildError(f"download {path}@{version}", "no `go` on PATH")
+    GO_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="go-mod-download-") as outside:  # no go.mod around
+        out = run(f"go mod download {path}@{version}", [go, "mod", "download", "-json", f"{path}@{version}"],
+                  cwd=Path(outside), env=env, error=KubernetesModulesBuildError, stdout_only=True)
+    try:
+        info: dict[str, Any] = json.loads(out)
+    except ValueError as exc:
+        raise KubernetesModulesBuildError(
+            f"download {path}@{version}", f"`go mod download -json` gave no JSON: {exc}"
+        ) from exc
+    if info.get("Error") or not info.get("Dir"):
+        raise KubernetesModulesBuildError(f"download {path}@{version}", str(info.get("Error") or "no Dir"))
+    return info
+
+
 def _build_date(info: Mapping[str, Any]) -> str:
     """The version's time on the proxy (its commit's), as Kubernetes stamps buildDate."""
     try:
@@ -445,8 +752,8 @@ def _build_date(info: Mapping[str, Any]) -> str:
 
 
 def _build(
-    work: Path, out: Path, arch: str, component: Component, pins: Pins, toolchain: str, key: str,
-    env: Mapping[str, str],
+    work: Path, out: Path, arch: str, component: Component, toolchain: str, key: str, env: Mapping[str, str],
+    c_compiler: str = "",
 ) -> None:
     started = time.monotonic()
     GO_DIR.mkdir(parents=True, exist_ok=True)
@@ -471,12 +778,13 @@ def _build(
     for path, _version in component.requires:  # required by the wrapper itself: no replace
         replaces.pop(path, None)
 
-    first = infos[component.requires[0][0]]
+    first_path, first_version = component.requires[0]
+    first = infos[first_path]
     origin = str((first.get("Origin") or {}).get("Hash") or "")
-    if component.name == "kubernetes-modules" and pins.git_commit and origin and origin != pins.git_commit:
+    if component.git_commit and origin and origin != component.git_commit:
         raise KubernetesModulesBuildError(
-            "check git_commit", f"the module proxy says v{pins.version} is commit {origin}, versions.yml "
-            f"{PIN_KEY}.git_commit says {pins.git_commit}"
+            "check git_commit", f"the module proxy says {first_path}@{first_version} is commit {origin}, "
+            f"versions.yml git_commit says {component.git_commit}"
         )
     build_date = _build_date(first)
 
@@ -485,14 +793,14 @@ def _build(
     (wrapper / "go.mod").write_text(
         wrapper_go_mod(component.module, component.requires, replaces, go=go_line, godebug=godebug)
     )
-    flags = ldflags(component, pins, build_date)
+    cgo = bool(c_compiler)
     packages = list(component.binaries.values())
     bindir = work / "bin"
     bindir.mkdir()
-    log.info("building %s %s for %s with %s (%d binaries, nice %s)", component.name, component.version,
-             arch, toolchain, len(packages), NICE)
-    _go(f"go build {component.name}",
-        ["build", *BUILD_FLAGS, "-ldflags", flags, "-o", f"{bindir}/", *packages], cwd=wrapper, env=env)
+    log.info("building %s %s for %s with %s%s (%d binaries, nice %s)", component.name, component.version,
+             arch, toolchain, f" and cgo ({c_compiler})" if cgo else "", len(packages), NICE)
+    _go(f"go build {component.name}", go_build_args(component, build_date, str(bindir), cgo=cgo),
+        cwd=wrapper, env=env)
 
     for name, package in component.binaries.items():
         built = bindir / exec_name(package)
@@ -506,7 +814,7 @@ def _build(
             shutil.copy2(wrapper / file, out / "wrapper" / file)
 
     reports = {
-        name: check_binary(out / name, name, arch, component.name, pins) for name in component.binaries
+        name: check_binary(out / name, name, arch, component.checks[name]) for name in component.binaries
     }
     recorded = (f"wrapper/{f}" for f in ("go.mod", "go.sum") if (out / "wrapper" / f).is_file())
     files = [*component.binaries, *recorded]
@@ -521,9 +829,11 @@ def _build(
                     for path, version in component.requires},
         "replaces": replaces,
         "go": {"version": toolchain, "go_line": go_line, "godebug": dict(godebug)},
-        "build_env": {**BUILD_ENV, "GOARCH": env["GOARCH"], GO_LEVELS[arch][0]: GO_LEVELS[arch][1],
+        "build_env": {**BUILD_ENV, "CGO_ENABLED": env["CGO_ENABLED"], "GOARCH": env["GOARCH"],
+                      GO_LEVELS[arch][0]: GO_LEVELS[arch][1],
                       "GOPROXY": env.get("GOPROXY") or "(unset: go's default)"},
-        "go_build": ["go", "build", *BUILD_FLAGS, "-ldflags", flags, "-o", "DIR/", *packages],
+        "go_build": ["go", *go_build_args(component, build_date, "DIR", cgo=cgo)],
+        **({"c_toolchain": c_compiler} if cgo else {}),
         "files": {
             name: {
                 "sha256": sha256_file(out / name),
@@ -543,22 +853,7 @@ def _build(
 # -- checking what was built ------------------------------------------------------------------
 
 
-def version_check(name: str, component: str, pins: Pins) -> tuple[list[str], str]:
-    """(the arguments that print a binary's version, the text that output must contain)."""
-    if component == "crictl":
-        return ["--version"], f"crictl version {pins.crictl_version}"
-    if component == "etcd":
-        if name == "etcdctl":
-            return ["version"], f"etcdctl version: {pins.etcd_version}"
-        return ["--version"], f"etcd Version: {pins.etcd_version}"
-    if name == "kubeadm":
-        return ["version", "-o", "short"], f"v{pins.version}"
-    if name == "kubectl":
-        return ["version", "--client"], f"Client Version: v{pins.version}"
-    return ["--version"], f"Kubernetes v{pins.version}"
-
-
-def check_binary(path: Path, name: str, arch: str, component: str, pins: Pins) -> str:
+def check_binary(path: Path, name: str, arch: str, check: VersionCheck) -> str:
     """What the binary reports as its version: run when native, else its ELF header and the version
     string inside; a binary of another architecture, dynamic, or of another version fails."""
     step = f"check {name}"
@@ -566,33 +861,33 @@ def check_binary(path: Path, name: str, arch: str, component: str, pins: Pins) -
     problem = static_elf_problem(data, name, arch)
     if problem:
         raise KubernetesModulesBuildError(step, problem)
-    args, want = version_check(name, component, pins)
     if arch != host_arch():
-        token = want.split()[-1]
-        if token.encode() not in data:
-            raise KubernetesModulesBuildError(step, f"{name} does not embed its version {token}")
-        return f"(cross-built: contains {token})"
+        if check.embedded.encode() not in data:
+            raise KubernetesModulesBuildError(step, f"{name} does not embed its version {check.embedded}")
+        return f"(cross-built: contains {check.embedded})"
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": "/nonexistent"}
-    output = run(step, [str(path), *args], env=env, error=KubernetesModulesBuildError).strip()
-    if want not in output:
-        raise KubernetesModulesBuildError(step, f"{name} does not report {want!r}", output)
+    output = run(step, [str(path), *check.args], env=env, error=KubernetesModulesBuildError).strip()
+    if check.want not in output:
+        raise KubernetesModulesBuildError(step, f"{name} does not report {check.want!r}", output)
     return output
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m edge_provision.artifacts.builders.kubernetes_modules",
-        description="Build Kubernetes (kubeadm, kubelet, control plane, kube-proxy, kubectl), crictl and "
-        "etcd from their Go modules into the artifact cache; print each cache directory.",
+        description="Build Kubernetes (kubeadm, kubelet, control plane, kube-proxy, kubectl), crictl, etcd, "
+        "CoreDNS, flanneld and the flannel CNI plugin from their Go modules into the artifact cache; print "
+        "each cache directory.",
     )
+    parser.add_argument("--minor", default=DEFAULT_MINOR,
+                        help=f"the Kubernetes minor whose pins to build (default: {DEFAULT_MINOR})")
     parser.add_argument("arch", nargs="?", default="amd64", choices=sorted(GOARCHES))
-    parser.add_argument("components", nargs="*", help="kubernetes-modules, crictl, etcd (default: all)")
+    parser.add_argument("components", nargs="*", help=f"{', '.join(all_components())} (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    names = args.components or list(components(load_pins()))
     try:
-        for name in names:
-            print(f"{name}: {build_component(name, args.arch)}", flush=True)
+        for name in args.components or all_components():
+            print(f"{name}: {build_component(name, args.arch, minor=args.minor)}", flush=True)
     except ArtifactBuildError as exc:
         print(exc, file=sys.stderr)
         return 1
