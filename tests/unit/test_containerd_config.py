@@ -82,3 +82,26 @@ def test_a_config_of_the_other_schema_is_refused() -> None:
 def test_invalid_toml_is_refused() -> None:
     with pytest.raises(ContainerdConfigError, match="not valid TOML"):
         with_wasm_handler("version = = 2", schema=SCHEMAS[2], **SETTINGS)
+
+
+@pytest.mark.parametrize(("schema", "path"), [
+    (2, ("plugins", "io.containerd.grpc.v1.cri", "cni", "bin_dir")),
+    (3, ("plugins", "io.containerd.cri.v1.runtime", "cni", "bin_dir")),
+])
+def test_cni_bin_dir_is_set_where_each_schema_reads_it(schema: int, path: tuple[str, ...]) -> None:
+    current = DEFAULT_16 if schema == 2 else "version = 3\n"
+    doc = tomlkit.parse(with_wasm_handler(current, schema=SCHEMAS[schema], cni_bin_dir="/opt/cni/bin",
+                                          **SETTINGS)).unwrap()
+    for key in path:
+        doc = doc[key]
+    assert doc == "/opt/cni/bin"
+    kept = tomlkit.parse(with_wasm_handler(DEFAULT_16, schema=SCHEMAS[2], **SETTINGS)).unwrap()
+    assert kept["plugins"]["io.containerd.grpc.v1.cri"]["cni"] == tomlkit.parse(DEFAULT_16).unwrap()["plugins"][
+        "io.containerd.grpc.v1.cri"]["cni"]  # not given: untouched
+
+
+def test_the_cluster_stage_installs_cni_plugins_where_containerd_looks() -> None:
+    from edge_provision.role_files import role_defaults
+
+    assert (role_defaults("kubernetes_node")["kubernetes_node_cni_bin_dir"]
+            == role_defaults("containerd")["containerd_cni_bin_dir"])

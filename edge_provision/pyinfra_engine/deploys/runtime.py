@@ -126,6 +126,7 @@ def containerd() -> None:
             "sandbox_image": sandbox,
             "restrict_oom_score_adj": v["containerd_restrict_oom_score_adj"],
             "default_runtime": v["containerd_default_runtime"],
+            "cni_bin_dir": v["containerd_cni_bin_dir"],
         },
     )
     ops.cri_plugin_running(name="Check that the CRI plugin runs")

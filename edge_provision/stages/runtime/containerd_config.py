@@ -28,6 +28,7 @@ class Schema:
     runtimes: tuple[str, ...]  # table that holds containerd.runtimes.<name>
     sandbox_image: tuple[str, ...]  # (table..., key)
     restrict_oom_score_adj: tuple[str, ...]
+    cni_bin_dir: tuple[str, ...]
 
 
 SCHEMAS = {
@@ -36,12 +37,14 @@ SCHEMAS = {
         runtimes=("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"),
         sandbox_image=("plugins", "io.containerd.grpc.v1.cri", "sandbox_image"),
         restrict_oom_score_adj=("plugins", "io.containerd.grpc.v1.cri", "restrict_oom_score_adj"),
+        cni_bin_dir=("plugins", "io.containerd.grpc.v1.cri", "cni", "bin_dir"),
     ),
     3: Schema(
         version=3,
         runtimes=("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"),
         sandbox_image=("plugins", "io.containerd.cri.v1.images", "pinned_images", "sandbox"),
         restrict_oom_score_adj=("plugins", "io.containerd.cri.v1.runtime", "restrict_oom_score_adj"),
+        cni_bin_dir=("plugins", "io.containerd.cri.v1.runtime", "cni", "bin_dir"),
     ),
 }
 
@@ -67,6 +70,7 @@ def with_wasm_handler(
     systemd_cgroup: bool,
     sandbox_image: str,
     restrict_oom_score_adj: bool,
+    cni_bin_dir: str = "",
     annotations: Sequence[str] = WASM_ANNOTATIONS,
     systemd_cgroup_runtimes: Sequence[str] = ("runc",),
 ) -> str:
@@ -93,6 +97,9 @@ def with_wasm_handler(
     subtable(doc, tuple(sandbox_path))[sandbox_key] = sandbox_image
     *oom_path, oom_key = schema.restrict_oom_score_adj
     subtable(doc, tuple(oom_path))[oom_key] = restrict_oom_score_adj
+    if cni_bin_dir:  # Debian's containerd looks in /usr/lib/cni, upstream's in /opt/cni/bin
+        *cni_path, cni_key = schema.cni_bin_dir
+        subtable(doc, tuple(cni_path))[cni_key] = cni_bin_dir
     return tomlkit.dumps(doc)
 
 

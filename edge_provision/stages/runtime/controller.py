@@ -93,6 +93,7 @@ def containerd_config(
     systemd_pid1: bool,
     cap_sys_resource: bool,
     default_runtime: str = "runc",
+    cni_bin_dir: str = "",
 ) -> str:
     """The node's new config.toml.
 
@@ -128,6 +129,7 @@ def containerd_config(
         systemd_cgroup=resolve_auto(systemd_cgroup, systemd_pid1),
         sandbox_image=sandbox_image,
         restrict_oom_score_adj=resolve_auto(restrict_oom_score_adj, not cap_sys_resource),
+        cni_bin_dir=cni_bin_dir,
     )
     # tomlkit does not round-trip its own output byte for byte (a nested table's header gains
     # indentation on every parse and dump), so a config that already says the same is kept
