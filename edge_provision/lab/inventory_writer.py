@@ -65,6 +65,17 @@ def node_labels(index: int) -> dict[str, str]:
 LAB_WASM_ENGINES = {"debian-12": "wasmtime", "debian-13": "wasmedge"}
 
 
+# Container hosts share this machine's kernel from their own network namespace, where the
+# conntrack table's size (nf_conntrack_max) is read-only: kube-proxy must leave it alone. Their
+# resolv.conf names Docker's resolver on loopback (127.0.0.11), which no pod can reach (CoreDNS
+# stops on the loop): the lab has no DNS upstream (no internet), so pods get a documentation
+# address (RFC 5737) that answers nothing; cluster names are CoreDNS' own.
+CONTAINER_SETTINGS = (
+    "control_plane_kubeadm_kube_proxy_conntrack: {maxPerCore: 0}",
+    "kubernetes_node_upstream_dns: [192.0.2.53]",
+)
+
+
 def _q(value: str) -> str:
     """A YAML double-quoted scalar (JSON strings are valid YAML)."""
     return json.dumps(value)
@@ -76,6 +87,8 @@ def _flow(mapping: dict[str, str]) -> str:
 
 def render_hosts_yml(directory: Path, hosts: Iterable[LabHost]) -> str:
     directory = directory.absolute()
+    hosts = list(hosts)
+    containers = any(h.backend == "container" for h in hosts)
     key = directory / KEY_FILE
     known = directory / KNOWN_HOSTS_FILE
     by_group: dict[str, list[str]] = {CONTROL_PLANE: [], EDGE: []}
@@ -99,6 +112,7 @@ def render_hosts_yml(directory: Path, hosts: Iterable[LabHost]) -> str:
         "    ansible_python_interpreter: /usr/bin/python3",
         "    edge_cluster_distribution: kubeadm",
         f"    edge_wasm_engine: {LAB_WASM_ENGINES['debian-12']}",
+        *(f"    {line}" for line in (CONTAINER_SETTINGS if containers else ())),
         "  children:",
     ]
     for group, entries in by_group.items():

@@ -11,13 +11,6 @@ from edge_provision.inventory import node_address
 from edge_provision.stages.cluster import common, distributions, k3s, kubeadm, kubeedge, openyurt
 
 
-def pod_subnet(name: str, members: list[str], network: str, prefix: int = 24) -> str:
-    try:
-        return common.node_pod_subnet(name, members, network, int(prefix))
-    except (common.ClusterError, ValueError) as exc:
-        raise AnsibleFilterError(f"host {name}: pod subnet: {exc}") from exc
-
-
 def controller_kubeconfig(admin_conf: str, server: str) -> str:
     try:
         return common.controller_kubeconfig(admin_conf, server)
@@ -69,7 +62,6 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "edge_provision_cluster_roles": distributions.cluster_roles,
-            "edge_provision_pod_subnet": pod_subnet,
             "edge_provision_kubelet_node_labels": common.kubelet_node_labels,
             "edge_provision_kubeadm_init": kubeadm.kubeadm_init,
             "edge_provision_kubeadm_join": kubeadm.kubeadm_join,

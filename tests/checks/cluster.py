@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from edge_provision.stages.cluster import kube_api
 from edge_provision.stages.workloads import node_metadata, samples
 
 WORKLOADS = samples.role_variables({"edge_wasm_engine": "wasmtime"})
-CONTROL_PLANE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+CONTROL_PLANE_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
 def _core(kubeconfig: Path) -> client.CoreV1Api:
@@ -146,3 +146,151 @@ def wasm_job_runs_on(kubeconfig: Path, node: str, engine: str, workloads: Mappin
 
 def container_sample_runs_only_on(kubeconfig: Path, node: str) -> None:
     assert samples.deployment_nodes(kubeconfig, "default", "camera-app", 120) == [node]
+
+
+# -- Kubernetes of today: version, addons, pod network, DNS, etcd over TLS ---------------------
+
+NETCHECK_NAMESPACE = "edge-provision-netcheck"
+NETCHECK_PAGE = "edge-provision pod network"
+
+
+def every_node_runs_the_pinned_kubernetes(kubeconfig: Path, version: str) -> None:
+    """Every kubelet and the API server report ``v<version>`` (versions.yml's pin)."""
+    nodes = _core(kubeconfig).list_node().items
+    assert {n.metadata.name: n.status.node_info.kubelet_version for n in nodes} == {
+        n.metadata.name: f"v{version}" for n in nodes}
+    info = client.VersionApi(kube_api.api_client(kubeconfig)).get_code()
+    assert info.git_version == f"v{version}", info
+
+
+def addons_run_on_every_node(kubeconfig: Path) -> None:
+    """kube-proxy and flannel run one Running pod per node; CoreDNS runs Ready; etcd is a static pod."""
+    core = _core(kubeconfig)
+    nodes = sorted(n.metadata.name for n in core.list_node().items)
+    deadline = time.monotonic() + 180
+    while True:
+        proxies = core.list_namespaced_pod("kube-system", label_selector="k8s-app=kube-proxy").items
+        flannel = core.list_namespaced_pod("kube-flannel", label_selector="app.kubernetes.io/name=flannel").items
+        dns = core.list_namespaced_pod("kube-system", label_selector="k8s-app=kube-dns").items
+        found = {
+            "kube-proxy": sorted(p.spec.node_name for p in proxies if p.status.phase == "Running"),
+            "flannel": sorted(p.spec.node_name for p in flannel if p.status.phase == "Running"),
+        }
+        dns_ready = [p.metadata.name for p in dns if p.status.phase == "Running" and all(
+            c.ready for c in p.status.container_statuses or [])]
+        if (found == {"kube-proxy": nodes, "flannel": nodes} and dns and len(dns_ready) == len(dns)) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    assert found == {"kube-proxy": nodes, "flannel": nodes}, found
+    assert dns and len(dns_ready) == len(dns), [(p.metadata.name, p.status.phase) for p in dns]
+    images = {c.image for p in [*proxies, *flannel, *dns] for c in p.spec.containers}
+    assert all(i.startswith("edge-provision.local/") for i in images), images
+
+
+def _wait_pod(
+    core: client.CoreV1Api, namespace: str, name: str, phases: Sequence[str], timeout: float = 180
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.status.phase in phases:
+            return pod
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pod {name} is {pod.status.phase}, not {'/'.join(phases)}: {pod.status}")
+        time.sleep(2)
+
+
+def _pod(name: str, node: str, image: str, script: str, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": dict(labels or {})},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": [{"operator": "Exists"}],  # the control plane's taint too
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "check", "image": image, "imagePullPolicy": "IfNotPresent",
+                            "command": ["/bin/busybox", "sh", "-c", script]}],
+        },
+    }
+
+
+def pods_reach_each_other_across_nodes_and_services_by_name(
+    kubeconfig: Path, server_node: str, client_node: str, image: str, dns_domain: str = "cluster.local"
+) -> str:
+    """A web server pod on ``server_node`` behind a Service; a pod on ``client_node`` fetches its
+    page by the server pod's IP (the pod network across nodes), resolves the Service's DNS name
+    to its ClusterIP (CoreDNS) and fetches the page through it (kube-proxy). ``image``: a busybox
+    image. Returns the client's log. Everything is deleted afterwards."""
+    core = _core(kubeconfig)
+    service = "netcheck"
+    namespace = f"{NETCHECK_NAMESPACE}-{server_node}-{client_node}"
+    fqdn = f"{service}.{namespace}.svc.{dns_domain}"
+    core.create_namespace({"metadata": {"name": namespace}})
+    try:
+        serve = (f"/bin/busybox mkdir -p /tmp/www && echo '{NETCHECK_PAGE}' > /tmp/www/index.html"
+                 " && exec /bin/busybox httpd -f -p 8080 -h /tmp/www")
+        core.create_namespaced_pod(namespace, _pod("server", server_node, image, serve, {"app": service}))
+        core.create_namespaced_service(namespace, {
+            "metadata": {"name": service},
+            "spec": {"selector": {"app": service}, "ports": [{"port": 80, "targetPort": 8080}]},
+        })
+        server = _wait_pod(core, namespace, "server", ["Running"])
+        cluster_ip = core.read_namespaced_service(service, namespace).spec.cluster_ip
+        # Debian's busybox-static wget crashes in glibc's static resolver even for an address:
+        # the request goes through nc, the page is the response's last line.
+        def fetch(address: str, port: int) -> str:
+            return (f"$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 10 {address} {port}"
+                    " | /bin/busybox tail -n1)")
+
+        script = "; ".join([
+            "set -e",
+            f"echo pod: {fetch(server.status.pod_ip, 8080)}",
+            f"echo dns: $(/bin/busybox nslookup {fqdn} | /bin/busybox grep -A1 'Name:' | /bin/busybox tail -n1)",
+            f"echo service: {fetch(cluster_ip, 80)}",
+        ])
+        core.create_namespaced_pod(namespace, _pod("client", client_node, image, script))
+        done = _wait_pod(core, namespace, "client", ["Succeeded", "Failed"])
+        log = core.read_namespaced_pod_log("client", namespace)
+        assert done.status.phase == "Succeeded", log
+        assert done.spec.node_name == client_node and server.spec.node_name == server_node
+        lines = log.splitlines()
+        assert f"pod: {NETCHECK_PAGE}" in lines, log
+        assert f"service: {NETCHECK_PAGE}" in lines, log
+        assert any(line.startswith("dns:") and cluster_ip in line for line in lines), (cluster_ip, log)
+        return log
+    finally:
+        core.delete_namespace(namespace)
+
+
+ETCD_PKI = "/etc/kubernetes/pki/etcd"
+
+
+def etcd_answers_only_over_tls(sh: Callable[[str], str]) -> str:
+    """On the control plane (``sh`` runs a shell command there and returns its output): crictl
+    finds the etcd container; etcdctl in it is healthy over https with kubeadm's client
+    certificate, and gets no answer over plain http or over https without a certificate.
+    Returns the healthy answer."""
+    container = sh("crictl ps --name '^etcd$' -q").strip()
+    assert container and len(container.splitlines()) == 1, container
+    etcdctl = f"crictl exec {container} etcdctl --command-timeout=5s --dial-timeout=5s"
+    certs = (f"--cacert={ETCD_PKI}/ca.crt --cert={ETCD_PKI}/healthcheck-client.crt"
+             f" --key={ETCD_PKI}/healthcheck-client.key")
+    healthy = sh(f"{etcdctl} {certs} --endpoints=https://127.0.0.1:2379 endpoint health 2>&1")
+    assert "is healthy" in healthy, healthy
+    plain = sh(f"{etcdctl} --endpoints=http://127.0.0.1:2379 endpoint health 2>&1; echo rc=$?")
+    assert "rc=0" not in plain and "is healthy" not in plain, plain
+    anonymous = sh(f"{etcdctl} --cacert={ETCD_PKI}/ca.crt --endpoints=https://127.0.0.1:2379 endpoint health 2>&1;"
+                   " echo rc=$?")
+    assert "rc=0" not in anonymous and "is healthy" not in anonymous, anonymous
+    return healthy.strip()
+
+
+def crictl_lists_the_nodes_containers(sh: Callable[[str], str]) -> list[str]:
+    """``crictl ps`` on a node (``sh`` runs there) answers through containerd's CRI and lists
+    the node's running kube-proxy and flannel containers; returns the container names."""
+    names = sh("crictl ps -o json | python3 -c 'import json,sys;"
+               " print(*(c[\"metadata\"][\"name\"] for c in json.load(sys.stdin)[\"containers\"]))'").split()
+    assert {"kube-proxy", "flanneld"} <= set(names), names
+    return names

@@ -10,6 +10,10 @@ cluster does not know, which must fail on the controller before the node is touc
 joins for real at -vvv. No token of the cluster may appear in any of that output. A second run of
 each engine changes nothing.
 
+The cluster is kubeadm's default topology on Kubernetes of today (versions.yml's pin): stacked
+etcd over TLS, kube-proxy, CoreDNS and flannel, with every preflight check run; a pod reaches a pod
+on another node and a Service by its DNS name, crictl works on every node.
+
 The checks of the cluster and its workloads are tests/checks/cluster.py's, which Molecule's
 scenarios cluster and containers (molecule/cluster/tests) run on their hosts too.
 """
@@ -27,6 +31,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from edge_provision.artifacts.builders import images
+from edge_provision.artifacts.builders.kubernetes_modules import load_pins
 from edge_provision.role_files import role_defaults
 from edge_provision.stages.cluster import common, kube_api
 from edge_provision.stages.workloads import samples
@@ -126,6 +132,33 @@ def test_control_plane_runs_its_static_pods(runs: ClusterRuns) -> None:
 def test_every_node_is_ready_with_its_inventory_labels(runs: ClusterRuns) -> None:
     nodes = cluster.every_node_is_ready_with_the_lab_labels(runs.kubeconfig, ["lab-1", "lab-2", "lab-3"])
     assert "device" not in nodes["lab-3"].metadata.labels
+
+
+def test_every_node_runs_the_pinned_kubernetes(runs: ClusterRuns) -> None:
+    cluster.every_node_runs_the_pinned_kubernetes(runs.kubeconfig, load_pins().version)
+
+
+def test_kube_proxy_flannel_and_coredns_run(runs: ClusterRuns) -> None:
+    cluster.addons_run_on_every_node(runs.kubeconfig)
+
+
+@pytest.mark.parametrize(("server", "client_node"), [("lab-2", "lab-3"), ("lab-3", "lab-1")])
+def test_a_pod_reaches_a_pod_on_another_node_and_a_service_by_name(
+    runs: ClusterRuns, server: str, client_node: str
+) -> None:
+    busybox = images.image_info(images.build_busybox_image()).reference
+    log = cluster.pods_reach_each_other_across_nodes_and_services_by_name(
+        runs.kubeconfig, server, client_node, busybox)
+    print(f"{server} <- {client_node}:\n{log}")
+
+
+def test_etcd_answers_only_over_tls(runs: ClusterRuns) -> None:
+    print(cluster.etcd_answers_only_over_tls(lambda command: runs.fleet.sh("lab-1", command)))
+
+
+@pytest.mark.parametrize("node", ["lab-1", "lab-2", "lab-3"])
+def test_crictl_works_on_every_node(runs: ClusterRuns, node: str) -> None:
+    cluster.crictl_lists_the_nodes_containers(lambda command: runs.fleet.sh(node, command))
 
 
 def test_admin_kubeconfig_is_private_and_reaches_the_api(runs: ClusterRuns) -> None:
@@ -321,7 +354,7 @@ def test_status_command_reports_each_node(runs: ClusterRuns) -> None:
     assert sorted(rows) == ["lab-1", "lab-2", "lab-3"]
     for name, row in rows.items():
         engine = ENGINES.get(name, "wasmtime")
-        assert row["ready"] and row["kubelet"] == "v1.20.2" and row["wasm_engine"] == engine, row
+        assert row["ready"] and row["kubelet"] == f"v{load_pins().version}" and row["wasm_engine"] == engine, row
         assert row["container_runtime"].startswith("containerd://"), row
         # recorded from each node's crun --version; the OS as the kubelet read it
         if engine == "wasmtime":

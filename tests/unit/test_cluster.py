@@ -18,24 +18,6 @@ CONTROL_PLANE = role_defaults("control_plane_kubeadm")
 JOIN = role_defaults("node_join_kubeadm")
 
 
-def test_pod_subnets_follow_sorted_member_names_and_do_not_overlap() -> None:
-    members = ["lab-3", "lab-1", "cam-7", "lab-2"]
-    subnets = {m: common.node_pod_subnet(m, members, "10.244.0.0/16") for m in members}
-    assert subnets["cam-7"] == "10.244.0.0/24"
-    assert subnets["lab-1"] == "10.244.1.0/24"
-    assert subnets["lab-3"] == "10.244.3.0/24"
-    assert len(set(subnets.values())) == len(members)
-
-
-def test_pod_subnet_errors_name_the_problem() -> None:
-    with pytest.raises(common.ClusterError, match="not a cluster member"):
-        common.node_pod_subnet("ghost", ["lab-1"], "10.244.0.0/16")
-    with pytest.raises(common.ClusterError, match="fewer than 3"):
-        common.node_pod_subnet("c", ["a", "b", "c"], "10.244.0.0/23")
-    with pytest.raises(common.ClusterError, match="too small"):
-        common.node_pod_subnet("a", ["a"], "10.244.0.0/24", 24)
-
-
 def test_kubelet_gets_only_the_labels_it_may_set_itself() -> None:
     labels = {
         "device": "camera",
@@ -121,38 +103,60 @@ def test_a_given_token_must_look_like_one(tmp_path: Path) -> None:
 
 def _init_vars(labels: str) -> dict[str, object]:
     return {**NODE, **CONTROL_PLANE, "kubeadm": {
-        "node_name": "cp-1", "node_ip": "192.0.2.10", "node_labels": labels, "version": "1.20.2",
-        "cert_sans": ["192.0.2.10", "cp-1"]}}
+        "node_name": "cp-1", "node_ip": "192.0.2.10", "node_labels": labels, "version": "1.34.12",
+        "etcd_tag": "3.6.17-0", "dns_tag": "v1.12.1", "cert_sans": ["192.0.2.10", "cp-1"]}}
+
+
+def _cluster_config(**overrides: object) -> dict[str, object]:
+    docs = yaml.safe_load_all(render_template("control_plane_kubeadm", "kubeadm-init.yaml.j2",
+                                              {**_init_vars(""), **overrides}))
+    return next(d for d in docs if d["kind"] == "ClusterConfiguration")
 
 
 def test_kubeadm_init_configuration() -> None:
     docs = list(yaml.safe_load_all(render_template("control_plane_kubeadm", "kubeadm-init.yaml.j2",
                                                    _init_vars("device=camera"))))
-    init, cluster_config, kubelet = docs
+    init, cluster_config, kubelet, proxy = docs
+    assert init["apiVersion"] == cluster_config["apiVersion"] == "kubeadm.k8s.io/v1beta4"
     assert init["kind"] == "InitConfiguration"
-    assert init["nodeRegistration"]["kubeletExtraArgs"] == {"node-ip": "192.0.2.10", "node-labels": "device=camera"}
+    assert init["nodeRegistration"]["kubeletExtraArgs"] == [
+        {"name": "node-ip", "value": "192.0.2.10"}, {"name": "node-labels", "value": "device=camera"}]
+    assert init["nodeRegistration"]["criSocket"] == "unix:///run/containerd/containerd.sock"
+    assert "ignorePreflightErrors" not in init["nodeRegistration"]  # every preflight check counts
     assert init["bootstrapTokens"][0]["ttl"] == CONTROL_PLANE["control_plane_kubeadm_init_token_ttl"]
+    assert init["timeouts"] == {"controlPlaneComponentHealthCheck": "4m0s"}  # kubeadm's own default
     assert cluster_config["imageRepository"] == "edge-provision.local"
-    assert cluster_config["kubernetesVersion"] == "v1.20.2"
-    assert cluster_config["etcd"] == {"external": {"endpoints": CONTROL_PLANE["control_plane_kubeadm_etcd_endpoints"]}}
+    assert cluster_config["kubernetesVersion"] == "v1.34.12"
+    # kubeadm's default topology: stacked etcd (a static pod, TLS by kubeadm's CA), our image tag.
+    assert cluster_config["etcd"] == {"local": {"imageTag": "3.6.17-0"}}
+    assert cluster_config["dns"] == {"imageTag": "v1.12.1"}
+    assert cluster_config["networking"] == {"serviceSubnet": "10.96.0.0/12", "podSubnet": "10.244.0.0/16",
+                                            "dnsDomain": "cluster.local"}
     assert cluster_config["apiServer"]["certSANs"] == ["192.0.2.10", "cp-1"]
-    assert cluster_config["apiServer"]["timeoutForControlPlane"] == "4m0s"  # kubeadm's own default
-    slow = next(d for d in yaml.safe_load_all(render_template(
+    slow = yaml.safe_load_all(render_template(
         "control_plane_kubeadm", "kubeadm-init.yaml.j2",
-        {**_init_vars(""), "control_plane_kubeadm_timeout_for_control_plane": "20m0s"})) if d["kind"] == "ClusterConfiguration")
-    assert slow["apiServer"]["timeoutForControlPlane"] == "20m0s"
+        {**_init_vars(""), "control_plane_kubeadm_timeout_for_control_plane": "20m0s"}))
+    assert next(slow)["timeouts"] == {"controlPlaneComponentHealthCheck": "20m0s"}
     # One control plane: no leader election to lose while the API server restarts.
-    assert cluster_config["controllerManager"] == {"extraArgs": {"leader-elect": "false"}}
-    assert cluster_config["scheduler"] == {"extraArgs": {"leader-elect": "false"}}
-    elected = next(d for d in yaml.safe_load_all(render_template(
-        "control_plane_kubeadm", "kubeadm-init.yaml.j2",
-        {**_init_vars(""), "control_plane_kubeadm_leader_elect": True})) if d["kind"] == "ClusterConfiguration")
-    assert elected["scheduler"] == {"extraArgs": {"leader-elect": "true"}}
+    no_election = {"extraArgs": [{"name": "leader-elect", "value": "false"}]}
+    assert cluster_config["controllerManager"] == cluster_config["scheduler"] == no_election
+    elected = _cluster_config(control_plane_kubeadm_leader_elect=True)
+    assert elected["scheduler"] == {"extraArgs": [{"name": "leader-elect", "value": "true"}]}
     assert kubelet == {"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
                        "cgroupDriver": "systemd", "failSwapOn": True}
+    assert proxy == {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+                     "mode": "iptables"}
     no_labels = next(yaml.safe_load_all(
         render_template("control_plane_kubeadm", "kubeadm-init.yaml.j2", _init_vars(""))))
-    assert "node-labels" not in no_labels["nodeRegistration"]["kubeletExtraArgs"]
+    assert [a["name"] for a in no_labels["nodeRegistration"]["kubeletExtraArgs"]] == ["node-ip"]
+
+
+def test_kube_proxy_conntrack_and_ignored_preflight_checks_come_from_the_fleet() -> None:
+    docs = list(yaml.safe_load_all(render_template("control_plane_kubeadm", "kubeadm-init.yaml.j2", {
+        **_init_vars(""), "control_plane_kubeadm_kube_proxy_conntrack": {"maxPerCore": 0},
+        "kubernetes_node_ignore_preflight_errors": ["SystemVerification"]})))
+    assert docs[3]["conntrack"] == {"maxPerCore": 0}
+    assert docs[0]["nodeRegistration"]["ignorePreflightErrors"] == ["SystemVerification"]
 
 
 def test_kubeadm_join_configuration() -> None:
@@ -161,17 +165,35 @@ def test_kubeadm_join_configuration() -> None:
         "ca_cert_hash": "sha256:" + "0" * 64, "node_name": "cam-1", "node_ip": "192.0.2.21",
         "node_labels": "device=camera"}})
     doc = yaml.safe_load(text)
+    assert doc["apiVersion"] == "kubeadm.k8s.io/v1beta4"
     assert doc["discovery"]["bootstrapToken"] == {
         "apiServerEndpoint": "192.0.2.10:6443", "token": "ab12cd.0123456789abcdef",
         "caCertHashes": ["sha256:" + "0" * 64]}
-    assert doc["discovery"]["timeout"] == JOIN["node_join_kubeadm_discovery_timeout"]
+    assert doc["timeouts"] == {"discovery": JOIN["node_join_kubeadm_discovery_timeout"]}
     assert doc["nodeRegistration"]["name"] == "cam-1"
+    assert doc["nodeRegistration"]["kubeletExtraArgs"][0] == {"name": "node-ip", "value": "192.0.2.21"}
 
 
-def test_cni_network_uses_the_node_subnet() -> None:
-    doc = json.loads(render_template("kubernetes_node", "cni.conflist.j2",
-                                     {**NODE, "kubernetes_node_pod_subnet_effective": "10.244.3.0/24"}))
-    assert doc["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.3.0/24"}]]
+def test_cni_network_is_flannels() -> None:
+    doc = json.loads(render_template("kubernetes_node", "cni.conflist.j2", NODE))
+    assert [p["type"] for p in doc["plugins"]] == ["flannel", "portmap"]
+    assert "flannel" in NODE["kubernetes_node_cni_controller_plugins"]
+
+
+def test_pod_network_manifests() -> None:
+    from edge_provision.stages.cluster import pod_network
+
+    docs = pod_network.manifests("edge-provision.local/flannel:v0.28.4", {"kubernetes_node_flannel_backend": "host-gw"})
+    kinds = [d["kind"] for d in docs]
+    assert kinds == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet"]
+    config = json.loads(docs[4]["data"]["net-conf.json"])
+    assert config == {"Network": NODE["kubernetes_node_pod_network"], "Backend": {"Type": "host-gw"}}
+    pod = docs[5]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["containers"][0]["image"] == "edge-provision.local/flannel:v0.28.4"
+    assert {d["metadata"].get("namespace") for d in docs[1:]} - {None} == {"kube-flannel"}
+    default = pod_network.manifests("x", {})
+    assert json.loads(default[4]["data"]["net-conf.json"])["Backend"] == {"Type": "vxlan"}
 
 
 class _Target:
@@ -202,9 +224,11 @@ def test_python_step_runs_at_execution_and_reports_a_failure_without_traceback()
 
 
 def test_kubeadm_init_argv() -> None:
-    assert kubeadm.kubeadm_init("/etc/k/init.yaml", ["preflight", "addon/coredns"]) == [
-        "kubeadm", "init", "--config=/etc/k/init.yaml", "--skip-phases=preflight,addon/coredns", "--skip-token-print"]
-    assert kubeadm.kubeadm_init("/c", [], "/etc/k/patches")[-1] == "--experimental-patches=/etc/k/patches"
+    assert kubeadm.kubeadm_init("/etc/k/init.yaml", []) == [
+        "kubeadm", "init", "--config=/etc/k/init.yaml", "--skip-token-print"]  # every phase, preflight too
+    assert kubeadm.kubeadm_init("/etc/k/init.yaml", ["addon/kube-proxy"])[-1] == "--skip-phases=addon/kube-proxy"
+    assert kubeadm.kubeadm_init("/c", [], "/etc/k/patches")[-1] == "--patches=/etc/k/patches"
+    assert kubeadm.kubeadm_join("/j", []) == ["kubeadm", "join", "--config=/j"]
 
 
 def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
@@ -212,8 +236,8 @@ def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
     assert CONTROL_PLANE["control_plane_kubeadm_probe_failure_thresholds"] == {}  # kubeadm's own by default
     assert kubeadm.probe_patches({}, components) == {}
     patches = kubeadm.probe_patches({"startup": 90, "liveness": 30}, components)
-    assert sorted(patches) == [
-        "kube-apiserver+strategic.yaml", "kube-controller-manager+strategic.yaml", "kube-scheduler+strategic.yaml"]
+    assert sorted(patches) == ["etcd+strategic.yaml", "kube-apiserver+strategic.yaml",
+                               "kube-controller-manager+strategic.yaml", "kube-scheduler+strategic.yaml"]
     assert yaml.safe_load(patches["kube-scheduler+strategic.yaml"]) == {"spec": {"containers": [{
         "name": "kube-scheduler",
         "startupProbe": {"failureThreshold": 90},
@@ -249,3 +273,13 @@ def test_api_calls_retry_what_an_api_server_answers_while_it_cannot_serve() -> N
     for status in (400, 401, 403, 404, 409, 422):
         assert not retry.is_retry("POST", status), status
     assert retry.status == kube_api.API_RETRIES and kube_api.api_retry(0).status == 0
+
+
+def test_the_fleets_kubernetes_choices_are_the_pinned_minors() -> None:
+    from edge_provision.artifacts.builders.kubernetes_modules import load_pins, pinned_minors
+    from edge_provision.role_files import role_argument_spec
+
+    spec = role_argument_spec("edge")["options"]["edge_kubernetes_version"]
+    assert spec["choices"] == pinned_minors()
+    assert role_defaults("edge")["edge_kubernetes_version"] in pinned_minors()
+    assert load_pins(minor=role_defaults("edge")["edge_kubernetes_version"]).version.startswith("1.34.")

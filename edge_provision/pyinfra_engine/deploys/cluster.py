@@ -22,22 +22,26 @@ from edge_provision.pyinfra_engine.deploys.common import fleet, host_release
 from edge_provision.pyinfra_engine.operations import cluster as ops
 from edge_provision.pyinfra_engine.operations import runtime as runtime_ops
 from edge_provision.role_files import render_template, role_defaults, role_dependencies, role_vars
-from edge_provision.stages.cluster import common, distributions, k3s, kubeadm, openyurt
+from edge_provision.stages.cluster import common, distributions, k3s, kubeadm, openyurt, pod_network
 
 
 @cache
 def _artifacts(
-    arch: str, release: str, binaries: tuple[str, ...], images: tuple[str, ...], packages: tuple[str, ...]
+    arch: str, release: str, kubernetes: str, binaries: tuple[str, ...], cni_plugins: tuple[str, ...],
+    images: tuple[str, ...], packages: tuple[str, ...],
 ) -> dict[str, Any]:
-    return kubeadm.artifacts(arch, release, binaries=binaries, images=images, packages=packages)
+    return kubeadm.artifacts(arch, release, kubernetes=kubernetes, binaries=binaries, cni_plugins=cni_plugins,
+                             images=images, packages=packages)
 
 
-def _controller(what: str, binaries: tuple[str, ...], images: tuple[str, ...],
-                packages: tuple[str, ...]) -> dict[str, Any]:
-    """This host's Kubernetes artifacts: for its architecture, and packages of its OS release."""
+def _controller(what: str, *, binaries: tuple[str, ...] = (), cni_plugins: tuple[str, ...] = (),
+                images: tuple[str, ...] = (), packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """This host's Kubernetes artifacts: for its architecture and the fleet's Kubernetes minor,
+    and packages of its OS release."""
     release = host_release()
     try:
-        return _artifacts(fleet("edge_arch"), release, binaries, images, packages)
+        return _artifacts(fleet("edge_arch"), release, str(fleet("edge_kubernetes_version")), binaries,
+                          cni_plugins, images, packages)
     except Exception as exc:  # the builders' own errors name their step and output
         raise DeployError(f"host {host.name}: {what}: {exc}") from exc
 
@@ -59,10 +63,6 @@ def _packages(debs: list[dict[str, Any]], packages: list[str], name: str) -> Non
         )
 
 
-def _members() -> list[str]:
-    return [h.name for group in distributions.NODE_GROUPS for h in inventory.get_group(group, [])]
-
-
 def _kubeconfig() -> str:
     return f"{host.data.get('inventory_dir')}/{common.KUBECONFIG_FILE}"
 
@@ -75,11 +75,15 @@ def _node_ip() -> str:
 def kubernetes_node() -> None:
     v = role_vars("kubernetes_node", host.data.dict())
     packages = tuple(v["kubernetes_node_packages"]) if _install_from() == "controller" else ()
-    arts = _controller("Kubernetes artifacts", tuple(v["kubernetes_node_binaries"]), (), packages)
-    subnet = v["kubernetes_node_pod_subnet"] or common.node_pod_subnet(
-        host.name, _members(), v["kubernetes_node_pod_network"], int(v["kubernetes_node_pod_subnet_prefix"])
+    c = role_vars("containerd", host.data.dict())
+    arts = _controller(
+        "Kubernetes artifacts",
+        binaries=tuple(v["kubernetes_node_binaries"]),
+        cni_plugins=tuple(v["kubernetes_node_cni_controller_plugins"]),
+        images=tuple(v["kubernetes_node_images"]),
+        packages=packages,
     )
-    template_vars = {**v, "kubernetes_node_pod_subnet_effective": subnet}
+    template_vars = v
 
     _packages(arts["debs"], v["kubernetes_node_packages"], "Install the packages")
     binaries = [
@@ -100,6 +104,15 @@ def kubernetes_node() -> None:
         "/etc/kubernetes/manifests",
     ):
         files.directory(name=f"Make {directory}", path=directory, user="root", group="root", mode="755")
+    for plugin in arts["cni_plugins"]:
+        files.put(
+            name=f"Install the CNI plugin {plugin['name']}",
+            src=plugin["path"],
+            dest=f"{v['kubernetes_node_cni_bin_dir']}/{plugin['name']}",
+            user="root",
+            group="root",
+            mode="755",
+        )
     for plugin in v["kubernetes_node_cni_plugins"]:
         files.link(
             name=f"Link the CNI plugin {plugin}",
@@ -120,6 +133,29 @@ def kubernetes_node() -> None:
         name="Restart containerd to load the CNI network",
         conf_file=v["kubernetes_node_cni_conf_file"],
         stamp_file=v["kubernetes_node_cni_stamp_file"],
+    )
+    if v["kubernetes_node_upstream_dns"]:
+        resolv_conf = v["kubernetes_node_resolv_conf_file"]
+        files.directory(name="Make the directory of the pods' resolv.conf",
+                        path=resolv_conf.rsplit("/", 1)[0], user="root", group="root", mode="700")
+        files.put(
+            name="Write the pods' resolv.conf",
+            src=StringIO(render_template("kubernetes_node", "resolv.conf.j2", template_vars)),
+            dest=resolv_conf, user="root", group="root", mode="644",
+        )
+    files.put(
+        name="Point crictl at containerd",
+        src=StringIO(render_template("kubernetes_node", "crictl.yaml.j2", template_vars)),
+        dest="/etc/crictl.yaml",
+        user="root",
+        group="root",
+        mode="644",
+    )
+    runtime_ops.images_imported(
+        name="Import the node's images",
+        images=arts["images"],
+        namespace=c["containerd_namespace"],
+        image_dir=c["containerd_image_dir"],
     )
     units = [
         files.put(
@@ -154,14 +190,11 @@ def control_plane() -> None:
     v = role_vars("control_plane_kubeadm", host.data.dict())
     n = role_vars("kubernetes_node", host.data.dict())
     c = role_vars("containerd", host.data.dict())
-    packages = tuple(v["control_plane_kubeadm_packages"]) if _install_from() == "controller" else ()
-    arts = _controller("control-plane artifacts", (), tuple(v["control_plane_kubeadm_images"]), packages)
+    arts = _controller("control-plane artifacts", images=tuple(v["control_plane_kubeadm_images"]))
     node_ip = _node_ip()
     labels = common.kubelet_node_labels(fleet("edge_node_labels"))
     sans = list(dict.fromkeys([node_ip, str(host.data.get("ansible_host")), host.name]))
 
-    _packages(arts["debs"], v["control_plane_kubeadm_packages"], "Install etcd")
-    systemd.service(name="Run etcd now and at boot", service="etcd", running=True, enabled=True)
     runtime_ops.images_imported(
         name="Import the control-plane images",
         images=arts["images"],
@@ -190,6 +223,8 @@ def control_plane() -> None:
                         "node_ip": node_ip,
                         "node_labels": labels,
                         "version": arts["version"],
+                        "etcd_tag": arts["references"]["etcd"].rsplit(":", 1)[1],
+                        "dns_tag": arts["references"]["coredns"].rsplit(":", 1)[1],
                         "cert_sans": sans,
                     },
                 },
@@ -236,6 +271,12 @@ def control_plane() -> None:
         name="Keep the admin kubeconfig in the fleet directory (0600)",
         kubeconfig=_kubeconfig(),
         server=server,
+    )
+    ops.pod_network_applied(
+        name="Apply the pod network (flannel) through the API",
+        kubeconfig=_kubeconfig(),
+        image=arts["references"]["flannel"],
+        variables={name: {**n, **v}[name] for name in pod_network.SETTINGS},
     )
 
 

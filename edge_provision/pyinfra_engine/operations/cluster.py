@@ -32,7 +32,7 @@ from edge_provision.pyinfra_engine.operations.common import (
     tool_step,
 )
 from edge_provision.role_files import render_template, role_path
-from edge_provision.stages.cluster import common, k3s, kube_api, kubeadm, kubeedge, openyurt
+from edge_provision.stages.cluster import common, k3s, kube_api, kubeadm, kubeedge, openyurt, pod_network
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
@@ -107,6 +107,27 @@ def node_ready(kubeconfig: str, node: str, timeout: float) -> Commands:
             pass
 
     yield python_step(f"node {node} Ready", lambda: kube_api.wait_node_ready(path, node, timeout))
+
+
+@operation(is_idempotent=True)
+def pod_network_applied(kubeconfig: str, image: str, variables: Mapping[str, Any]) -> Commands:
+    """Server-side apply the pod network (flannel) when the API has something else."""
+    path = Path(kubeconfig)
+    if not executing() and not path.is_file():
+        yield from pending(f"{kubeconfig} is written by the control plane stage")
+        return
+    try:  # at prepare time one question: an API that is away means "not yet"
+        changes = pod_network.apply(path, image, variables, dry_run=True)
+    except Exception:
+        if executing():
+            raise
+        yield from pending("the API server is not answering yet")
+        return
+    if not changes:
+        host.noop("the pod network is applied")
+        return
+
+    yield python_step(f"applying {', '.join(changes)}", lambda: pod_network.apply(path, image, variables))
 
 
 @operation(is_idempotent=True)

@@ -56,12 +56,12 @@ def applied(kubeconfig: str, variables: Mapping[str, Any]) -> Commands:
         yield from pending(f"{kubeconfig} is written by the cluster stage")
         return
     docs = samples.manifests(variables)
-    changes = samples.apply(Path(kubeconfig), docs, dry_run=True)
+    changes = kube_api.apply(Path(kubeconfig), docs, dry_run=True)
     if not changes:
         host.noop("manifests applied")
         return
 
-    yield python_step(f"applying {', '.join(changes)}", lambda: samples.apply(Path(kubeconfig), docs))
+    yield python_step(f"applying {', '.join(changes)}", lambda: kube_api.apply(Path(kubeconfig), docs))
 
 
 @operation(is_idempotent=True)

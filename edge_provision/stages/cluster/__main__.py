@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_provision.artifacts.fetch import UPSTREAM
+from edge_provision.stages.cluster import pod_network
 from edge_provision.stages.cluster.k3s import k3s_binary
 from edge_provision.stages.cluster.kube_api import (
     forget_node_password,
@@ -52,9 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     build = sub.add_parser("artifacts", help="binaries, images and packages for a node, as JSON")
     build.add_argument("--platform", nargs="+", required=True, metavar="ARCH/RELEASE",
                        help="one result per architecture and OS release (amd64/debian-12 ...)")
+    build.add_argument("--kubernetes", required=True, metavar="MINOR",
+                       help="the fleet's Kubernetes minor release (edge_kubernetes_version), e.g. 1.34")
     build.add_argument("--binaries", nargs="*", default=[])
+    build.add_argument("--cni-plugins", nargs="*", default=[])
     build.add_argument("--images", nargs="*", default=[])
     build.add_argument("--packages", nargs="*", default=[])
+    network = sub.add_parser("pod-network", help="apply the pod network (flannel) through the API")
+    network.add_argument("--kubeconfig", type=Path, required=True)
+    network.add_argument("--image", required=True, help="flanneld's image reference")
+    network.add_argument("--vars", type=json.loads, default={}, help="JSON object of role variables")
+    network.add_argument("--check", action="store_true", help="report, change nothing")
     status = sub.add_parser("node-status", help="a node's registration, readiness and labels")
     status.add_argument("--kubeconfig", type=Path, required=True)
     status.add_argument("--node", required=True)
@@ -74,8 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             _print(join_token(args.kubeconfig, args.ttl, args.given, args.signed_within).as_dict())
         elif args.command == "artifacts":
-            _print({platform: artifacts(*_arch_release(platform), binaries=args.binaries, images=args.images,
-                                        packages=args.packages) for platform in args.platform})
+            _print({platform: artifacts(*_arch_release(platform), kubernetes=args.kubernetes,
+                                        binaries=args.binaries, cni_plugins=args.cni_plugins,
+                                        images=args.images, packages=args.packages)
+                    for platform in args.platform})
+        elif args.command == "pod-network":
+            _print({"changed": pod_network.apply(args.kubeconfig, args.image, args.vars, dry_run=args.check)})
         elif args.command == "wait-ready":
             _print(wait_node_ready(args.kubeconfig, args.node, args.timeout))
         elif args.command == "label":

@@ -6,9 +6,8 @@ and failure reports with tokens redacted. Pure functions: no host, no API.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +29,6 @@ _RESTRICTED_SUFFIXES = ("kubernetes.io", "k8s.io")
 
 class ClusterError(RuntimeError):
     """A cluster step that failed, with what to do about it."""
-
-
-def node_pod_subnet(name: str, members: Iterable[str], network: str, prefix: int = 24) -> str:
-    """The pod subnet of node ``name``: the i-th /``prefix`` of ``network``, i its index in the
-    sorted cluster members. Pin a host's subnet with its own variable if membership changes."""
-    ordered = sorted(set(members))
-    if name not in ordered:
-        raise ClusterError(f"{name} is not a cluster member")
-    net = ipaddress.ip_network(network)
-    if prefix <= net.prefixlen:
-        raise ClusterError(f"pod network {network} is too small for /{prefix} node subnets")
-    subnets = net.subnets(new_prefix=prefix)
-    index = ordered.index(name)
-    for i, subnet in enumerate(subnets):
-        if i == index:
-            return str(subnet)
-    raise ClusterError(f"pod network {network} has fewer than {len(ordered)} /{prefix} subnets")
 
 
 def kubelet_node_labels(labels: Mapping[str, Any]) -> str:

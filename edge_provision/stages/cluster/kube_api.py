@@ -14,7 +14,7 @@ import hashlib
 import secrets
 import string
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,3 +288,52 @@ def forget_node_password(kubeconfig: Path, name: str) -> dict[str, Any]:
                 return {"changed": False}
             raise
     return {"changed": True}
+
+
+# -- server-side apply ------------------------------------------------------------------------
+
+FIELD_MANAGER = "edge-provision"
+
+
+def _resource(dynamic: Any, doc: Mapping[str, Any]) -> Any:
+    return dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+
+
+def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in obj.items() if k != "status"}
+    meta = {
+        k: v
+        for k, v in out.get("metadata", {}).items()
+        if k not in ("managedFields", "resourceVersion", "generation")
+    }
+    return {**out, "metadata": meta}
+
+
+def apply(kubeconfig: Path, docs: Sequence[Mapping[str, Any]], *, dry_run: bool = False) -> list[str]:
+    """Server-side apply each manifest; return "<Kind>/<name>" of those that changed (or would)."""
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    changed = []
+    with api_client(kubeconfig) as api:
+        dynamic = DynamicClient(api)  # type: ignore[no-untyped-call]
+        for doc in docs:
+            resource = _resource(dynamic, doc)
+            name = doc["metadata"]["name"]
+            namespace = doc["metadata"].get("namespace") if resource.namespaced else None
+            try:
+                before = resource.get(name=name, namespace=namespace).to_dict()
+            except NotFoundError:
+                before = None
+            kwargs = {"dry_run": "All"} if dry_run else {}
+            after = resource.server_side_apply(
+                body=dict(doc),
+                name=name,
+                namespace=namespace,
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+                **kwargs,
+            ).to_dict()
+            if before is None or _comparable(before) != _comparable(after):
+                changed.append(f"{doc['kind']}/{name}")
+    return changed

@@ -6,7 +6,8 @@ control-plane images, .deb files).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -18,16 +19,18 @@ PROBES = ("startup", "liveness")
 
 def kubeadm_init(config_file: str, skip_phases: Sequence[str], patches_dir: str = "") -> list[str]:
     """``kubeadm init``'s argv (the token it creates is not printed); ``patches_dir``: the
-    directory of :func:`probe_patches` (kubeadm 1.20 names the flag ``--experimental-patches``)."""
-    argv = ["kubeadm", "init", f"--config={config_file}", f"--skip-phases={','.join(skip_phases)}",
-            "--skip-token-print"]
-    return [*argv, f"--experimental-patches={patches_dir}"] if patches_dir else argv
+    directory of :func:`probe_patches`."""
+    argv = ["kubeadm", "init", f"--config={config_file}", "--skip-token-print"]
+    if skip_phases:
+        argv.append(f"--skip-phases={','.join(skip_phases)}")
+    return [*argv, f"--patches={patches_dir}"] if patches_dir else argv
 
 
 def kubeadm_join(config_file: str, skip_phases: Sequence[str]) -> list[str]:
     """``kubeadm join``'s argv: everything else (endpoint, token, CA hash, node) is in the 0600
     JoinConfiguration ``config_file``, so no secret is on the command line."""
-    return ["kubeadm", "join", f"--config={config_file}", f"--skip-phases={','.join(skip_phases)}"]
+    argv = ["kubeadm", "join", f"--config={config_file}"]
+    return [*argv, f"--skip-phases={','.join(skip_phases)}"] if skip_phases else argv
 
 
 def kubeadm_reset(kubeadm: str = "kubeadm") -> list[str]:
@@ -56,32 +59,70 @@ def probe_patches(thresholds: Mapping[str, Any], components: Sequence[str]) -> d
     }
 
 
+def _builds(arch: str, minor: str) -> dict[str, Callable[[], Path]]:
+    """The controller's builds a kubeadm node's files come from, by what they hold."""
+    from edge_provision.artifacts.builders import kubernetes_modules as modules
+
+    return {
+        "kubernetes": lambda: modules.build_kubernetes_modules(arch, minor=minor),
+        "crictl": lambda: modules.build_crictl(arch, minor=minor),
+        "flannel-cni": lambda: modules.build_flannel_cni(arch),
+    }
+
+
+# Which build carries each file a node may ask for.
+BINARY_BUILDS = {
+    **dict.fromkeys(("kubeadm", "kubelet", "kubectl", "kube-apiserver", "kube-controller-manager",
+                     "kube-scheduler", "kube-proxy"), "kubernetes"),
+    "crictl": "crictl",
+}
+CNI_PLUGIN_BUILDS = {"flannel": "flannel-cni"}
+
+
+def _files(
+    names: Sequence[str], builds: Mapping[str, str], arch: str, minor: str, what: str
+) -> list[dict[str, str]]:
+    unknown = sorted(set(names) - set(builds))
+    if unknown:
+        raise ClusterError(f"no such {what}: {', '.join(unknown)} (built: {', '.join(sorted(builds))})")
+    makers = _builds(arch, minor)
+    directories = {build: makers[build]() for build in {builds[n] for n in names}}
+    entries = []
+    for name in names:
+        directory = directories[builds[name]]
+        manifest = json.loads((directory / "manifest.json").read_text())
+        sha256 = manifest["files"][name]["sha256"]
+        entries.append({"name": name, "path": str(directory / name), "sha256": sha256})
+    return entries
+
+
 def artifacts(
-    arch: str, release: str, *, binaries: Sequence[str], images: Sequence[str], packages: Sequence[str]
+    arch: str,
+    release: str,
+    *,
+    kubernetes: str,
+    binaries: Sequence[str] = (),
+    cni_plugins: Sequence[str] = (),
+    images: Sequence[str] = (),
+    packages: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Kubernetes binaries and control-plane images for ``arch`` (built once, cached) and the
-    .deb files of ``packages`` for hosts of ``release`` with their dependency closure (empty:
-    the node's apt)."""
+    """What a kubeadm node of ``arch`` running Kubernetes ``kubernetes`` (a minor, e.g. ``1.34``)
+    gets from the controller, each built once and cached: ``binaries`` (kubelet, kubeadm, kubectl,
+    crictl, ...), ``cni_plugins`` (flannel), ``images`` (by component name: kube-apiserver, etcd,
+    kube-proxy, coredns, flannel, ...; ``references`` names each as kubeadm and the manifests do)
+    and the .deb files of ``packages`` for hosts of ``release`` with their dependency closure
+    (empty: the node's apt)."""
     from edge_provision.artifacts.builders import images as image_builders
-    from edge_provision.artifacts.builders.kubernetes import build_kubernetes
+    from edge_provision.artifacts.builders import kubernetes_modules as modules
     from edge_provision.stages.runtime import controller as runtime_controller
 
-    build = build_kubernetes(arch)
-    manifest = json.loads((build / "manifest.json").read_text())
-    unknown = sorted(set(binaries) - set(manifest["files"]))
-    if unknown:
-        raise ClusterError(
-            f"no such Kubernetes binary: {', '.join(unknown)} (built: {', '.join(manifest['files'])})"
-        )
+    pins = modules.load_pins(minor=kubernetes)
+    tarballs = {name: image_builders.build_cluster_image(name, arch, minor=kubernetes) for name in images}
     return {
-        "version": manifest["kubernetes"]["version"],
-        "binaries": [
-            {"name": name, "path": str(build / name), "sha256": manifest["files"][name]["sha256"]}
-            for name in binaries
-        ],
-        "images": [
-            image_builders.image_entry(name, image_builders.build_control_plane_image(name, arch))
-            for name in images
-        ],
+        "version": pins.version,
+        "binaries": _files(binaries, BINARY_BUILDS, arch, kubernetes, "Kubernetes binary"),
+        "cni_plugins": _files(cni_plugins, CNI_PLUGIN_BUILDS, arch, kubernetes, "CNI plugin"),
+        "images": [image_builders.image_entry(name, tarball) for name, tarball in tarballs.items()],
+        "references": image_builders.references(minor=kubernetes),
         "debs": runtime_controller.debs(packages, arch, release) if packages else [],
     }

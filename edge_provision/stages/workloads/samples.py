@@ -6,7 +6,7 @@ misplaced pods replaced, and everything verified running (the Wasm demo's every 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,6 @@ import yaml
 
 from edge_provision.role_files import render_template, role_defaults
 from edge_provision.stages.cluster import kube_api
-
-FIELD_MANAGER = "edge-provision"
-
 
 MANIFESTS = (
     "runtimeclass.yaml.j2",
@@ -48,50 +45,6 @@ def manifests(variables: Mapping[str, Any]) -> list[dict[str, Any]]:
     for name in MANIFESTS:
         docs.extend(d for d in yaml.safe_load_all(render_template("workloads", name, values)) if d)
     return docs
-
-
-def _resource(dynamic: Any, doc: Mapping[str, Any]) -> Any:
-    return dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
-
-
-def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in obj.items() if k != "status"}
-    meta = {
-        k: v
-        for k, v in out.get("metadata", {}).items()
-        if k not in ("managedFields", "resourceVersion", "generation")
-    }
-    return {**out, "metadata": meta}
-
-
-def apply(kubeconfig: Path, docs: Sequence[Mapping[str, Any]], *, dry_run: bool = False) -> list[str]:
-    """Server-side apply each manifest; return "<Kind>/<name>" of those that changed (or would)."""
-    from kubernetes.dynamic import DynamicClient
-    from kubernetes.dynamic.exceptions import NotFoundError
-
-    changed = []
-    with kube_api.api_client(kubeconfig) as api:
-        dynamic = DynamicClient(api)  # type: ignore[no-untyped-call]
-        for doc in docs:
-            resource = _resource(dynamic, doc)
-            name = doc["metadata"]["name"]
-            namespace = doc["metadata"].get("namespace") if resource.namespaced else None
-            try:
-                before = resource.get(name=name, namespace=namespace).to_dict()
-            except NotFoundError:
-                before = None
-            kwargs = {"dry_run": "All"} if dry_run else {}
-            after = resource.server_side_apply(
-                body=dict(doc),
-                name=name,
-                namespace=namespace,
-                field_manager=FIELD_MANAGER,
-                force_conflicts=True,
-                **kwargs,
-            ).to_dict()
-            if before is None or _comparable(before) != _comparable(after):
-                changed.append(f"{doc['kind']}/{name}")
-    return changed
 
 
 def misplaced_pods(kubeconfig: Path, variables: Mapping[str, Any], *, delete: bool = False) -> list[str]:
