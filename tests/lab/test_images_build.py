@@ -74,7 +74,7 @@ def cluster(built: dict[str, Path]) -> dict[str, dict[str, Path]]:
     """The Kubernetes images for this machine's architecture, and kube-proxy's and flannel's for
     the other one, in the cache of ``built`` (still in use)."""
     return {
-        HOST: images.kubernetes_images(HOST, "control-plane"),
+        HOST: {name: images.build_cluster_image(name, HOST) for name in images.CLUSTER_IMAGES},
         OTHER: {name: images.build_cluster_image(name, OTHER) for name in ("kube-proxy", "flannel")},
     }
 

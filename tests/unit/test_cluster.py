@@ -283,3 +283,8 @@ def test_the_fleets_kubernetes_choices_are_the_pinned_minors() -> None:
     assert spec["choices"] == pinned_minors()
     assert role_defaults("edge")["edge_kubernetes_version"] in pinned_minors()
     assert load_pins(minor=role_defaults("edge")["edge_kubernetes_version"]).version.startswith("1.34.")
+
+
+def test_an_unknown_binary_is_named_before_anything_is_built() -> None:
+    with pytest.raises(common.ClusterError, match=r"no such Kubernetes binary: kubelett \(built: .*kubelet"):
+        kubeadm.artifacts("amd64", "debian-12", kubernetes="1.34", binaries=["kubelett"])

@@ -66,29 +66,15 @@ def test_references_come_from_the_pins(pins: list[str]) -> None:
         images.image_reference("kubelet")
 
 
-def test_kubeadm_image_settings_name_the_same_images(pins: list[str]) -> None:
-    settings = images.kubeadm_image_settings()
-    assert settings == {
-        "imageRepository": "edge-provision.local",
-        "kubernetesVersion": "v1.99.3",
-        "etcd": {"local": {"imageRepository": "edge-provision.local", "imageTag": "3.9.2-0"}},
-        "dns": {"imageRepository": "edge-provision.local", "imageTag": "v1.20.4"},
-    }
-    refs = images.references()
-    # kubeadm: <imageRepository>/<name>:<tag>
-    assert refs["etcd"] == f"{settings['imageRepository']}/etcd:{settings['etcd']['local']['imageTag']}"
-    assert refs["coredns"] == f"{settings['imageRepository']}/coredns:{settings['dns']['imageTag']}"
-    assert refs["kube-proxy"].endswith(f":{settings['kubernetesVersion']}")
+def test_the_cluster_roles_import_every_cluster_image_and_nothing_unknown() -> None:
+    from edge_provision.role_files import role_defaults
 
-
-def test_roles_and_unknown_names() -> None:
-    assert set(images.ROLE_IMAGES["worker"]) < set(images.ROLE_IMAGES["control-plane"]) == set(
-        images.CLUSTER_IMAGES)
+    wanted = (role_defaults("control_plane_kubeadm")["control_plane_kubeadm_images"]
+              + role_defaults("kubernetes_node")["kubernetes_node_images"])
+    assert sorted(wanted) == sorted(images.CLUSTER_IMAGES)
     assert "pause" not in images.CLUSTER_IMAGES and "pause" in images.KNOWN_IMAGES
     with pytest.raises(images.ImageBuildError, match="unknown Kubernetes image"):
         images.build_cluster_image("kubectl", "amd64")
-    with pytest.raises(images.ImageBuildError, match="unknown role"):
-        images.kubernetes_images("amd64", "edge")
 
 
 def test_pause_source_comes_from_the_kubernetes_module(
@@ -347,7 +333,7 @@ def test_kube_proxy_and_flannel_share_the_netfilter_layer(
 
 
 def test_every_image_of_a_role(module_builds: dict[str, Path], fake_debs: list[dict[str, str]]) -> None:
-    tarballs = images.kubernetes_images("amd64", "control-plane")
+    tarballs = {name: images.build_cluster_image(name, "amd64") for name in images.CLUSTER_IMAGES}
     assert set(tarballs) == set(images.CLUSTER_IMAGES)
     refs = images.references()
     for name, tarball in tarballs.items():
@@ -366,8 +352,6 @@ def test_every_image_of_a_role(module_builds: dict[str, Path], fake_debs: list[d
     assert config["architecture"] == "amd64"
     # Cached: the same tarball back.
     assert images.build_cluster_image("kube-scheduler", "amd64") == tarballs["kube-scheduler"]
-    worker = images.kubernetes_images("amd64", "worker")
-    assert worker == {name: tarballs[name] for name in images.ROLE_IMAGES["worker"]}
 
 
 def test_a_build_of_another_version_than_the_pins_is_refused(

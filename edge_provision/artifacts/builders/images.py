@@ -21,7 +21,7 @@ the checks run while building. The samples and the sandbox image:
 The Kubernetes images (:data:`CLUSTER_IMAGES`), what kubeadm asks for with
 ``imageRepository: edge-provision.local``; their binaries come from the Go module builds of
 :mod:`builders.kubernetes_modules` (static), their tags from the pins of versions.yml
-(:func:`references`, :func:`kubeadm_image_settings`: nothing is hard-coded here):
+(:func:`references`: nothing is hard-coded here):
 
 ``kube-apiserver``, ``kube-controller-manager``, ``kube-scheduler``: ``:v<kubernetes version>``
     ``/usr/local/bin/<component>`` on ``PATH``: kubeadm's static pods run ``<component> --flags``.
@@ -46,8 +46,8 @@ flannel's images share one blob. Before an image with it is written, ``iptables 
 (must say ``nf_tables``), ``ip6tables --version`` and ``conntrack --version`` run in a chroot of
 the layer (another architecture through qemu-user, :func:`netfilter_check`).
 
-A node of each role needs :data:`ROLE_IMAGES`; :func:`build_cluster_image` builds one image by
-name, :func:`kubernetes_images` all of a role.
+:func:`build_cluster_image` builds one image by name; which images a node imports is the cluster
+roles' (``control_plane_kubeadm_images``, ``kubernetes_node_images``).
 
 Platform of the Wasm image. The WasmEdge guides tag Wasm images with the platform
 ``wasi/wasm``. containerd does not run those through its CRI plugin on a Linux node:
@@ -519,12 +519,6 @@ def pause_reference(minor: str | None = None) -> str:
 CONTROL_PLANE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Every image of the kubeadm cluster but pause (the runtime stage imports that one with containerd).
 CLUSTER_IMAGES = (*CONTROL_PLANE_COMPONENTS, "etcd", "kube-proxy", "coredns", "flannel")
-# The images a node of each role runs. CoreDNS' Deployment may land on any node, and no node
-# can pull it from anywhere.
-ROLE_IMAGES: Mapping[str, tuple[str, ...]] = {
-    "control-plane": CLUSTER_IMAGES,
-    "worker": ("kube-proxy", "coredns", "flannel"),
-}
 KNOWN_IMAGES = (*CLUSTER_IMAGES, "pause")
 ETCD_IMAGE_REVISION = "0"  # kubeadm tags etcd <etcd version>-<image revision>
 IMAGE_ENV_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -552,23 +546,6 @@ def references(minor: str | None = None) -> dict[str, str]:
     pins (versions.yml; nothing is built; pause's tag is read from the Kubernetes module's
     build/pause/Makefile, :func:`fetch_pause_source`)."""
     return {name: image_reference(name, minor) for name in KNOWN_IMAGES}
-
-
-def kubeadm_image_settings(minor: str | None = None) -> dict[str, Any]:
-    """The image fields of a kubeadm ClusterConfiguration that make kubeadm ask for the images of
-    :func:`references`.
-
-    kubeadm names the control-plane and kube-proxy images ``<imageRepository>/<name>:<kubernetesVersion>``;
-    etcd and CoreDNS take their tags from ``etcd.local.imageTag`` and ``dns.imageTag`` (with a
-    repository other than registry.k8s.io, CoreDNS' image is ``<imageRepository>/coredns``).
-    """
-    refs = {name: image_reference(name, minor) for name in ("kube-apiserver", "etcd", "coredns")}
-    return {
-        "imageRepository": REGISTRY,
-        "kubernetesVersion": oci.split_reference(refs["kube-apiserver"])[1],
-        "etcd": {"local": {"imageRepository": REGISTRY, "imageTag": oci.split_reference(refs["etcd"])[1]}},
-        "dns": {"imageRepository": REGISTRY, "imageTag": oci.split_reference(refs["coredns"])[1]},
-    }
 
 
 # --------------------------------------------------------------------------- iptables and conntrack
@@ -930,14 +907,6 @@ def build_cluster_image(name: str, arch: str = "amd64", *, minor: str | None = N
     return builders[name]()
 
 
-def kubernetes_images(arch: str, role: str = "control-plane", *, minor: str | None = None) -> dict[str, Path]:
-    """Image name -> tarball of every Kubernetes image a node of ``role`` (:data:`ROLE_IMAGES`:
-    ``control-plane``, ``worker``) runs, for ``arch``."""
-    if role not in ROLE_IMAGES:
-        raise ImageBuildError(f"unknown role {role!r} (known: {', '.join(ROLE_IMAGES)})")
-    return {name: build_cluster_image(name, arch, minor=minor) for name in ROLE_IMAGES[role]}
-
-
 # --------------------------------------------------------------------------- demo output
 
 
@@ -1013,8 +982,8 @@ def demo_output_problems(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m edge_provision.artifacts.builders.images [NAME[:arch]]...``: NAME one of wasi-demo,
-    busybox, pause and :data:`CLUSTER_IMAGES`, or ``control-plane`` / ``worker`` for a role's images
-    (:data:`ROLE_IMAGES`); arch the controller's when not given. Prints reference, digest, size, path."""
+    busybox, pause and :data:`CLUSTER_IMAGES`; arch the controller's when not given. Prints
+    reference, digest, size, path."""
     names = list(argv if argv is not None else sys.argv[1:]) or ["wasi-demo", "busybox", "pause"]
     for name in names:
         kind, _, arch = name.partition(":")
@@ -1025,8 +994,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = [build_busybox_image(arch)]
         elif kind in (*CLUSTER_IMAGES, "pause"):
             paths = [build_cluster_image(kind, arch)]
-        elif kind in ROLE_IMAGES:
-            paths = list(kubernetes_images(arch, kind).values())
         else:
             print(f"unknown image {name!r}", file=sys.stderr)
             return 2
@@ -1043,7 +1010,6 @@ if __name__ == "__main__":
 __all__ = [
     "CLUSTER_IMAGES",
     "CONTROL_PLANE_COMPONENTS",
-    "ROLE_IMAGES",
     "ImageBuildError",
     "ImageInfo",
     "ImageStepError",
@@ -1064,8 +1030,6 @@ __all__ = [
     "image_entry",
     "image_info",
     "image_reference",
-    "kubeadm_image_settings",
-    "kubernetes_images",
     "netfilter_layer",
     "pause_reference",
     "references",

@@ -6,8 +6,7 @@ control-plane images, .deb files).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -59,39 +58,20 @@ def probe_patches(thresholds: Mapping[str, Any], components: Sequence[str]) -> d
     }
 
 
-def _builds(arch: str, minor: str) -> dict[str, Callable[[], Path]]:
-    """The controller's builds a kubeadm node's files come from, by what they hold."""
+def _binaries(names: Sequence[str], arch: str, minor: str, what: str) -> list[dict[str, str]]:
+    """``names`` as built from their Go modules for ``arch`` (each by the component that holds
+    it: kubernetes-modules, crictl, flannel-cni, ...): name, path and sha256."""
     from edge_provision.artifacts.builders import kubernetes_modules as modules
 
-    return {
-        "kubernetes": lambda: modules.build_kubernetes_modules(arch, minor=minor),
-        "crictl": lambda: modules.build_crictl(arch, minor=minor),
-        "flannel-cni": lambda: modules.build_flannel_cni(arch),
-    }
-
-
-# Which build carries each file a node may ask for.
-BINARY_BUILDS = {
-    **dict.fromkeys(("kubeadm", "kubelet", "kubectl", "kube-apiserver", "kube-controller-manager",
-                     "kube-scheduler", "kube-proxy"), "kubernetes"),
-    "crictl": "crictl",
-}
-CNI_PLUGIN_BUILDS = {"flannel": "flannel-cni"}
-
-
-def _files(
-    names: Sequence[str], builds: Mapping[str, str], arch: str, minor: str, what: str
-) -> list[dict[str, str]]:
-    unknown = sorted(set(names) - set(builds))
+    holder = {binary: component for component in modules.all_components()
+              for binary in modules.pinned_component(component, minor=minor).binaries}
+    unknown = sorted(set(names) - set(holder))
     if unknown:
-        raise ClusterError(f"no such {what}: {', '.join(unknown)} (built: {', '.join(sorted(builds))})")
-    makers = _builds(arch, minor)
-    directories = {build: makers[build]() for build in {builds[n] for n in names}}
+        raise ClusterError(f"no such {what}: {', '.join(unknown)} (built: {', '.join(sorted(holder))})")
     entries = []
     for name in names:
-        directory = directories[builds[name]]
-        manifest = json.loads((directory / "manifest.json").read_text())
-        sha256 = manifest["files"][name]["sha256"]
+        directory = modules.build_component(holder[name], arch, minor=minor)
+        sha256 = json.loads((directory / "manifest.json").read_text())["files"][name]["sha256"]
         entries.append({"name": name, "path": str(directory / name), "sha256": sha256})
     return entries
 
@@ -113,15 +93,15 @@ def artifacts(
     and the .deb files of ``packages`` for hosts of ``release`` with their dependency closure
     (empty: the node's apt)."""
     from edge_provision.artifacts.builders import images as image_builders
-    from edge_provision.artifacts.builders import kubernetes_modules as modules
+    from edge_provision.artifacts.builders.kubernetes_modules import load_pins
     from edge_provision.stages.runtime import controller as runtime_controller
 
-    pins = modules.load_pins(minor=kubernetes)
+    pins = load_pins(minor=kubernetes)
     tarballs = {name: image_builders.build_cluster_image(name, arch, minor=kubernetes) for name in images}
     return {
         "version": pins.version,
-        "binaries": _files(binaries, BINARY_BUILDS, arch, kubernetes, "Kubernetes binary"),
-        "cni_plugins": _files(cni_plugins, CNI_PLUGIN_BUILDS, arch, kubernetes, "CNI plugin"),
+        "binaries": _binaries(binaries, arch, kubernetes, "Kubernetes binary"),
+        "cni_plugins": _binaries(cni_plugins, arch, kubernetes, "CNI plugin"),
         "images": [image_builders.image_entry(name, tarball) for name, tarball in tarballs.items()],
         "references": image_builders.references(minor=kubernetes),
         "debs": runtime_controller.debs(packages, arch, release) if packages else [],
