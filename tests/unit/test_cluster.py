@@ -229,6 +229,9 @@ def test_kubeadm_init_argv() -> None:
     assert kubeadm.kubeadm_init("/etc/k/init.yaml", ["addon/kube-proxy"])[-1] == "--skip-phases=addon/kube-proxy"
     assert kubeadm.kubeadm_init("/c", [], "/etc/k/patches")[-1] == "--patches=/etc/k/patches"
     assert kubeadm.kubeadm_join("/j", []) == ["kubeadm", "join", "--config=/j"]
+    # Every phase runs by default, preflight included, at init and at join.
+    assert CONTROL_PLANE["control_plane_kubeadm_skip_phases"] == JOIN["node_join_kubeadm_skip_phases"] == []
+    assert NODE["kubernetes_node_ignore_preflight_errors"] == []
 
 
 def test_probe_patches_set_the_failure_thresholds_of_each_static_pod() -> None:
