@@ -12,6 +12,7 @@ check``, the first play of ``playbooks/site.yml`` and the pyinfra inventory all 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import itertools
 import json
@@ -27,7 +28,7 @@ from typing import Any
 import yaml
 
 from edge_provision.artifacts.fetch import source_problem
-from edge_provision.role_files import role_argument_spec, role_defaults
+from edge_provision.role_files import role_argument_spec, role_defaults, role_path
 
 INVENTORY_FILE = "hosts.yml"
 CONTROL_PLANE_GROUP = "control_plane"
@@ -49,7 +50,36 @@ CONTROL_PLANES = _choices("edge_cluster_control_plane")
 EXISTING_CONTROL_PLANE_OK = ("kubeedge", "openyurt")
 WASM_ENGINES = _choices("edge_wasm_engine")
 ARCHITECTURES = _choices("edge_arch")
+KUBERNETES_VERSIONS = _choices("edge_kubernetes_version")
 FLEET_DEFAULTS: dict[str, Any] = {"ansible_port": 22, **role_defaults(FLEET_ROLE)}
+# Values every host of a fleet must share: one cluster, one way of running it.
+FLEET_WIDE = ("edge_cluster_distribution", "edge_cluster_control_plane", "edge_kubernetes_version",
+              "edge_wasm_handler")
+
+
+def _roles() -> tuple[str, ...]:
+    roles_dir = role_path(FLEET_ROLE).parent
+    return tuple(sorted(p.name for p in roles_dir.iterdir() if (p / "meta" / "argument_specs.yml").is_file()))
+
+
+def _known_variables(roles: Iterable[str]) -> frozenset[str]:
+    """Every variable a fleet may set: each role's defaults and the options of each of its entry
+    points (roles/<role>/meta/argument_specs.yml), and what deploy.py reads (edge_stages)."""
+    names = {"edge_stages"}
+    for role in roles:
+        if role_path(role, "defaults", "main.yml").is_file():
+            names |= set(role_defaults(role))
+        specs = yaml.safe_load(role_path(role, "meta", "argument_specs.yml").read_text())["argument_specs"]
+        for entry in specs.values():
+            names |= set(entry.get("options") or {})
+    return frozenset(names)
+
+
+ROLES = _roles()
+KNOWN_VARIABLES = _known_variables(ROLES)
+# Our namespaces: a variable named like these that is not one of ours is a typo (it would be
+# silently ignored, the default used instead).
+OWN_PREFIXES = ("edge_", *(f"{role}_" for role in ROLES))
 
 # Kubernetes label syntax (k8s.io/apimachinery validation): an optional DNS-subdomain
 # prefix and a name of at most 63 characters; values are empty or name-shaped.
@@ -124,9 +154,30 @@ def load(path: str | Path) -> Fleet:
 # --- structure of the YAML file itself -------------------------------------------------
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(f"key '{key}' appears twice in one mapping (lines {first.line + 1} and "
+                         f"{again.line + 1}): YAML keeps only the last, the first would be silently lost")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (a duplicated host)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def _check_structure(source: Path) -> list[str]:
     try:
-        data = yaml.safe_load(source.read_text())
+        data = yaml.load(source.read_text(), Loader=_StrictLoader)  # a SafeLoader
+    except _DuplicateKey as exc:
+        return [str(exc)]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -236,8 +287,14 @@ def _plain(value: Any) -> Any:
 def validate(fleet: Fleet) -> list[str]:
     """Every problem in a loaded fleet, one human-readable line each."""
     problems: list[str] = []
+    # One line per problem, naming every host that has it (a typo under all: vars is one line).
+    hosts_with: dict[str, list[str]] = {}
     for host in fleet.hosts:
-        problems += [f"host '{host.name}': {p}" for p in _host_problems(host)]
+        for problem in _host_problems(host):
+            hosts_with.setdefault(problem, []).append(host.name)
+    for problem, names in hosts_with.items():
+        who = f"host '{names[0]}'" if len(names) == 1 else "hosts " + ", ".join(f"'{n}'" for n in names)
+        problems.append(f"{who}: {problem}")
 
     # The same SSH endpoint (or node address) twice is always a copy-paste error.
     for label, key in (
@@ -257,6 +314,22 @@ def validate(fleet: Fleet) -> list[str]:
                     f"hosts {', '.join(repr(n) for n in names)}: field '{field_name}': "
                     f"duplicate address {shown}"
                 )
+
+    for name in FLEET_WIDE:
+        by_value: dict[str, list[str]] = {}
+        for host in fleet.hosts:
+            by_value.setdefault(repr(host.vars.get(name)), []).append(host.name)
+        if len(by_value) > 1:
+            shown = "; ".join(f"{value}: {', '.join(names)}" for value, names in sorted(by_value.items()))
+            problems.append(f"field '{name}': differs between hosts ({shown}); it is fleet-wide: "
+                            "set it once, under all: vars (or group_vars/all.yml)")
+
+    for host in fleet.hosts:
+        if not set(host.groups) & set(NODE_GROUPS):
+            problems.append(
+                f"host '{host.name}': in none of the groups {', '.join(NODE_GROUPS)}, so no stage would "
+                "provision it: list it under one of them"
+            )
 
     control, edge = fleet.group(CONTROL_PLANE_GROUP), fleet.group(EDGE_GROUP)
     if edge and not control:
@@ -306,15 +379,23 @@ def _host_problems(host: FleetHost) -> list[str]:
     if user is not None and (not isinstance(user, str) or not user):
         field_problem("ansible_user", f"must be a user name, found {user!r}")
 
+    for name in sorted(v):
+        if name.startswith(OWN_PREFIXES) and name not in KNOWN_VARIABLES:
+            near = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.75)
+            hint = f"did you mean '{near[0]}'?" if near else "see the roles' meta/argument_specs.yml"
+            field_problem(name, f"unknown variable in edge-provision's namespace ({hint})")
+
     for name, choices in (
         ("edge_arch", ARCHITECTURES),
         ("edge_cluster_distribution", DISTRIBUTIONS),
         ("edge_wasm_engine", WASM_ENGINES),
         ("edge_cluster_control_plane", CONTROL_PLANES),
+        ("edge_kubernetes_version", KUBERNETES_VERSIONS),
     ):
         value = v.get(name)
         if value not in choices:
-            field_problem(name, f"unknown value {value!r} (choose one of: {', '.join(choices)})")
+            quote = " — quote it: YAML reads 1.34 as a number" if isinstance(value, float) else ""
+            field_problem(name, f"unknown value {value!r} (choose one of: {', '.join(choices)}){quote}")
     if v.get("edge_cluster_control_plane") == "existing" and (
         v.get("edge_cluster_distribution") not in EXISTING_CONTROL_PLANE_OK
     ):

@@ -96,6 +96,25 @@ CP = "control_plane:\n  hosts:\n    cp: {ansible_host: 192.0.2.1}\n"
 
 # (case, hosts.yml, fragments every one of which the error must contain)
 MALFORMED = [
+    ("a misspelt variable of ours",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_node_lables: {device: camera}}\n"),
+     ["host 'e1'", "field 'edge_node_lables'", "unknown variable", "did you mean 'edge_node_labels'?"]),
+    ("a misspelt role variable under all: vars, one line for every host",
+     "all:\n  vars:\n    containerd_install_frm: apt\n  children:\n" + textwrap.indent(
+         CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2}\n", "    "),
+     ["hosts 'cp', 'e1'", "field 'containerd_install_frm'", "did you mean 'containerd_install_from'?"]),
+    ("a fleet-wide value that differs between hosts (kubeadm control plane, k3s edge host)",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_cluster_distribution: k3s}\n"),
+     ["field 'edge_cluster_distribution'", "differs between hosts", "'k3s': e1", "'kubeadm': cp", "fleet-wide"]),
+    ("a host in neither node group",
+     _fleet(CP + "bastions:\n  hosts:\n    b1: {ansible_host: 192.0.2.9}\n"),
+     ["host 'b1'", "in none of the groups control_plane, edge", "no stage would provision it"]),
+    ("a host listed twice under one group",
+     _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2}\n    e1: {ansible_host: 192.0.2.3}\n"),
+     ["key 'e1' appears twice", "lines 8 and 9", "silently lost"]),
+    ("a Kubernetes version YAML reads as a number",
+     "all:\n  vars:\n    edge_kubernetes_version: 1.34\n  children:\n" + textwrap.indent(CP, "    "),
+     ["field 'edge_kubernetes_version'", "unknown value 1.34", "quote it"]),
     ("unknown distribution",
      _fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_cluster_distribution: microk8s}\n"),
      ["host 'e1'", "field 'edge_cluster_distribution'", "'microk8s'", "kubeadm, k3s, kubeedge, openyurt"]),
