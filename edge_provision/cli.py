@@ -14,12 +14,23 @@ from edge_provision import inventory
 DEFAULT_LAB_INVENTORY = Path("inventories/lab")
 
 
+# `check` exits 0 for a valid fleet, CHECK_INVALID for one with problems (nothing touched).
+CHECK_INVALID = 2
+
+
 def _check(args: argparse.Namespace) -> int:
     try:
         fleet = inventory.load(args.inventory)
     except inventory.InventoryError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
+        if args.json:
+            print(json.dumps({"valid": False, "source": str(exc.source), "problems": exc.problems}))
+        else:
+            print(exc.render(), file=sys.stderr)
+        return CHECK_INVALID
+    if args.json:
+        hosts = [{"name": h.name, "groups": list(h.groups)} for h in fleet.hosts]
+        print(json.dumps({"valid": True, "source": str(fleet.source), "problems": [], "hosts": hosts}))
+        return 0
     groups = "; ".join(
         f"{g}: {', '.join(h.name for h in fleet.group(g)) or '-'}" for g in inventory.NODE_GROUPS
     )
@@ -164,8 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check", help="validate a fleet inventory; changes nothing")
+    check = sub.add_parser(
+        "check", help="validate a fleet inventory; changes nothing",
+        epilog=f"exit status: 0 the fleet is valid, {CHECK_INVALID} it is not (every problem listed, one"
+               " line each)",
+    )
     check.add_argument("-i", "--inventory", required=True, help="fleet directory or its hosts.yml")
+    check.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     check.set_defaults(func=_check)
 
     state = sub.add_parser("status", help="the fleet's nodes: Ready, versions, labels, workloads")

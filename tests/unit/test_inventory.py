@@ -239,3 +239,18 @@ def test_pyinfra_stops_before_touching_hosts(write_fleet) -> None:  # type: igno
     assert "host 'e1': field 'edge_cluster_distribution'" in out
     assert "Traceback" not in out
     assert "Connecting" not in out and "Connected" not in out
+
+
+def test_check_json_lists_the_problems_and_keeps_the_exit_status(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "hosts.yml").write_text(_fleet(CP + "edge:\n  hosts:\n    e1: {ansible_host: 192.0.2.2, edge_arhc: arm64}\n"))
+    result = run([tool("edge-provision"), "check", "-i", str(fleet), "--json"])
+    assert result.returncode == 2, result.stderr
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    assert report["problems"] == [
+        "host 'e1': field 'edge_arhc': unknown variable in edge-provision's namespace (did you mean 'edge_arch'?)"]
+    (fleet / "hosts.yml").write_text(_fleet(CP))
+    ok = run([tool("edge-provision"), "check", "-i", str(fleet), "--json"])
+    assert ok.returncode == 0 and json.loads(ok.stdout)["hosts"] == [{"name": "cp", "groups": ["control_plane"]}]
