@@ -75,8 +75,22 @@ def _known_variables(roles: Iterable[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _role_options(roles: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Variable -> its argument spec, for every role but the fleet's own (checked field by field
+    below, with messages of their own)."""
+    options: dict[str, dict[str, Any]] = {}
+    for role in roles:
+        if role == FLEET_ROLE:
+            continue
+        specs = yaml.safe_load(role_path(role, "meta", "argument_specs.yml").read_text())["argument_specs"]
+        for entry in specs.values():
+            options.update(entry.get("options") or {})
+    return options
+
+
 ROLES = _roles()
 KNOWN_VARIABLES = _known_variables(ROLES)
+ROLE_OPTIONS = _role_options(ROLES)
 # Our namespaces: a variable named like these that is not one of ours is a typo (it would be
 # silently ignored, the default used instead).
 OWN_PREFIXES = ("edge_", *(f"{role}_" for role in ROLES))
@@ -348,6 +362,21 @@ def validate(fleet: Fleet) -> list[str]:
     return problems
 
 
+def _role_variable_problems(variables: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, what is wrong) for each role variable the fleet sets that its role's argument spec
+    refuses (type, element type, choices), as Ansible's own validator says it: the same check
+    the role runs once a host is contacted, here before any is."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    found = []
+    for name in sorted(set(variables) & set(ROLE_OPTIONS)):
+        if variables[name] is None:
+            continue
+        result = ArgumentSpecValidator({name: ROLE_OPTIONS[name]}).validate({name: variables[name]})
+        found += [(name, str(error)) for error in result.errors]
+    return found
+
+
 def _endpoint(host: FleetHost) -> tuple[str, int] | None:
     address = host.vars.get("ansible_host")
     port = host.vars.get("ansible_port")
@@ -384,6 +413,8 @@ def _host_problems(host: FleetHost) -> list[str]:
             near = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.75)
             hint = f"did you mean '{near[0]}'?" if near else "see the roles' meta/argument_specs.yml"
             field_problem(name, f"unknown variable in edge-provision's namespace ({hint})")
+
+    problems += [f"field '{name}': {message}" for name, message in _role_variable_problems(v)]
 
     for name, choices in (
         ("edge_arch", ARCHITECTURES),
