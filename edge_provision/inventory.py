@@ -150,15 +150,26 @@ def inventory_file(path: str | Path) -> Path:
     return p / INVENTORY_FILE if p.is_dir() else p
 
 
-def load(path: str | Path) -> Fleet:
-    """Load and validate a fleet; raise :class:`InventoryError` listing every problem."""
+def load(path: str | Path, *, decrypt: bool = False) -> Fleet:
+    """Load and validate a fleet; raise :class:`InventoryError` listing every problem.
+
+    Values encrypted with Ansible Vault stay :data:`VAULTED` unless ``decrypt`` (what an engine
+    needs, not a check): then the usual Ansible settings give the password
+    (``ANSIBLE_VAULT_PASSWORD_FILE``, ``ANSIBLE_VAULT_IDENTITY_LIST``, ansible.cfg), and a vaulted
+    value without one is a problem naming the host and the field."""
     source = inventory_file(path)
     if not source.is_file():
         raise InventoryError(source, [f"no inventory file ({INVENTORY_FILE} in the fleet directory)"])
     problems = _check_structure(source)
     if problems:
         raise InventoryError(source, problems)
-    fleet = Fleet(source=source, hosts=tuple(_ansible_hosts(source)))
+    fleet = Fleet(source=source, hosts=tuple(_ansible_hosts(source, decrypt)))
+    if decrypt:
+        locked = [f"host '{h.name}': field '{k}': vaulted, and no vault password was given (set "
+                  "ANSIBLE_VAULT_PASSWORD_FILE or vault_password_file in ansible.cfg)"
+                  for h in fleet.hosts for k, value in sorted(h.vars.items()) if value == VAULTED]
+        if locked:
+            raise InventoryError(source, locked)
     problems = validate(fleet)
     if problems:
         raise InventoryError(source, problems)
@@ -247,7 +258,29 @@ def _quiet_gevent_hub() -> Iterator[None]:
         hub.exception_stream = saved
 
 
-def _ansible_hosts(source: Path) -> Iterable[FleetHost]:
+# What a vaulted value is, where it is not (or cannot be) decrypted.
+VAULTED = "<vaulted>"
+
+
+def _vault_secrets(loader: Any) -> bool:
+    """Vault secrets from the usual Ansible settings in this process (once); whether there are any."""
+    from ansible import constants as ansible_settings
+    from ansible.cli import CLI
+    from ansible.parsing.vault import VaultSecretsContext
+
+    context = VaultSecretsContext.current(optional=True)
+    if context is None:
+        password_file = ansible_settings.DEFAULT_VAULT_PASSWORD_FILE
+        CLI.setup_vault_secrets(
+            loader, ansible_settings.DEFAULT_VAULT_IDENTITY_LIST,
+            vault_password_files=[password_file] if password_file else [],
+            ask_vault_pass=False, auto_prompt=False, initialize_context=True,
+        )
+        context = VaultSecretsContext.current(optional=True)
+    return bool(context is not None and context.secrets)
+
+
+def _ansible_hosts(source: Path, decrypt: bool = False) -> Iterable[FleetHost]:
     with _quiet_gevent_hub():
         import ansible.module_utils._internal._datatag  # noqa: F401  (runs the probe)
     from ansible.errors import AnsibleError
@@ -257,13 +290,17 @@ def _ansible_hosts(source: Path) -> Iterable[FleetHost]:
 
     loader = DataLoader()
     try:
+        secrets = _vault_secrets(loader) if decrypt else False
+    except AnsibleError as exc:  # e.g. a password file that is not there
+        raise InventoryError(source, [f"vault password: {str(exc).splitlines()[0]}"]) from None
+    try:
         manager = InventoryManager(loader=loader, sources=[str(source)], parse=False)
         manager.parse_sources(cache=False)
     except AnsibleError as exc:  # pragma: no cover - structure checks catch what we know
         raise InventoryError(source, [str(exc).splitlines()[0]]) from None
     variables = VariableManager(loader=loader, inventory=manager)
     for host in sorted(manager.get_hosts(), key=lambda h: h.name):
-        merged = _plain(variables.get_vars(host=host, include_hostvars=False))
+        merged = _plain(variables.get_vars(host=host, include_hostvars=False), decrypt=secrets)
         host_vars = {k: v for k, v in merged.items() if not _is_magic(k)}
         values = {**FLEET_DEFAULTS, **host_vars}
         groups = tuple(sorted(g.name for g in host.get_groups() if g.name != "all"))
@@ -290,9 +327,17 @@ def _is_magic(key: str) -> bool:
     return key in _MAGIC
 
 
-def _plain(value: Any) -> Any:
-    """Ansible's tagged containers and strings as plain Python values."""
-    return json.loads(json.dumps(value, default=str))
+def _plain(value: Any, *, decrypt: bool = False) -> Any:
+    """Ansible's tagged containers and strings as plain Python values; a vaulted value decrypted
+    when ``decrypt``, else :data:`VAULTED`."""
+    from ansible.parsing.vault import EncryptedString
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, EncryptedString):
+            return str(item) if decrypt else VAULTED
+        return str(item)
+
+    return json.loads(json.dumps(value, default=plain))
 
 
 # --- validation ------------------------------------------------------------------------
@@ -574,7 +619,7 @@ def pyinfra_groups(inventory_py: str | Path) -> tuple[list[tuple[str, dict[str, 
     On an invalid fleet, print every problem and exit non-zero before pyinfra connects.
     """
     try:
-        fleet = load(Path(inventory_py).parent)
+        fleet = load(Path(inventory_py).parent, decrypt=True)
     except InventoryError as exc:
         print(exc.render(), file=sys.stderr)
         raise SystemExit(2) from None

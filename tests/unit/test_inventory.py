@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -260,3 +263,50 @@ def test_check_json_lists_the_problems_and_keeps_the_exit_status(tmp_path: Path)
     (fleet / "hosts.yml").write_text(_fleet(CP))
     ok = run([tool("edge-provision"), "check", "-i", str(fleet), "--json"])
     assert ok.returncode == 0 and json.loads(ok.stdout)["hosts"] == [{"name": "cp", "groups": ["control_plane"]}]
+
+
+VAULTED_TOKEN = "abcdef.0123456789abcdef"
+
+
+def _run_with(args: list[str], cwd: Path, password_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``args`` in ``cwd`` with the vault password file given through Ansible's environment (or none)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_VAULT")}
+    if password_file:
+        env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(password_file)
+    return subprocess.run(args, cwd=cwd, env=env, text=True, capture_output=True, check=False)
+
+
+def _vaulted_fleet(tmp_path: Path) -> tuple[Path, Path]:
+    """A fleet whose group_vars/all.yml holds a join token encrypted by the real ansible-vault."""
+    fleet, password = tmp_path / "fleet", tmp_path / "vault-pass"
+    (fleet / "group_vars").mkdir(parents=True)
+    password.write_text("correct horse\n")
+    encrypted = run([tool("ansible-vault"), "encrypt_string", "--vault-password-file", str(password),
+                     VAULTED_TOKEN, "--name", "node_join_kubeadm_token"])
+    assert encrypted.returncode == 0, encrypted.stderr
+    (fleet / "group_vars" / "all.yml").write_text(encrypted.stdout)
+    (fleet / "hosts.yml").write_text(_fleet(CP))
+    (fleet / "inventory.py").write_text(
+        "from edge_provision.inventory import pyinfra_groups\ncontrol_plane, edge = pyinfra_groups(__file__)\n")
+    return fleet, password
+
+
+def test_a_vaulted_token_passes_check_without_a_password_and_is_never_printed(tmp_path: Path) -> None:
+    fleet, _ = _vaulted_fleet(tmp_path)
+    for args in ([], ["--json"]):
+        result = _run_with([tool("edge-provision"), "check", "-i", str(fleet), *args], tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr and VAULTED_TOKEN not in result.stdout + result.stderr
+
+
+def test_pyinfra_gets_the_vaulted_token_with_the_password_and_a_clear_error_without(tmp_path: Path) -> None:
+    fleet, password = _vaulted_fleet(tmp_path)
+    probe = ("import runpy; g = runpy.run_path('inventory.py');"
+             " print(g['control_plane'][0][1]['node_join_kubeadm_token'] == " + repr(VAULTED_TOKEN) + ")")
+    opened = _run_with([sys.executable, "-c", probe], fleet, password)
+    assert opened.returncode == 0 and opened.stdout.strip() == "True", opened.stderr
+    locked = _run_with([sys.executable, "-c", probe], fleet)
+    assert locked.returncode == 2 and "Traceback" not in locked.stderr, locked.stderr
+    assert ("host 'cp': field 'node_join_kubeadm_token': vaulted, and no vault password was given"
+            in locked.stderr), locked.stderr
+    assert VAULTED_TOKEN not in locked.stdout + locked.stderr
