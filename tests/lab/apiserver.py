@@ -13,8 +13,10 @@ import datetime as dt
 import ipaddress
 import secrets
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,6 +136,9 @@ def local_api(directory: Path, apiserver_args: Sequence[str] = ()) -> Iterator[L
 
 
 def _wait_ready(directory: Path, kubeconfig: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    """Until /readyz answers ok: every post-start hook has finished. A hook that fails exits the
+    API server (kube-apiserver 1.34: "PostStartHook scheduling/bootstrap-system-priority-classes
+    failed" when a test stalled etcd while it still ran), so a test must not start before."""
     from edge_provision.stages.cluster import kube_api
 
     path = directory / "kubeconfig"
@@ -143,9 +148,17 @@ def _wait_ready(directory: Path, kubeconfig: str, processes: list[subprocess.Pop
     deadline = time.monotonic() + 120
     while True:
         try:
-            with kube_api.api_client(path) as api:
+            with kube_api.api_client(path, retries=0) as api:
                 client.CoreV1Api(api).read_namespace("kube-system")
-                return
+            doc = yaml.safe_load(kubeconfig)
+            request = urllib.request.Request(
+                doc["clusters"][0]["cluster"]["server"] + "/readyz",
+                headers={"Authorization": f"Bearer {doc['users'][0]['user']['token']}"},
+            )
+            context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+            with urllib.request.urlopen(request, context=context, timeout=5) as answer:  # 500 until ready
+                if answer.read() == b"ok":
+                    return
         except Exception as exc:
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                 tail = (directory / "apiserver.log").read_text()[-3000:]
