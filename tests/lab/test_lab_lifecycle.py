@@ -101,6 +101,8 @@ all:
     ansible_python_interpreter: /usr/bin/python3
     edge_cluster_distribution: kubeadm
     edge_wasm_engine: wasmtime
+    control_plane_kubeadm_kube_proxy_conntrack: {{maxPerCore: 0}}
+    kubernetes_node_upstream_dns: [192.0.2.53]
   children:
     control_plane:
       hosts:
