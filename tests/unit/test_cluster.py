@@ -104,7 +104,8 @@ def test_a_given_token_must_look_like_one(tmp_path: Path) -> None:
 def _init_vars(labels: str) -> dict[str, object]:
     return {**NODE, **CONTROL_PLANE, "kubeadm": {
         "node_name": "cp-1", "node_ip": "192.0.2.10", "node_labels": labels, "version": "1.34.12",
-        "etcd_tag": "3.6.17-0", "dns_tag": "v1.12.1", "cert_sans": ["192.0.2.10", "cp-1"]}}
+        "etcd_tag": "3.6.17-0", "dns_tag": "v1.12.1", "cert_sans": ["192.0.2.10", "cp-1"],
+        "patches_dir": ""}}
 
 
 def _cluster_config(**overrides: object) -> dict[str, object]:
@@ -149,6 +150,17 @@ def test_kubeadm_init_configuration() -> None:
     no_labels = next(yaml.safe_load_all(
         render_template("control_plane_kubeadm", "kubeadm-init.yaml.j2", _init_vars(""))))
     assert [a["name"] for a in no_labels["nodeRegistration"]["kubeletExtraArgs"]] == ["node-ip"]
+    assert "patches" not in no_labels
+
+
+def test_the_probe_patches_directory_is_named_in_the_init_configuration() -> None:
+    """kubeadm refuses ``--patches`` beside ``--config`` ("can not mix '--config' with arguments
+    [patches]"), so the directory goes in the InitConfiguration and never on the command line."""
+    variables = _init_vars("")
+    variables["kubeadm"] = {**variables["kubeadm"], "patches_dir": "/etc/k/patches"}  # type: ignore[dict-item]
+    init = next(yaml.safe_load_all(render_template("control_plane_kubeadm", "kubeadm-init.yaml.j2", variables)))
+    assert init["patches"] == {"directory": "/etc/k/patches"}
+    assert not any(a.startswith("--patches") for a in kubeadm.kubeadm_init("/c", []))
 
 
 def test_kube_proxy_conntrack_and_ignored_preflight_checks_come_from_the_fleet() -> None:
@@ -227,7 +239,6 @@ def test_kubeadm_init_argv() -> None:
     assert kubeadm.kubeadm_init("/etc/k/init.yaml", []) == [
         "kubeadm", "init", "--config=/etc/k/init.yaml", "--skip-token-print"]  # every phase, preflight too
     assert kubeadm.kubeadm_init("/etc/k/init.yaml", ["addon/kube-proxy"])[-1] == "--skip-phases=addon/kube-proxy"
-    assert kubeadm.kubeadm_init("/c", [], "/etc/k/patches")[-1] == "--patches=/etc/k/patches"
     assert kubeadm.kubeadm_join("/j", []) == ["kubeadm", "join", "--config=/j"]
     # Every phase runs by default, preflight included, at init and at join.
     assert CONTROL_PLANE["control_plane_kubeadm_skip_phases"] == JOIN["node_join_kubeadm_skip_phases"] == []

@@ -201,6 +201,12 @@ def control_plane() -> None:
         namespace=c["containerd_namespace"],
         image_dir=c["containerd_image_dir"],
     )
+    try:
+        patches = kubeadm.probe_patches(
+            v["control_plane_kubeadm_probe_failure_thresholds"], v["control_plane_kubeadm_images"]
+        )
+    except common.ClusterError as exc:
+        raise DeployError(f"host {host.name}: {exc}") from exc
     config = v["control_plane_kubeadm_config_file"]
     files.directory(
         name="Make the directory of edge-provision's kubeadm files",
@@ -226,6 +232,7 @@ def control_plane() -> None:
                         "etcd_tag": arts["references"]["etcd"].rsplit(":", 1)[1],
                         "dns_tag": arts["references"]["coredns"].rsplit(":", 1)[1],
                         "cert_sans": sans,
+                        "patches_dir": v["control_plane_kubeadm_patches_dir"] if patches else "",
                     },
                 },
             )
@@ -235,12 +242,6 @@ def control_plane() -> None:
         group="root",
         mode="600",
     )
-    try:
-        patches = kubeadm.probe_patches(
-            v["control_plane_kubeadm_probe_failure_thresholds"], v["control_plane_kubeadm_images"]
-        )
-    except common.ClusterError as exc:
-        raise DeployError(f"host {host.name}: {exc}") from exc
     if patches:
         files.directory(
             name="Make the directory of the patches",
@@ -262,7 +263,6 @@ def control_plane() -> None:
         name="Run kubeadm init",
         config_file=config,
         skip_phases=v["control_plane_kubeadm_skip_phases"],
-        patches_dir=v["control_plane_kubeadm_patches_dir"] if patches else "",
     )
     server = v["control_plane_kubeadm_api_server"] or (
         f"https://{host.data.get('ansible_host')}:{n['kubernetes_node_api_port']}"

@@ -53,12 +53,12 @@ def cni_loaded(conf_file: str, stamp_file: str) -> Commands:
 
 
 @operation(is_idempotent=True)
-def kubeadm_initialised(config_file: str, skip_phases: Sequence[str], patches_dir: str = "") -> Commands:
+def kubeadm_initialised(config_file: str, skip_phases: Sequence[str]) -> Commands:
     """``kubeadm init`` (:func:`kubeadm.kubeadm_init`) unless the node has /etc/kubernetes/admin.conf."""
     if host.get_fact(File, path=ADMIN_CONF):
         host.noop("the control plane is initialised")
         return
-    init = shlex.join(kubeadm.kubeadm_init(config_file, skip_phases, patches_dir))
+    init = shlex.join(kubeadm.kubeadm_init(config_file, skip_phases))
     yield tool_step(init, "kubeadm init", reset=KUBEADM_RESET)
 
 

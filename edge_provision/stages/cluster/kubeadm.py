@@ -16,13 +16,12 @@ from edge_provision.stages.cluster.common import ClusterError
 PROBES = ("startup", "liveness")
 
 
-def kubeadm_init(config_file: str, skip_phases: Sequence[str], patches_dir: str = "") -> list[str]:
-    """``kubeadm init``'s argv (the token it creates is not printed); ``patches_dir``: the
-    directory of :func:`probe_patches`."""
+def kubeadm_init(config_file: str, skip_phases: Sequence[str]) -> list[str]:
+    """``kubeadm init``'s argv (the token it creates is not printed). The directory of
+    :func:`probe_patches` is named in the InitConfiguration: kubeadm refuses ``--patches``
+    beside ``--config``."""
     argv = ["kubeadm", "init", f"--config={config_file}", "--skip-token-print"]
-    if skip_phases:
-        argv.append(f"--skip-phases={','.join(skip_phases)}")
-    return [*argv, f"--patches={patches_dir}"] if patches_dir else argv
+    return [*argv, f"--skip-phases={','.join(skip_phases)}"] if skip_phases else argv
 
 
 def kubeadm_join(config_file: str, skip_phases: Sequence[str]) -> list[str]:
