@@ -310,21 +310,30 @@ def _comparable(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def apply(kubeconfig: Path, docs: Sequence[Mapping[str, Any]], *, dry_run: bool = False) -> list[str]:
-    """Server-side apply each manifest; return "<Kind>/<name>" of those that changed (or would)."""
+    """Server-side apply each manifest; return "<Kind>/<name>" of those that changed (or would).
+
+    A dry run cannot apply an object to a namespace that the same manifests create (the API
+    answers 404 for the namespace): such objects are counted as changes without asking."""
     from kubernetes.dynamic import DynamicClient
     from kubernetes.dynamic.exceptions import NotFoundError
 
     changed = []
+    new_namespaces = set()
     with api_client(kubeconfig) as api:
         dynamic = DynamicClient(api)  # type: ignore[no-untyped-call]
         for doc in docs:
             resource = _resource(dynamic, doc)
             name = doc["metadata"]["name"]
             namespace = doc["metadata"].get("namespace") if resource.namespaced else None
+            if dry_run and namespace in new_namespaces:
+                changed.append(f"{doc['kind']}/{name}")
+                continue
             try:
                 before = resource.get(name=name, namespace=namespace).to_dict()
             except NotFoundError:
                 before = None
+                if doc["kind"] == "Namespace":
+                    new_namespaces.add(name)
             kwargs = {"dry_run": "All"} if dry_run else {}
             after = resource.server_side_apply(
                 body=dict(doc),
