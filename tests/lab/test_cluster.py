@@ -3,12 +3,15 @@ join with bootstrap tokens, one through each engine (the whole chain: host_prep,
 cluster). lab-1 and lab-2 run Debian 12 (crun with wasmtime), lab-3 Debian 13 (its own crun with
 WasmEdge): a mixed fleet, the Wasm samples on each engine.
 
-lab-1 (control plane) and lab-2 are provisioned by Ansible, lab-3 by pyinfra. Once the control
-plane is up, each engine first tries a join with a token of the cluster's ID but another secret,
+pyinfra makes the control plane on lab-1, with probe failure thresholds from group_vars/all.yml
+(which both engines read); Ansible then runs the same stages on it and must change nothing (both
+engines reach the same host state; Molecule's scenario containers has Ansible make a control plane
+from scratch). lab-2 joins through Ansible, lab-3 through pyinfra. Once the control plane is up,
+each engine first tries a join with a token of the cluster's ID but another secret,
 which must fail in kubeadm's discovery and leave the node reset, and pyinfra one with a token the
 cluster does not know, which must fail on the controller before the node is touched; then each
 joins for real at -vvv. No token of the cluster may appear in any of that output. A second run of
-each engine changes nothing.
+each engine changes nothing (pyinfra's on lab-1 too, after Ansible's).
 
 The cluster is kubeadm's default topology on Kubernetes of today (versions.yml's pin): stacked
 etcd over TLS, kube-proxy, CoreDNS and flannel, with every preflight check run; a pod reaches a pod
@@ -48,6 +51,9 @@ JOIN_CONFIG = role_defaults("node_join_kubeadm")["node_join_kubeadm_config_file"
 # The kubelet's kernel tunables; the lab keeps it from writing the machine's (see lab/image.py).
 KUBELET_TUNABLES = ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory")
 BAD_TOKEN_TIMEOUT = "node_join_kubeadm_discovery_timeout=15s"
+STAGES = "host_prep,runtime,cluster"
+# Not kubeadm's own (startup 24, liveness 8), so the checks see the patches at work.
+PROBE_THRESHOLDS = {"startup": 30, "liveness": 12}
 
 
 @dataclass
@@ -56,6 +62,7 @@ class ClusterRuns:
     kubeconfig: Path
     machine_tunables_before: dict[str, str]
     control_plane: EngineRun
+    ansible_after_control_plane: EngineRun
     bad_ansible: EngineRun
     bad_pyinfra: EngineRun
     clean_after_bad: dict[str, dict[str, bool]]
@@ -98,9 +105,13 @@ def _bad_token_args(option: str, token: str) -> list[str]:
 def runs(lab_fleet: LabFleet) -> Iterator[ClusterRuns]:
     before = _machine_tunables()
     kubeconfig = lab_fleet.inventory / common.KUBECONFIG_FILE
-    stages = ("--tags", "host_prep,runtime,cluster")
-    control_plane = lab_fleet.ansible_playbook("--limit", "control_plane", *stages)
+    group_vars = lab_fleet.inventory / "group_vars"
+    group_vars.mkdir(exist_ok=True)
+    (group_vars / "all.yml").write_text(
+        yaml.safe_dump({"control_plane_kubeadm_probe_failure_thresholds": PROBE_THRESHOLDS}))
+    control_plane = lab_fleet.pyinfra("--limit", "lab-1", "--data", f"edge_stages={STAGES}")
     assert control_plane.result.returncode == 0, control_plane.output[-3000:]
+    ansible_after = lab_fleet.ansible_playbook("--limit", "control_plane", "--tags", STAGES)
     wrong = _wrong_secret(kubeconfig)
     ansible_hosts = ("--limit", "control_plane,lab-2")
     bad_ansible = lab_fleet.ansible_playbook(*ansible_hosts, *_bad_token_args("-e", wrong))
@@ -111,7 +122,7 @@ def runs(lab_fleet: LabFleet) -> Iterator[ClusterRuns]:
     ansible = lab_fleet.ansible_playbook("-vvv", *ansible_hosts)
     pyinfra = lab_fleet.pyinfra("-vvv", "--limit", "lab-3")
     yield ClusterRuns(
-        lab_fleet, kubeconfig, before, control_plane, bad_ansible, bad_pyinfra, clean, unknown_pyinfra,
+        lab_fleet, kubeconfig, before, control_plane, ansible_after, bad_ansible, bad_pyinfra, clean, unknown_pyinfra,
         untouched, ansible, pyinfra,
     )
 
@@ -126,7 +137,16 @@ def test_both_engines_bring_up_the_cluster(runs: ClusterRuns) -> None:
 
 
 def test_control_plane_runs_its_static_pods(runs: ClusterRuns) -> None:
+    assert runs.control_plane.changed > 0
     cluster.control_plane_runs_its_static_pods(runs.kubeconfig)
+
+
+def test_the_control_plane_probes_get_the_inventorys_failure_thresholds(runs: ClusterRuns) -> None:
+    cluster.control_plane_probe_failure_thresholds(runs.kubeconfig, "lab-1", PROBE_THRESHOLDS)
+
+
+def test_ansible_after_pyinfra_changes_nothing_on_the_control_plane(runs: ClusterRuns) -> None:
+    assert runs.ansible_after_control_plane.ok().changed == 0
 
 
 def test_every_node_is_ready_with_its_inventory_labels(runs: ClusterRuns) -> None:
@@ -198,7 +218,8 @@ def test_join_tokens_appear_in_no_output(runs: ClusterRuns) -> None:
         data = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
         tokens.append((data["token-id"], data["token-secret"]))
     assert len(tokens) >= 3, "expected kubeadm init's token and one per joined node"
-    outputs = {"ansible (control plane)": runs.control_plane.output,
+    outputs = {"pyinfra (control plane)": runs.control_plane.output,
+               "ansible (control plane, after pyinfra)": runs.ansible_after_control_plane.output,
                "ansible -vvv": runs.ansible.output, "pyinfra -vvv": runs.pyinfra.output,
                "ansible (bad token)": runs.bad_ansible.output, "pyinfra (bad token)": runs.bad_pyinfra.output,
                "pyinfra (unknown token)": runs.unknown_pyinfra.output}
@@ -225,7 +246,8 @@ def test_second_ansible_run_changes_nothing(runs: ClusterRuns) -> None:
 
 
 def test_second_pyinfra_run_changes_nothing(runs: ClusterRuns) -> None:
-    assert runs.fleet.pyinfra("--limit", "lab-3").ok().changed == 0
+    """lab-3 after its join, lab-1 after Ansible's runs."""
+    assert runs.fleet.pyinfra("--limit", "lab-1,lab-3").ok().changed == 0
 
 
 # --- workloads (after the second runs above: these change the fleet) ------------------------
