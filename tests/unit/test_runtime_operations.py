@@ -149,8 +149,10 @@ def test_debs_plan_ships_one_archive_that_the_node_commands_unpack_and_check(
         members = tar.getmembers()
     assert [(m.name, m.uid, m.mode) for m in members] == [(d["file"], 0, 0o644) for d in debs]
     assert plan["file"] == Path(plan["archive"]).name
-    unpack, install, remove = plan["commands"]
-    assert install.startswith("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ")
+    unpack, recover, install, remove = plan["commands"]
+    assert recover.startswith('if [ -n "$(dpkg --audit)" ]; then ') and "dpkg --configure -a" in recover
+    assert install.startswith("DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q "
+                              "--no-install-recommends ")
     staging.mkdir()
     shutil.copy(plan["archive"], staging / plan["file"])
     subprocess.run(["sh", "-c", unpack], check=True)

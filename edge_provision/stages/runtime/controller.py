@@ -59,6 +59,9 @@ RELEASE_COMPONENTS = ("containerd_release", "runc_release")
 
 
 IMAGE_NAMES = ("pause", "busybox", "wasi-demo")
+# Seconds apt-get waits for dpkg's lock held by another process (unattended-upgrades, a user's
+# apt) before it gives up with its own message.
+DPKG_LOCK_TIMEOUT = 300
 
 
 class RuntimeStageError(RuntimeError):
@@ -223,8 +226,14 @@ def wasm_crun(arch: str, engine: str, source: str = UPSTREAM) -> dict[str, Any]:
     }
 
 
-def release_files(arch: str, source: str = UPSTREAM) -> list[dict[str, Any]]:
-    """containerd's release archive and runc for ``arch``, fetched and verified on the controller."""
+def release_files(arch: str, source: str = UPSTREAM, *, build: bool = False) -> list[dict[str, Any]]:
+    """containerd's release archive and runc for ``arch``, fetched and verified on the controller;
+    with ``build``, the same files made on the controller from their Go modules instead
+    (versions.yml ``containerd_build``: containerd 2.x and runc, laid out as upstream's)."""
+    if build:
+        from edge_provision.artifacts.builders.kubernetes_modules import containerd_release_files
+
+        return containerd_release_files(arch)
     return _fetched(RELEASE_COMPONENTS, arch, source)
 
 
@@ -307,8 +316,9 @@ def debs_plan(debs: Sequence[Mapping[str, Any]], *, staging_dir: str) -> dict[st
     """How a node gets the .deb files ``debs`` (the ones it lacks, :func:`debs_missing`): one
     uncompressed tar of them, made on the controller, so they travel in one transfer (a copy
     per file cost 10-13 s each on an emulated VM), and the node commands that unpack it in
-    ``staging_dir``, check each file's sha256 again, install them in one apt-get call and
-    remove what was shipped. Returns ``{archive, file, commands}``.
+    ``staging_dir``, check each file's sha256 again, finish what an interrupted dpkg left, install
+    them in one apt-get call (waiting for dpkg's lock) and remove what was shipped.
+    Returns ``{archive, file, commands}``.
 
     The tar is :func:`edge_provision.artifacts.debian.pack_debs`'s: named by its members' sha256s
     and kept beside the .deb files, so the next node lacking the same packages reuses it.
@@ -323,7 +333,11 @@ def debs_plan(debs: Sequence[Mapping[str, Any]], *, staging_dir: str) -> dict[st
     commands = [
         f"cd {q(staging_dir)} && tar -xf {q(name)} --no-same-owner"
         f" && printf '%s\\n' {q(sums)} | sha256sum --check --strict --quiet",
-        f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {staged}",
+        # A node stopped while dpkg ran (power cut, reboot) refuses apt-get with "dpkg was
+        # interrupted, you must manually run 'dpkg --configure -a'": finish that first.
+        'if [ -n "$(dpkg --audit)" ]; then DEBIAN_FRONTEND=noninteractive dpkg --configure -a; fi',
+        f"DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout={DPKG_LOCK_TIMEOUT}"
+        f" install -y -q --no-install-recommends {staged}",
         f"rm -f {q(f'{staging_dir}/{name}')} {staged}",
     ]
     return {"archive": str(archive), "file": name, "commands": commands}
