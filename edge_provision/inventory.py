@@ -535,7 +535,7 @@ def label_problem(key: Any, value: Any) -> str | None:
         return f"label key '{key}': the prefix must be a lowercase DNS subdomain (e.g. example.com)"
     if not isinstance(value, str):
         return (
-            f"label '{key}': value {value!r} is a {_type(value)}; label values are strings "
+            f"label '{key}': value {value!r} is {_type(value)}; label values are strings "
             "(quote it in YAML)"
         )
     if len(value) > 63 or not _LABEL_NAME.match(value):
