@@ -63,6 +63,13 @@ def _packages(debs: list[dict[str, Any]], packages: list[str], name: str) -> Non
         )
 
 
+def _rendered(name: str, role: str, template: str, variables: dict[str, Any], dest: str,
+              mode: str = "644") -> Any:
+    """files.put of one of ``role``'s templates, rendered as the role renders it, owned by root."""
+    return files.put(name=name, src=StringIO(render_template(role, template, variables)), dest=dest,
+                     user="root", group="root", mode=mode)
+
+
 def _kubeconfig() -> str:
     return f"{host.data.get('inventory_dir')}/{common.KUBECONFIG_FILE}"
 
@@ -121,14 +128,8 @@ def kubernetes_node() -> None:
             user="root",
             group="root",
         )
-    files.put(
-        name="Write the node's CNI network",
-        src=StringIO(render_template("kubernetes_node", "cni.conflist.j2", template_vars)),
-        dest=v["kubernetes_node_cni_conf_file"],
-        user="root",
-        group="root",
-        mode="644",
-    )
+    _rendered("Write the node's CNI network", "kubernetes_node", "cni.conflist.j2", template_vars,
+              v["kubernetes_node_cni_conf_file"])
     ops.cni_loaded(
         name="Restart containerd to load the CNI network",
         conf_file=v["kubernetes_node_cni_conf_file"],
@@ -138,19 +139,10 @@ def kubernetes_node() -> None:
         resolv_conf = v["kubernetes_node_resolv_conf_file"]
         files.directory(name="Make the directory of the pods' resolv.conf",
                         path=resolv_conf.rsplit("/", 1)[0], user="root", group="root", mode="700")
-        files.put(
-            name="Write the pods' resolv.conf",
-            src=StringIO(render_template("kubernetes_node", "resolv.conf.j2", template_vars)),
-            dest=resolv_conf, user="root", group="root", mode="644",
-        )
-    files.put(
-        name="Point crictl at containerd",
-        src=StringIO(render_template("kubernetes_node", "crictl.yaml.j2", template_vars)),
-        dest="/etc/crictl.yaml",
-        user="root",
-        group="root",
-        mode="644",
-    )
+        _rendered("Write the pods' resolv.conf", "kubernetes_node", "resolv.conf.j2", template_vars,
+                  resolv_conf)
+    _rendered("Point crictl at containerd", "kubernetes_node", "crictl.yaml.j2", template_vars,
+              "/etc/crictl.yaml")
     runtime_ops.images_imported(
         name="Import the node's images",
         images=arts["images"],
@@ -158,14 +150,7 @@ def kubernetes_node() -> None:
         image_dir=c["containerd_image_dir"],
     )
     units = [
-        files.put(
-            name=f"Write {dest}",
-            src=StringIO(render_template("kubernetes_node", src, template_vars)),
-            dest=dest,
-            user="root",
-            group="root",
-            mode="644",
-        )
+        _rendered(f"Write {dest}", "kubernetes_node", src, template_vars, dest)
         for src, dest in (
             ("kubelet.service.j2", "/etc/systemd/system/kubelet.service"),
             ("10-kubeadm.conf.j2", "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf"),
@@ -215,33 +200,18 @@ def control_plane() -> None:
         group="root",
         mode="700",
     )
-    files.put(
-        name="Write kubeadm's configuration",
-        src=StringIO(
-            render_template(
-                "control_plane_kubeadm",
-                "kubeadm-init.yaml.j2",
-                {
-                    **n,
-                    **v,
-                    "kubeadm": {
-                        "node_name": host.name,
-                        "node_ip": node_ip,
-                        "node_labels": labels,
-                        "version": arts["version"],
-                        "etcd_tag": arts["references"]["etcd"].rsplit(":", 1)[1],
-                        "dns_tag": arts["references"]["coredns"].rsplit(":", 1)[1],
-                        "cert_sans": sans,
-                        "patches_dir": v["control_plane_kubeadm_patches_dir"] if patches else "",
-                    },
-                },
-            )
-        ),
-        dest=config,
-        user="root",
-        group="root",
-        mode="600",
-    )
+    kubeadm_vars = {
+        "node_name": host.name,
+        "node_ip": node_ip,
+        "node_labels": labels,
+        "version": arts["version"],
+        "etcd_tag": arts["references"]["etcd"].rsplit(":", 1)[1],
+        "dns_tag": arts["references"]["coredns"].rsplit(":", 1)[1],
+        "cert_sans": sans,
+        "patches_dir": v["control_plane_kubeadm_patches_dir"] if patches else "",
+    }
+    _rendered("Write kubeadm's configuration", "control_plane_kubeadm", "kubeadm-init.yaml.j2",
+              {**n, **v, "kubeadm": kubeadm_vars}, config, mode="600")
     if patches:
         files.directory(
             name="Make the directory of the patches",
@@ -385,22 +355,16 @@ def _k3s_service(unit: str, mode: str, env: Any, tls_sans: list[str], changed: l
     """roles/k3s_node/tasks/service.yml: config.yaml, the 0600 environment, the unit, running."""
     v = role_vars("k3s_node", host.data.dict())
     service = {"unit": unit, "mode": mode, "tls_sans": tls_sans}
-    config = files.put(
-        name="Write k3s's configuration",
-        src=StringIO(render_template("k3s_node", "config.yaml.j2", {
-            "k3s_node_rendered_config": k3s.k3s_config(
-                node_name=host.name, node_ip=_node_ip(), labels=fleet("edge_node_labels"),
-                tls_sans=tls_sans, extra=v["k3s_node_extra_config"],
-            ),
-        })),
-        dest=v["k3s_node_config_file"], user="root", group="root", mode="600",
+    rendered_config = k3s.k3s_config(
+        node_name=host.name, node_ip=_node_ip(), labels=fleet("edge_node_labels"),
+        tls_sans=tls_sans, extra=v["k3s_node_extra_config"],
     )
-    unit_file = files.put(
-        name=f"Write the unit of {unit}",
-        src=StringIO(render_template("k3s_node", "k3s.service.j2", {
-            **v, "k3s_node_service": service, "k3s_node_env_path": k3s.service_env_file(unit),
-        })),
-        dest=k3s.service_unit_file(unit), user="root", group="root", mode="644",
+    config = _rendered("Write k3s's configuration", "k3s_node", "config.yaml.j2",
+                       {"k3s_node_rendered_config": rendered_config}, v["k3s_node_config_file"], mode="600")
+    unit_file = _rendered(
+        f"Write the unit of {unit}", "k3s_node", "k3s.service.j2",
+        {**v, "k3s_node_service": service, "k3s_node_env_path": k3s.service_env_file(unit)},
+        k3s.service_unit_file(unit),
     )
     systemd.daemon_reload(name="Reload systemd's units", _if=unit_file.did_change)
     started = systemd.service(name=f"Run {unit} now and at boot", service=unit, running=True, enabled=True)
