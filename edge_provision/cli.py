@@ -109,7 +109,8 @@ def _artifacts(args: argparse.Namespace) -> int:
             "busybox image": lambda: images.build_busybox_image(args.arch),
             "pause image": lambda: images.build_pause_image(args.arch),
             # Kubernetes, crictl, etcd, CoreDNS, flannel from their Go modules, then their images.
-            **{name: partial(modules.build_component, name, args.arch) for name in modules.all_components()},
+            **{name: partial(modules.build_component, name, args.arch)
+               for name in modules.CLUSTER_COMPONENTS},
             **{f"{name} image": partial(images.build_cluster_image, name, args.arch)
                for name in images.CLUSTER_IMAGES},
         }

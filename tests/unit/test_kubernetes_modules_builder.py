@@ -4,7 +4,10 @@ the components, the wrapper go.mod, ldflags, cache keys, cache hits (no go, no n
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ PINS = builder.Pins(
     coredns_version="1.12.1",
 )
 FLANNEL = builder.FlannelPins(version="0.28.7", cni_plugin_version="0.9.1")
+CONTAINERD = builder.ContainerdPins(version="2.2.9", runc_version="1.4.4")
 GO = "go1.26.8"
 ENTRY = {"version": "1.34.12", "crictl_version": "1.34.0", "etcd_version": "3.6.17", "coredns_version": "1.12.1"}
 
@@ -262,9 +266,9 @@ def test_etcd_wrapper_requires_server_and_etcdctl_at_the_pin() -> None:
 
 
 def test_components_name_every_binary() -> None:
-    comps = builder.components(PINS, FLANNEL)
+    comps = builder.components(PINS, FLANNEL, CONTAINERD)
     assert list(comps) == list(builder.all_components()) == [
-        "kubernetes-modules", "crictl", "etcd", "coredns", "flannel", "flannel-cni"]
+        "kubernetes-modules", "crictl", "etcd", "coredns", "flannel", "flannel-cni", "containerd", "runc"]
     assert list(builder.components(PINS)) == list(builder.KUBERNETES_COMPONENTS)
     assert set(comps["kubernetes-modules"].binaries) == {
         "kubeadm", "kubelet", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy",
@@ -288,7 +292,7 @@ def test_components_name_every_binary() -> None:
     assert [c.name for c in comps.values() if c.git_commit] == ["kubernetes-modules"]
     assert {name: c.version for name, c in comps.items()} == {
         "kubernetes-modules": "1.34.12", "crictl": "1.34.0", "etcd": "3.6.17", "coredns": "1.12.1",
-        "flannel": "0.28.7", "flannel-cni": "0.9.1",
+        "flannel": "0.28.7", "flannel-cni": "0.9.1", "containerd": "2.2.9", "runc": "1.4.4",
     }
 
 
@@ -568,3 +572,250 @@ def test_a_cgo_build_without_a_c_compiler_is_a_clear_error(monkeypatch: pytest.M
     with pytest.raises(builder.KubernetesModulesBuildError, match="no C compiler") as info:
         builder.build_flannel("amd64")
     assert info.value.step == "find cc"
+
+
+# -- containerd and runc ----------------------------------------------------------------------------
+
+CONTAINERD_ENTRY = {"version": "2.2.9", "runc_version": "1.4.4"}
+
+
+def test_versions_yml_pins_containerd_2_and_runc_1_4() -> None:
+    pins = builder.load_containerd_pins()
+    assert pins.version.startswith("2.") and pins.runc_version.startswith("1.4.")
+    data = yaml.safe_load(builder.VERSIONS_FILE.read_text())
+    assert "downloads" not in data[builder.CONTAINERD_PIN_KEY]  # built, never fetched
+
+
+def test_load_containerd_pins_strips_a_leading_v(tmp_path: Path) -> None:
+    path = _write(tmp_path, {builder.CONTAINERD_PIN_KEY: {"version": "v2.2.9", "runc_version": "v1.4.4"}})
+    assert builder.load_containerd_pins(path) == CONTAINERD
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        (None, "'containerd_build'"),
+        ({"version": "2.2.9"}, "'runc_version'"),
+        ("2.2.9", "containerd_build.version"),
+        ({"version": "2.2", "runc_version": "1.4.4"}, "containerd_build.version is '2.2'"),
+        ({"version": "2.2.9", "runc_version": "latest"}, "containerd_build.runc_version is 'latest'"),
+        ({"version": "1.7.22", "runc_version": "1.4.4"}, "want a 2.x release"),
+    ],
+)
+def test_bad_containerd_pins_fail_naming_the_key(tmp_path: Path, entry: object, words: str) -> None:
+    data = {builder.PIN_KEY: {"1.34": ENTRY}, **({builder.CONTAINERD_PIN_KEY: entry} if entry else {})}
+    with pytest.raises(builder.KubernetesModulesBuildError, match="read pins") as info:
+        builder.load_containerd_pins(_write(tmp_path, data))
+    assert words in str(info.value)
+
+
+def test_containerd_components_come_from_containerd_build(tmp_path: Path) -> None:
+    path = _write(tmp_path, {builder.CONTAINERD_PIN_KEY: CONTAINERD_ENTRY})
+    assert builder.pinned_component("containerd", minor="1.99", versions_file=path).version == "2.2.9"
+    assert builder.pinned_component("runc", versions_file=path) == builder.containerd_components(CONTAINERD)["runc"]
+    with pytest.raises(builder.KubernetesModulesBuildError, match="'containerd_build'"):
+        builder.pinned_component("runc", versions_file=_write(tmp_path, {builder.PIN_KEY: {"1.34": ENTRY}}))
+
+
+def test_containerd_is_built_without_cgo_through_its_own_wrapper() -> None:
+    containerd = builder.containerd_components(CONTAINERD)["containerd"]
+    assert containerd.module == "edge-provision.invalid/build/containerd"
+    assert containerd.requires == (("github.com/containerd/containerd/v2", "v2.2.9"),)
+    assert dict(containerd.binaries) == {
+        "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+        "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+        "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+    }
+    assert [builder.exec_name(p) for p in containerd.binaries.values()] == list(containerd.binaries)
+    assert containerd.cgo_arches == () and containerd.tags == () and containerd.c_packages == ()
+    version = "github.com/containerd/containerd/v2/version"
+    assert builder.ldflags(containerd, "x") == (
+        f"-s -w -X {version}.Version=v2.2.9 -X {version}.Package=github.com/containerd/containerd/v2"
+    )
+    assert builder.ldflags(containerd, "x", commit="c0ffee") == (
+        builder.ldflags(containerd, "x") + f" -X {version}.Revision=c0ffee"
+    )
+    assert "-tags" not in " ".join(builder.go_build_args(containerd, "x", "OUT"))
+    assert containerd.checks == {
+        "containerd": (("--version",), "containerd github.com/containerd/containerd/v2 v2.2.9", "v2.2.9"),
+        "ctr": (("--version",), "ctr github.com/containerd/containerd/v2 v2.2.9", "v2.2.9"),
+        "containerd-shim-runc-v2": (("-v",), "Version:  v2.2.9", "v2.2.9"),
+    }
+
+
+def test_runc_is_a_static_cgo_build_with_seccomp() -> None:
+    runc = builder.containerd_components(CONTAINERD)["runc"]
+    assert runc.requires == (("github.com/opencontainers/runc", "v1.4.4"),)
+    assert dict(runc.binaries) == {"runc": "github.com/opencontainers/runc"}
+    assert runc.cgo_arches == ("amd64", "arm64")  # nsenter is C on every arch
+    assert runc.tags == ("seccomp", "urfave_cli_no_docs")  # runc's Makefile: BUILDTAGS
+    assert runc.c_packages == ("libseccomp-dev",)
+    assert builder.go_build_args(runc, "x", "OUT", cgo=True, commit="c0ffee") == [
+        "build", "-trimpath", "-buildvcs=false", "-tags=netgo,osusergo,seccomp,urfave_cli_no_docs", "-ldflags",
+        "-s -w -X main.version=1.4.4 -X main.gitCommit=c0ffee -linkmode=external -extldflags=-static",
+        "-o", "OUT/", "github.com/opencontainers/runc",
+    ]
+    assert "gitCommit" not in builder.ldflags(runc, "x", cgo=True)
+    assert runc.checks["runc"] == (("--version",), "runc version 1.4.4", "1.4.4")
+    assert "libseccomp: " in runc.features["runc"]
+
+
+def test_only_the_commit_stamps_take_a_commit() -> None:
+    comps = builder.components(PINS, FLANNEL, CONTAINERD)
+    assert {name: c.commit_stamps for name, c in comps.items() if c.commit_stamps} == {
+        "containerd": ("github.com/containerd/containerd/v2/version.Revision",),
+        "runc": ("main.gitCommit",),
+    }
+    for name in ("crictl", "flannel", "kubernetes-modules"):
+        assert builder.ldflags(comps[name], "x", commit="c0ffee") == builder.ldflags(comps[name], "x"), name
+
+
+def test_build_tags_are_part_of_the_cache_key() -> None:
+    runc = builder.containerd_components(CONTAINERD)["runc"]
+    untagged = builder.Component(runc.name, runc.version, runc.requires, runc.binaries, cgo_arches=runc.cgo_arches)
+    assert builder.cache_key("amd64", runc, GO, "gcc") != builder.cache_key("amd64", untagged, GO, "gcc")
+    keys = {builder.cache_key(arch, c, GO) for c in builder.containerd_components(CONTAINERD).values()
+            for arch in ("amd64", "arm64")}
+    assert len(keys) == 4
+
+
+def test_runc_for_arm64_is_refused_on_an_amd64_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "host_arch", lambda: "amd64")
+    monkeypatch.setattr(builder, "go_version", lambda env=None: GO)
+    with pytest.raises(builder.KubernetesModulesBuildError, match="runc for arm64 needs cgo: build it on an arm64"):
+        builder.build_runc("arm64")
+
+
+@pytest.mark.parametrize(("compiler", "libseccomp"), [(None, "2.5.4-1+deb12u1"), ("gcc 12", ""), (None, "")])
+def test_runc_without_its_c_toolchain_names_the_packages(
+    monkeypatch: pytest.MonkeyPatch, compiler: str | None, libseccomp: str
+) -> None:
+    monkeypatch.setattr(builder, "host_arch", lambda: "amd64")
+    monkeypatch.setattr(builder, "go_version", lambda env=None: GO)
+    monkeypatch.setattr(builder, "c_toolchain", lambda env: compiler)
+    monkeypatch.setattr(builder, "package_version", lambda package: libseccomp)
+    with pytest.raises(builder.KubernetesModulesBuildError) as info:
+        builder.build_runc("amd64")
+    assert info.value.step == "find cc"
+    assert "apt-get install gcc libc6-dev libseccomp-dev" in str(info.value)
+    assert ("no C compiler" if compiler is None else "libseccomp-dev, which is not installed") in str(info.value)
+
+
+def test_libseccomps_version_is_part_of_runcs_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "host_arch", lambda: "amd64")
+    monkeypatch.setattr(builder, "go_version", lambda env=None: GO)
+    monkeypatch.setattr(builder, "c_toolchain", lambda env: "gcc 12; ldd 2.36")
+    monkeypatch.setattr(builder, "package_version", lambda package: "2.5.4-1+deb12u1")
+    monkeypatch.setattr(builder, "build_dir", lambda name, version, arch, key: tmp_path / name / key)
+    versions = _write(tmp_path, {builder.CONTAINERD_PIN_KEY: CONTAINERD_ENTRY})
+    runc = builder.containerd_components(CONTAINERD)["runc"]
+    dest = tmp_path / "runc" / builder.cache_key("amd64", runc, GO, "gcc 12; ldd 2.36; libseccomp-dev 2.5.4-1+deb12u1")
+    _cached(dest, ("runc",))
+    assert builder.build_runc("amd64", versions_file=versions) == dest
+    assert dest.name != builder.cache_key("amd64", runc, GO, "gcc 12; ldd 2.36; libseccomp-dev 2.6.0-2")
+
+
+def test_a_native_binary_must_show_its_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "host_arch", lambda: "amd64")
+    runc = builder.containerd_components(CONTAINERD)["runc"]
+    binary = tmp_path / "runc"
+    binary.write_bytes(_elf(62))
+    with_seccomp = "runc version 1.4.4\nspec: 1.3.0\ngo: go1.26.8\nlibseccomp: 2.5.4\n"
+    monkeypatch.setattr(builder, "run", lambda *args, **kwargs: with_seccomp)
+    assert builder.check_binary(binary, "runc", "amd64", runc.checks["runc"], runc.features["runc"]) == (
+        with_seccomp.strip())
+    monkeypatch.setattr(builder, "run", lambda *args, **kwargs: "runc version 1.4.4\nspec: 1.3.0\ngo: go1.26.8")
+    with pytest.raises(builder.KubernetesModulesBuildError, match="'libseccomp: '"):
+        builder.check_binary(binary, "runc", "amd64", runc.checks["runc"], runc.features["runc"])
+
+
+# -- containerd's release files ---------------------------------------------------------------------
+
+
+def _binaries(directory: Path, names: tuple[str, ...], tag: bytes = b"") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).write_bytes(b"\x7fELF " + name.encode() + tag)
+    return directory
+
+
+def test_the_containerd_tarball_is_upstreams_layout(tmp_path: Path) -> None:
+    bindir = _binaries(tmp_path / "bin", tuple(builder.CONTAINERD_BINARIES))
+    tarball = tmp_path / builder.containerd_tarball_name("2.2.9", "amd64")
+    assert tarball.name == "containerd-2.2.9-linux-amd64.tar.gz"
+    builder.write_containerd_tarball(bindir, tarball, mtime=1_790_000_000)
+    with tarfile.open(tarball) as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members] == ["bin/containerd", "bin/ctr", "bin/containerd-shim-runc-v2"]
+        for member in members:
+            assert member.isfile() and member.mode == 0o755 and (member.uid, member.gid) == (0, 0)
+            assert member.mtime == 1_790_000_000
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            assert extracted.read() == (bindir / member.name.removeprefix("bin/")).read_bytes()
+    header = tarball.read_bytes()[:10]
+    assert header[:3] == b"\x1f\x8b\x08" and header[4:8] == b"\0\0\0\0"  # gzip, no time
+    assert header[3] & 0x08 == 0  # no file name
+
+
+def test_the_containerd_tarball_is_reproducible(tmp_path: Path) -> None:
+    bindir = _binaries(tmp_path / "bin", tuple(builder.CONTAINERD_BINARIES))
+    first, second = tmp_path / "first.tar.gz", tmp_path / "second.tar.gz"
+    builder.write_containerd_tarball(bindir, first)
+    for binary in bindir.iterdir():  # the files' own times and modes do not matter
+        binary.chmod(0o600)
+        os.utime(binary, (1, 1))
+    builder.write_containerd_tarball(bindir, second)
+    assert sha256_file(first) == sha256_file(second)
+    (bindir / "ctr").write_bytes(b"\x7fELF another ctr")
+    builder.write_containerd_tarball(bindir, second)
+    assert sha256_file(first) != sha256_file(second)
+
+
+def _fake_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runc_tag: bytes = b"") -> dict[str, Path]:
+    """containerd and runc builds as build_component leaves them, without go."""
+    containerd = _binaries(tmp_path / "containerd", tuple(builder.CONTAINERD_BINARIES))
+    (containerd / "manifest.json").write_text(json.dumps({"modules": {
+        "github.com/containerd/containerd/v2": {"version": "v2.2.9", "time": "2026-09-24T23:07:01Z"}}}))
+    runc = _binaries(tmp_path / "runc", ("runc",), runc_tag)
+    (runc / "manifest.json").write_text(json.dumps({"files": {"runc": {
+        "sha256": sha256_file(runc / "runc"), "size": (runc / "runc").stat().st_size}}}))
+    built = {"containerd": containerd, "runc": runc}
+    monkeypatch.setattr(builder, "build_component", lambda name, arch, **kwargs: built[name])
+    return built
+
+
+def test_containerd_release_files_look_like_fetched_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = _fake_builds(tmp_path, monkeypatch)
+    versions = _write(tmp_path, {builder.CONTAINERD_PIN_KEY: CONTAINERD_ENTRY})
+    files = builder.containerd_release_files("amd64", versions_file=versions)
+    release = built["containerd"] / "release"
+    assert files == [
+        {"name": "containerd_release", "version": "2.2.9", "file": "containerd-2.2.9-linux-amd64.tar.gz",
+         "path": str(release / "containerd-2.2.9-linux-amd64.tar.gz"),
+         "sha256": sha256_file(release / "containerd-2.2.9-linux-amd64.tar.gz"),
+         "url": "build:github.com/containerd/containerd/v2@v2.2.9"},
+        {"name": "runc_release", "version": "1.4.4", "file": "runc.amd64", "path": str(release / "runc.amd64"),
+         "sha256": sha256_file(built["runc"] / "runc"), "url": "build:github.com/opencontainers/runc@v1.4.4"},
+    ]
+    with tarfile.open(release / "containerd-2.2.9-linux-amd64.tar.gz") as tar:
+        assert {m.mtime for m in tar.getmembers()} == {1_790_291_221}  # the tag's time on the proxy
+    assert (release / "runc.amd64").stat().st_mode & 0o777 == 0o755
+
+
+def test_containerd_release_files_are_kept_until_runc_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_builds(tmp_path, monkeypatch)
+    versions = _write(tmp_path, {builder.CONTAINERD_PIN_KEY: CONTAINERD_ENTRY})
+    first = builder.containerd_release_files("amd64", versions_file=versions)
+    tarball = Path(first[0]["path"])
+    made = tarball.stat().st_ino
+    assert builder.containerd_release_files("amd64", versions_file=versions) == first
+    assert tarball.stat().st_ino == made
+    shutil.rmtree(tmp_path / "runc")
+    _fake_builds(tmp_path, monkeypatch, runc_tag=b" rebuilt")
+    again = builder.containerd_release_files("amd64", versions_file=versions)
+    assert again[0]["sha256"] == first[0]["sha256"]  # the same containerd binaries: the same bytes
+    assert again[1]["sha256"] != first[1]["sha256"]
+    assert Path(again[1]["path"]).read_bytes() == b"\x7fELF runc rebuilt"

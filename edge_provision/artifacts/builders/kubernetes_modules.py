@@ -1,9 +1,10 @@
-"""Build Kubernetes (crictl, etcd, CoreDNS) and flannel from their Go modules, through small
-wrapper modules.
+"""Build Kubernetes (crictl, etcd, CoreDNS), flannel, containerd and runc from their Go modules,
+through small wrapper modules.
 
 Inputs, pinned in ``edge_provision/artifacts/versions.yml``: ``kubernetes:`` holds one entry per
 Kubernetes minor (``"1.34":``; :data:`DEFAULT_MINOR` is the one built unless ``minor=`` says
-otherwise, :func:`load_pins`), ``flannel:`` one entry (:func:`load_flannel_pins`).
+otherwise, :func:`load_pins`), ``flannel:`` one entry (:func:`load_flannel_pins`),
+``containerd_build:`` one (:func:`load_containerd_pins`).
 
 * ``version`` (``1.34.12``): ``k8s.io/kubernetes`` v<version>. Its go.mod requires the staging
   modules (``k8s.io/api``, ``k8s.io/client-go``, ...) at ``v0.0.0`` and replaces them with
@@ -35,21 +36,32 @@ otherwise, :func:`load_pins`), ``flannel:`` one entry (:func:`load_flannel_pins`
   ``pkg/utils/buildversion.BuildVersion`` stamped ``v<version>`` as upstream's release.sh does. A
   wrapper of its own (component ``flannel-cni``): flannel requires containernetworking/plugins
   v1.10.0, and one module graph holds one version of a module.
+* ``containerd_build.version``: ``github.com/containerd/containerd/v2`` as ``containerd``, ``ctr``
+  and ``containerd-shim-runc-v2``, CGO_ENABLED=0 (the btrfs snapshotter needs cgo and drops out),
+  its ``version.Version``, ``version.Package`` (and ``version.Revision`` when the proxy's origin
+  record gives the commit) stamped as upstream's Makefile does.
+* ``containerd_build.runc_version``: ``github.com/opencontainers/runc`` as ``runc``, with cgo on
+  every arch (nsenter is C) and ``-tags seccomp,urfave_cli_no_docs`` as upstream's Makefile,
+  linked statically like flanneld against the machine's libseccomp.a (libseccomp-dev, its
+  version in the cache key: :attr:`Component.c_packages`); ``main.version`` stamped (and
+  ``main.gitCommit`` when the proxy gives the commit). Native builds only, so amd64 here.
+  :func:`containerd_release_files` lays both out as upstream's release files
+  (``containerd-<version>-linux-<arch>.tar.gz``, ``runc.<arch>``), byte-reproducible.
 
 The Go toolchain is the machine's ``go`` (``GOTOOLCHAIN=local``; etcd 3.6.17 needs Go >= 1.26.0),
 modules come from ``GOPROXY`` as the environment sets it. ``GOMODCACHE`` and ``GOCACHE`` live
 under ``<cache>/go/`` (:data:`GO_DIR`), shared by every build, version and architecture: a second
 build recompiles only what changed. Every binary is static (``CGO_ENABLED=0``, but flanneld on
-amd64), stripped (``-s -w``) and ``-trimpath``, so ``arch="arm64"`` cross-builds on amd64 with no
-C toolchain.
+amd64 and runc), stripped (``-s -w``) and ``-trimpath``, so ``arch="arm64"`` cross-builds on amd64
+with no C toolchain (but runc: refused there).
 
 Output: one cache directory per component (``kubernetes-modules``, ``crictl``, ``etcd``,
-``coredns``, ``flannel``, ``flannel-cni``; :func:`edge_provision.artifacts.build_dir`, keyed by
-everything that shapes the build) with the binaries, ``manifest.json`` (sha256 and size of each,
-the versions they report) and the wrapper's ``go.mod``/``go.sum`` under ``wrapper/``. Built in a
-work directory beside the cache and renamed into place
-(:func:`~edge_provision.artifacts.builders._common.staged_build`). The go commands run at
-``nice 19``. Measured on 2 shared cores (Go 1.26.8): amd64 from empty Go caches 15.5 min for the
+``coredns``, ``flannel``, ``flannel-cni``, ``containerd``, ``runc``;
+:func:`edge_provision.artifacts.build_dir`, keyed by everything that shapes the build) with the
+binaries, ``manifest.json`` (sha256 and size of each, the versions they report) and the wrapper's
+``go.mod``/``go.sum`` under ``wrapper/``. Built in a work directory beside the cache and renamed
+into place (:func:`~edge_provision.artifacts.builders._common.staged_build`). The go commands run
+at ``nice 19``. Measured on 2 shared cores (Go 1.26.8): amd64 from empty Go caches 15.5 min for the
 first three (Kubernetes 12.7, crictl 1.8, etcd 1.1; downloads included, 1.2 GB of modules, 3.7 GB
 of build cache), arm64 after it 12 min; peak RSS 1.9 GB (the linker); a cache hit 0.4 s, a
 rebuild with a warm Go cache 23 s, byte-identical. Binaries: 57-102 MB each (kube-apiserver the
@@ -57,7 +69,11 @@ largest). CoreDNS, flanneld and the flannel CNI plugin, each from an empty
 build cache (modules already downloaded; the machine busy with other work): amd64 4.8, 3.7 (cgo)
 and 0.2 min, arm64 3.6, 2.9 and 0.4 min, byte-identical to builds on the shared warm cache; 0.9 GB
 of build cache for CoreDNS, 0.7 GB for flanneld; peak RSS 1.2 GB. Binaries: coredns 72 MB
-(arm64 67), flanneld 52 MB (48), flannel 2.7 MB.
+(arm64 67), flanneld 52 MB (48), flannel 2.7 MB. containerd and runc (the machine busy with a
+lab): from empty Go caches (0.6 GB of modules, 0.7 GB of build cache) amd64 4.1 and 0.7 min, on the
+shared cache 2.2 and 0.3 min, containerd for arm64 after it 2 min; byte-identical; peak RSS 0.7 GB.
+Binaries: containerd 44 MB (arm64 41), ctr 23, containerd-shim-runc-v2 15, runc 10 MB; the
+release tarball 29 MB.
 
 ``python -m edge_provision.artifacts.builders.kubernetes_modules [--minor 1.34] [amd64|arm64]
 [component ...]`` builds into the cache and prints the directories.
@@ -67,12 +83,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gzip
 import json
 import logging
 import os
 import re
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -95,7 +113,7 @@ from edge_provision.artifacts.builders._common import (
     staged_build,
     static_elf_problem,
 )
-from edge_provision.artifacts.debian import host_arch
+from edge_provision.artifacts.debian import host_arch, package_version
 from edge_provision.artifacts.fetch import VERSIONS_FILE
 
 log = logging.getLogger(__name__)
@@ -104,6 +122,7 @@ log = logging.getLogger(__name__)
 BUILDER_REVISION = "1"
 PIN_KEY = "kubernetes"  # versions.yml: kubernetes: {"<minor>": {version: ..., ...}}
 FLANNEL_PIN_KEY = "flannel"
+CONTAINERD_PIN_KEY = "containerd_build"
 # The Kubernetes minor built when no one asks for another (the fleet's edge_kubernetes_version).
 DEFAULT_MINOR = "1.34"
 
@@ -134,9 +153,27 @@ FLANNEL_VERSION_VAR = "github.com/flannel-io/flannel/pkg/version.Version"
 CNI_PLUGINS_MODULE = "github.com/containernetworking/plugins"
 FLANNEL_CNI_BINARIES: Mapping[str, str] = {"flannel": f"{CNI_PLUGINS_MODULE}/plugins/meta/flannel"}
 CNI_PLUGINS_VERSION_VAR = f"{CNI_PLUGINS_MODULE}/pkg/utils/buildversion.BuildVersion"
-# Components by the pins they come from: a Kubernetes minor's entry, or flannel's.
+CONTAINERD_MODULE = "github.com/containerd/containerd/v2"
+CONTAINERD_BINARIES: Mapping[str, str] = {
+    "containerd": f"{CONTAINERD_MODULE}/cmd/containerd",
+    "ctr": f"{CONTAINERD_MODULE}/cmd/ctr",
+    "containerd-shim-runc-v2": f"{CONTAINERD_MODULE}/cmd/containerd-shim-runc-v2",
+}
+CONTAINERD_VERSION_PACKAGE = f"{CONTAINERD_MODULE}/version"
+RUNC_MODULE = "github.com/opencontainers/runc"
+RUNC_BINARIES: Mapping[str, str] = {"runc": RUNC_MODULE}
+# runc's Makefile: BUILDTAGS (urfave_cli_no_docs leaves out the man page generator).
+RUNC_TAGS = ("seccomp", "urfave_cli_no_docs")
+# Components by the pins they come from: a Kubernetes minor's entry, flannel's or containerd_build's.
 KUBERNETES_COMPONENTS = ("kubernetes-modules", "crictl", "etcd", "coredns")
 FLANNEL_COMPONENTS = ("flannel", "flannel-cni")
+CONTAINERD_COMPONENTS = ("containerd", "runc")
+# What a kubeadm cluster's nodes run (build_all, `edge-provision artifacts build`); containerd and
+# runc are built on demand, for containerd_release_build.
+CLUSTER_COMPONENTS = KUBERNETES_COMPONENTS + FLANNEL_COMPONENTS
+# The entries of containerd_release_files(), named as versions.yml's release downloads.
+CONTAINERD_RELEASE = "containerd_release"
+RUNC_RELEASE = "runc_release"
 
 # Debian architecture -> GOARCH, and the GOARCH's baseline level (an inherited GOAMD64=v3 would
 # make binaries some edge CPUs cannot run, and change the bytes).
@@ -169,7 +206,8 @@ _MAJOR_SUFFIX = re.compile(r"^v[0-9]+$")
 
 
 class KubernetesModulesBuildError(ArtifactBuildError):
-    """A step of the build of Kubernetes, crictl, etcd, CoreDNS or flannel from Go modules failed."""
+    """A step of the build of Kubernetes, crictl, etcd, CoreDNS, flannel, containerd or runc from Go
+    modules failed."""
 
     build = "kubernetes modules build"
 
@@ -203,6 +241,14 @@ class FlannelPins:
     cni_plugin_version: str  # the flannel CNI plugin, github.com/containernetworking/plugins, e.g. "0.9.1"
 
 
+@dataclass(frozen=True)
+class ContainerdPins:
+    """versions.yml ``containerd_build:``."""
+
+    version: str  # github.com/containerd/containerd/v2, e.g. "2.2.9"
+    runc_version: str  # github.com/opencontainers/runc, e.g. "1.4.4"
+
+
 class VersionCheck(NamedTuple):
     """How a built binary shows its version."""
 
@@ -215,7 +261,7 @@ class VersionCheck(NamedTuple):
 class Component:
     """One wrapper module and the binaries built through it."""
 
-    name: str  # cache name: kubernetes-modules, crictl, etcd, coredns, flannel, flannel-cni
+    name: str  # cache name: kubernetes-modules, crictl, etcd, coredns, flannel, flannel-cni, ...
     version: str  # of the cache directory (no leading v)
     requires: tuple[tuple[str, str], ...]  # (module, version) the wrapper requires
     binaries: Mapping[str, str]  # binary name -> main package
@@ -228,6 +274,15 @@ class Component:
     checks: Mapping[str, VersionCheck] = field(default_factory=dict)  # by binary name
     # Architectures whose build needs cgo (flanneld on amd64: its UDP backend's C proxy).
     cgo_arches: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # go build -tags (beside CGO_TAGS in a cgo build); in the cache key
+    # -X variables given the first module's commit: git_commit, else the proxy's origin record
+    # (unstamped when it has none).
+    commit_stamps: tuple[str, ...] = ()
+    # Debian packages whose static libraries a cgo build links (runc: libseccomp-dev); their
+    # installed versions are part of the cache key.
+    c_packages: tuple[str, ...] = ()
+    # By binary name: what else its native version output must show (runc: its libseccomp).
+    features: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -330,6 +385,28 @@ def load_flannel_pins(versions_file: Path = VERSIONS_FILE) -> FlannelPins:
     return pins
 
 
+def load_containerd_pins(versions_file: Path = VERSIONS_FILE) -> ContainerdPins:
+    """The ``containerd_build:`` pins of versions.yml."""
+    data = load_versions(versions_file, KubernetesModulesBuildError)
+    try:
+        entry = data[CONTAINERD_PIN_KEY]
+        pins = ContainerdPins(version=_release(entry["version"]),
+                              runc_version=_release(entry["runc_version"]))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise KubernetesModulesBuildError(
+            PINS_STEP, f"{versions_file} lacks {exc} (need {CONTAINERD_PIN_KEY}.version, "
+            f"{CONTAINERD_PIN_KEY}.runc_version)"
+        ) from exc
+    _check_releases(((f"{CONTAINERD_PIN_KEY}.version", pins.version),
+                     (f"{CONTAINERD_PIN_KEY}.runc_version", pins.runc_version)), versions_file)
+    if not pins.version.startswith("2."):
+        raise KubernetesModulesBuildError(
+            PINS_STEP, f"{CONTAINERD_PIN_KEY}.version is {pins.version!r} in {versions_file}; want a 2.x "
+            f"release (the build is of {CONTAINERD_MODULE})"
+        )
+    return pins
+
+
 def kubernetes_components(pins: Pins) -> dict[str, Component]:
     """The builds of a Kubernetes minor's pins, by cache name."""
     v = f"v{pins.version}"
@@ -390,9 +467,46 @@ def flannel_components(pins: FlannelPins) -> dict[str, Component]:
     }
 
 
-def components(pins: Pins, flannel: FlannelPins | None = None) -> dict[str, Component]:
-    """The builds of a Kubernetes minor's pins, and flannel's when given, by cache name."""
-    return {**kubernetes_components(pins), **(flannel_components(flannel) if flannel is not None else {})}
+def containerd_components(pins: ContainerdPins) -> dict[str, Component]:
+    """containerd (with ctr and the runc shim) and runc, by cache name: a wrapper each, as they are
+    released apart."""
+    containerd = f"v{pins.version}"
+    return {
+        "containerd": Component(
+            "containerd", pins.version, ((CONTAINERD_MODULE, containerd),), CONTAINERD_BINARIES,
+            # containerd's Makefile: VERSION (git describe), PACKAGE, REVISION.
+            stamps=((f"{CONTAINERD_VERSION_PACKAGE}.Version", containerd),
+                    (f"{CONTAINERD_VERSION_PACKAGE}.Package", CONTAINERD_MODULE)),
+            commit_stamps=(f"{CONTAINERD_VERSION_PACKAGE}.Revision",),
+            checks={
+                "containerd": VersionCheck(("--version",), f"containerd {CONTAINERD_MODULE} {containerd}",
+                                           containerd),
+                "ctr": VersionCheck(("--version",), f"ctr {CONTAINERD_MODULE} {containerd}", containerd),
+                "containerd-shim-runc-v2": VersionCheck(("-v",), f"Version:  {containerd}", containerd),
+            },
+        ),
+        "runc": Component(
+            "runc", pins.runc_version, ((RUNC_MODULE, f"v{pins.runc_version}"),), RUNC_BINARIES,
+            # main.version is also embedded from its VERSION file; the stamp says the same.
+            stamps=(("main.version", pins.runc_version),),
+            commit_stamps=("main.gitCommit",),
+            checks={"runc": VersionCheck(("--version",), f"runc version {pins.runc_version}",
+                                         pins.runc_version)},
+            cgo_arches=tuple(GOARCHES),  # libcontainer/nsenter is C
+            tags=RUNC_TAGS,
+            c_packages=("libseccomp-dev",),
+            features={"runc": ("libseccomp: ",)},  # printed only when built with seccomp
+        ),
+    }
+
+
+def components(
+    pins: Pins, flannel: FlannelPins | None = None, containerd: ContainerdPins | None = None
+) -> dict[str, Component]:
+    """The builds of a Kubernetes minor's pins, and flannel's and containerd's when given, by cache
+    name."""
+    return {**kubernetes_components(pins), **(flannel_components(flannel) if flannel is not None else {}),
+            **(containerd_components(containerd) if containerd is not None else {})}
 
 
 # -- the wrapper module ------------------------------------------------------------------------
@@ -462,22 +576,33 @@ def kubernetes_ldflags(version: str, git_commit: str, build_date: str) -> list[s
             for package in KUBERNETES_VERSION_PACKAGES for name, value in fields.items()]
 
 
-def ldflags(component: Component, build_date: str, *, cgo: bool = False) -> str:
-    """The whole ``-ldflags`` value of a component's ``go build`` (``cgo``: linked statically)."""
+def ldflags(component: Component, build_date: str, *, cgo: bool = False, commit: str = "") -> str:
+    """The whole ``-ldflags`` value of a component's ``go build`` (``cgo``: linked statically;
+    ``commit``: the first module's, for its :attr:`Component.commit_stamps`)."""
     flags = list(STRIP_LDFLAGS)
     if component.name == "kubernetes-modules":
         flags += kubernetes_ldflags(component.version, component.git_commit, build_date)
     flags += [f"-X {variable}={value}" for variable, value in component.stamps]
+    if commit:
+        flags += [f"-X {variable}={commit}" for variable in component.commit_stamps]
     if cgo:
         flags += CGO_LDFLAGS
     return " ".join(flags)
 
 
-def go_build_args(component: Component, build_date: str, outdir: str, *, cgo: bool = False) -> list[str]:
+def build_tags(component: Component, *, cgo: bool = False) -> str:
+    """The ``-tags`` value of a component's ``go build`` ('' for none)."""
+    return ",".join([*([CGO_TAGS] if cgo else []), *component.tags])
+
+
+def go_build_args(
+    component: Component, build_date: str, outdir: str, *, cgo: bool = False, commit: str = ""
+) -> list[str]:
     """The arguments of a component's ``go build``."""
-    tags = [f"-tags={CGO_TAGS}"] if cgo else []
-    return ["build", *BUILD_FLAGS, *tags, "-ldflags", ldflags(component, build_date, cgo=cgo),
-            "-o", f"{outdir}/", *component.binaries.values()]
+    tags = build_tags(component, cgo=cgo)
+    return ["build", *BUILD_FLAGS, *([f"-tags={tags}"] if tags else []), "-ldflags",
+            ldflags(component, build_date, cgo=cgo, commit=commit), "-o", f"{outdir}/",
+            *component.binaries.values()]
 
 
 def exec_name(package: str) -> str:
@@ -544,9 +669,10 @@ def c_toolchain(env: Mapping[str, str]) -> str | None:
 
 
 def cache_key(arch: str, component: Component, toolchain: str, c_compiler: str = "") -> str:
-    """Everything that shapes a component's binaries; ``c_compiler`` (:func:`c_toolchain`) for a
-    cgo build. (The ``-X`` stamps follow from the required versions; a change of what is stamped
-    bumps :data:`BUILDER_REVISION`.)"""
+    """Everything that shapes a component's binaries; ``c_compiler`` (:func:`c_toolchain`, and the
+    versions of its :attr:`~Component.c_packages`) for a cgo build. (The ``-X`` stamps, the commit
+    included, follow from the required versions; a change of what is stamped bumps
+    :data:`BUILDER_REVISION`.)"""
     return input_key(
         BUILDER_REVISION,
         arch,
@@ -561,6 +687,7 @@ def cache_key(arch: str, component: Component, toolchain: str, c_compiler: str =
         *BUILD_FLAGS,
         *STRIP_LDFLAGS,
         *((f"cgo={c_compiler}", CGO_TAGS, *CGO_LDFLAGS) if c_compiler else ()),
+        *((f"tags={','.join(component.tags)}",) if component.tags else ()),
     )
 
 
@@ -583,18 +710,20 @@ def verify_build(directory: Path) -> list[str]:
 
 def all_components() -> tuple[str, ...]:
     """Every component's name, in build order."""
-    return KUBERNETES_COMPONENTS + FLANNEL_COMPONENTS
+    return KUBERNETES_COMPONENTS + FLANNEL_COMPONENTS + CONTAINERD_COMPONENTS
 
 
 def pinned_component(
     name: str, *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
 ) -> Component:
     """Component ``name`` as versions.yml pins it: from Kubernetes ``minor``'s entry, or from
-    ``flannel:`` (whatever ``minor``)."""
+    ``flannel:`` or ``containerd_build:`` (whatever ``minor``)."""
     if name in KUBERNETES_COMPONENTS:
         return kubernetes_components(load_pins(versions_file, minor))[name]
     if name in FLANNEL_COMPONENTS:
         return flannel_components(load_flannel_pins(versions_file))[name]
+    if name in CONTAINERD_COMPONENTS:
+        return containerd_components(load_containerd_pins(versions_file))[name]
     raise KubernetesModulesBuildError(
         "check arguments", f"unknown component {name!r} (known: {', '.join(all_components())})"
     )
@@ -604,7 +733,7 @@ def build_component(
     name: str, arch: str = "amd64", *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
 ) -> Path:
     """Build (or reuse) one component (see :func:`all_components`) for ``arch``; return its cache
-    directory. ``minor`` picks the Kubernetes entry (not used by flannel's components)."""
+    directory. ``minor`` picks the Kubernetes entry (not used by flannel's or containerd's)."""
     if arch not in GOARCHES:
         raise KubernetesModulesBuildError(
             "check arguments", f"unknown arch {arch!r} (known: {', '.join(GOARCHES)})"
@@ -624,12 +753,21 @@ def build_component(
         )
     c_compiler = ""
     if cgo:
+        install = " ".join(("apt-get install gcc libc6-dev", *component.c_packages))
         c_compiler = c_toolchain(env) or ""
         if not c_compiler:
             raise KubernetesModulesBuildError(
                 "find cc", f"{name} for {arch} is built with cgo, linked statically, and there is no C "
-                "compiler (gcc) on PATH: apt-get install gcc libc6-dev"
+                f"compiler (gcc) on PATH: {install}"
             )
+        libraries = {package: package_version(package) for package in component.c_packages}
+        missing = [package for package, version in libraries.items() if not version]
+        if missing:
+            raise KubernetesModulesBuildError(
+                "find cc", f"{name} for {arch} is linked statically against {', '.join(missing)}, which is "
+                f"not installed: {install}"
+            )
+        c_compiler = "; ".join([c_compiler, *(f"{p} {v}" for p, v in libraries.items())])
     key = cache_key(arch, component, toolchain, c_compiler)
     dest = build_dir(component.name, component.version, arch, key)
     return staged_build(
@@ -679,12 +817,24 @@ def build_flannel_cni(arch: str = "amd64", *, versions_file: Path = VERSIONS_FIL
     return build_component("flannel-cni", arch, versions_file=versions_file)
 
 
+def build_containerd(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE) -> Path:
+    """``containerd``, ``ctr`` and ``containerd-shim-runc-v2`` of ``containerd_build.version``: the
+    cache directory."""
+    return build_component("containerd", arch, versions_file=versions_file)
+
+
+def build_runc(arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE) -> Path:
+    """``runc`` of ``containerd_build.runc_version`` (cgo: on an ``arch`` machine): the cache directory."""
+    return build_component("runc", arch, versions_file=versions_file)
+
+
 def build_all(
     arch: str = "amd64", *, minor: str = DEFAULT_MINOR, versions_file: Path = VERSIONS_FILE
 ) -> dict[str, Path]:
-    """Every component for ``arch``, one after the other: cache directory by component."""
+    """Every component of :data:`CLUSTER_COMPONENTS` for ``arch``, one after the other: cache
+    directory by component."""
     return {name: build_component(name, arch, minor=minor, versions_file=versions_file)
-            for name in all_components()}
+            for name in CLUSTER_COMPONENTS}
 
 
 
@@ -787,6 +937,7 @@ def _build(
             f"versions.yml git_commit says {component.git_commit}"
         )
     build_date = _build_date(first)
+    commit = component.git_commit or origin
 
     wrapper = work / "wrapper"
     wrapper.mkdir()
@@ -799,8 +950,8 @@ def _build(
     bindir.mkdir()
     log.info("building %s %s for %s with %s%s (%d binaries, nice %s)", component.name, component.version,
              arch, toolchain, f" and cgo ({c_compiler})" if cgo else "", len(packages), NICE)
-    _go(f"go build {component.name}", go_build_args(component, build_date, str(bindir), cgo=cgo),
-        cwd=wrapper, env=env)
+    _go(f"go build {component.name}",
+        go_build_args(component, build_date, str(bindir), cgo=cgo, commit=commit), cwd=wrapper, env=env)
 
     for name, package in component.binaries.items():
         built = bindir / exec_name(package)
@@ -814,7 +965,8 @@ def _build(
             shutil.copy2(wrapper / file, out / "wrapper" / file)
 
     reports = {
-        name: check_binary(out / name, name, arch, component.checks[name]) for name in component.binaries
+        name: check_binary(out / name, name, arch, component.checks[name], component.features.get(name, ()))
+        for name in component.binaries
     }
     recorded = (f"wrapper/{f}" for f in ("go.mod", "go.sum") if (out / "wrapper" / f).is_file())
     files = [*component.binaries, *recorded]
@@ -832,7 +984,7 @@ def _build(
         "build_env": {**BUILD_ENV, "CGO_ENABLED": env["CGO_ENABLED"], "GOARCH": env["GOARCH"],
                       GO_LEVELS[arch][0]: GO_LEVELS[arch][1],
                       "GOPROXY": env.get("GOPROXY") or "(unset: go's default)"},
-        "go_build": ["go", *go_build_args(component, build_date, "DIR", cgo=cgo)],
+        "go_build": ["go", *go_build_args(component, build_date, "DIR", cgo=cgo, commit=commit)],
         **({"c_toolchain": c_compiler} if cgo else {}),
         "files": {
             name: {
@@ -850,12 +1002,95 @@ def _build(
     log.info("built %s %s (%s) in %.0fs", component.name, component.version, arch, manifest["build_seconds"])
 
 
+# -- containerd's and runc's release files ------------------------------------------------------
+
+
+def containerd_tarball_name(version: str, arch: str) -> str:
+    """The name upstream gives containerd's release archive: containerd-2.2.9-linux-amd64.tar.gz."""
+    return f"containerd-{version}-linux-{arch}.tar.gz"
+
+
+def write_containerd_tarball(bindir: Path, dest: Path, *, mtime: int = 0) -> None:
+    """``dest``: upstream's release archive of the containerd binaries in ``bindir`` (``bin/<name>``,
+    mode 0755, owner 0/0). The same binaries always give the same bytes: members dated ``mtime``,
+    a gzip header without a time or file name, a fixed member order."""
+    with dest.open("wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as compressed, \
+            tarfile.open(fileobj=compressed, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in CONTAINERD_BINARIES:
+            binary = bindir / name
+            member = tarfile.TarInfo(f"bin/{name}")
+            member.size = binary.stat().st_size
+            member.mode = 0o755
+            member.uid = member.gid = 0
+            member.uname = member.gname = "root"
+            member.mtime = mtime
+            with binary.open("rb") as data:
+                tar.addfile(member, data)
+
+
+def _module_epoch(manifest: Mapping[str, Any], module: str) -> int:
+    """The module version's time on the proxy (from a build's manifest) in seconds, 0 when unknown."""
+    try:
+        when = dt.datetime.fromisoformat(str(manifest["modules"][module]["time"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return int(when.timestamp())
+
+
+def containerd_release_files(
+    arch: str = "amd64", *, versions_file: Path = VERSIONS_FILE
+) -> list[dict[str, Any]]:
+    """containerd and runc for ``arch`` built from ``containerd_build:`` (:func:`build_component`) and
+    laid out as upstream releases them: ``containerd-<version>-linux-<arch>.tar.gz`` (bin/ only) and
+    ``runc.<arch>``, kept in ``release/`` of the containerd build's cache directory. Entries shaped
+    as :func:`edge_provision.stages.runtime.controller.release_files`' (name, version, file, path,
+    sha256, url: ``build:<module>@<version>``), containerd's first. runc is a cgo build: ``arch``
+    must be this machine's."""
+    pins = load_containerd_pins(versions_file)
+    containerd = build_component("containerd", arch, versions_file=versions_file)
+    runc = build_component("runc", arch, versions_file=versions_file)
+    containerd_manifest = json.loads((containerd / "manifest.json").read_text())
+    runc_sha256 = json.loads((runc / "manifest.json").read_text())["files"]["runc"]["sha256"]
+    tarball, runc_file = containerd_tarball_name(pins.version, arch), f"runc.{arch}"
+
+    def is_cached(directory: Path) -> dict[str, Any] | None:
+        manifest = cached_manifest(directory, (tarball, runc_file))
+        return manifest if manifest is not None and manifest.get("runc_sha256") == runc_sha256 else None
+
+    def lay_out(work: Path, out: Path) -> None:
+        write_containerd_tarball(containerd, out / tarball,
+                                 mtime=_module_epoch(containerd_manifest, CONTAINERD_MODULE))
+        shutil.copyfile(runc / "runc", out / runc_file)
+        (out / runc_file).chmod(0o755)
+        if sha256_file(out / runc_file) != runc_sha256:
+            raise KubernetesModulesBuildError("copy runc", f"{runc / 'runc'} changed while it was copied")
+        files = {name: {"sha256": sha256_file(out / name), "size": (out / name).stat().st_size}
+                 for name in (tarball, runc_file)}
+        (out / "manifest.json").write_text(json.dumps(
+            {"files": files, "containerd_build": str(containerd), "runc_build": str(runc),
+             "runc_sha256": runc_sha256}, indent=2) + "\n")
+        out.chmod(0o755)
+
+    release = staged_build(containerd / "release", is_cached, lay_out, error=KubernetesModulesBuildError)
+    files = json.loads((release / "manifest.json").read_text())["files"]
+    return [
+        {"name": name, "version": version, "file": file, "path": str(release / file),
+         "sha256": files[file]["sha256"], "url": f"build:{module}@v{version}"}
+        for name, version, file, module in (
+            (CONTAINERD_RELEASE, pins.version, tarball, CONTAINERD_MODULE),
+            (RUNC_RELEASE, pins.runc_version, runc_file, RUNC_MODULE),
+        )
+    ]
+
+
 # -- checking what was built ------------------------------------------------------------------
 
 
-def check_binary(path: Path, name: str, arch: str, check: VersionCheck) -> str:
+def check_binary(path: Path, name: str, arch: str, check: VersionCheck, features: Sequence[str] = ()) -> str:
     """What the binary reports as its version: run when native, else its ELF header and the version
-    string inside; a binary of another architecture, dynamic, or of another version fails."""
+    string inside; a binary of another architecture, dynamic, or of another version fails, and so
+    does a native one whose output lacks one of ``features``."""
     step = f"check {name}"
     data = path.read_bytes()
     problem = static_elf_problem(data, name, arch)
@@ -869,6 +1104,11 @@ def check_binary(path: Path, name: str, arch: str, check: VersionCheck) -> str:
     output = run(step, [str(path), *check.args], env=env, error=KubernetesModulesBuildError).strip()
     if check.want not in output:
         raise KubernetesModulesBuildError(step, f"{name} does not report {check.want!r}", output)
+    lacking = [feature for feature in features if feature not in output]
+    if lacking:
+        raise KubernetesModulesBuildError(
+            step, f"{name} was built without what makes it report {', '.join(map(repr, lacking))}", output
+        )
     return output
 
 
@@ -876,8 +1116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m edge_provision.artifacts.builders.kubernetes_modules",
         description="Build Kubernetes (kubeadm, kubelet, control plane, kube-proxy, kubectl), crictl, etcd, "
-        "CoreDNS, flanneld and the flannel CNI plugin from their Go modules into the artifact cache; print "
-        "each cache directory.",
+        "CoreDNS, flanneld, the flannel CNI plugin, containerd and runc from their Go modules into the "
+        "artifact cache; print each cache directory.",
     )
     parser.add_argument("--minor", default=DEFAULT_MINOR,
                         help=f"the Kubernetes minor whose pins to build (default: {DEFAULT_MINOR})")

@@ -40,8 +40,10 @@ def _engine_downloads(engine: str, arch: str, source: str) -> list[dict[str, Any
 
 
 @cache
-def _release(arch: str, source: str, staging_dir: str, prefix: str, stamp_file: str) -> dict[str, Any]:
-    found = runtime_controller.release_files(arch, source)
+def _release(
+    arch: str, source: str, build: bool, staging_dir: str, prefix: str, stamp_file: str
+) -> dict[str, Any]:
+    found = runtime_controller.release_files(arch, source, build=build)
     plan = runtime_controller.release_plan(
         found, staging_dir=staging_dir, prefix=prefix, stamp_file=stamp_file
     )
@@ -91,7 +93,8 @@ def containerd() -> None:
         _controller("Wasm engine downloads", _engine_downloads, fleet("edge_wasm_engine"), arch, source)
     release = None
     if install_from == "release":
-        release = _controller("release files", _release, arch, source, v["containerd_release_staging_dir"],
+        release = _controller("release files", _release, arch, source, bool(v["containerd_release_build"]),
+                              v["containerd_release_staging_dir"],
                               v["containerd_release_prefix"], v["containerd_release_stamp_file"])
     images = _controller("images", _images, tuple(v["containerd_images"]), arch)
     sandbox = v["containerd_sandbox_image"]

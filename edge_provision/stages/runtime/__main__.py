@@ -43,13 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", default=UPSTREAM, help="artifact source (edge_artifact_source)")
     parser.add_argument("--release", nargs=3, metavar=("STAGING_DIR", "PREFIX", "STAMP_FILE"),
                         help="containerd and runc release files, and the node commands installing them")
+    parser.add_argument("--release-build", action="store_true",
+                        help="with --release: build the release files from their Go modules")
     args = parser.parse_args(argv)
     try:
         out: dict[str, Any] = {}
         if args.engine_downloads:
             out["engine_downloads"] = engine_downloads(args.engine_downloads, args.arch, args.source)
         if args.release:
-            files = release_files(args.arch, args.source)
+            files = release_files(args.arch, args.source, build=args.release_build)
             staging, prefix, stamp_file = args.release
             plan = release_plan(files, staging_dir=staging, prefix=prefix, stamp_file=stamp_file)
             out["release"] = {"files": files, **plan}
