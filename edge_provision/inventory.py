@@ -567,15 +567,18 @@ def node_address(host_vars: Mapping[str, Any]) -> str:
     return str(host_vars.get("edge_node_ip") or host_vars["ansible_host"])
 
 
-def cluster_members(hosts: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """/etc/hosts entries for the whole fleet: ``{"name", "address"}`` per host.
+def cluster_members(hosts: Iterable[Mapping[str, Any]], exclude: Iterable[str] = ()) -> list[dict[str, str]]:
+    """/etc/hosts entries for the whole fleet but the hosts named in ``exclude`` (nodes being
+    removed): ``{"name", "address"}`` per host.
 
     Takes each host's variables (Ansible ``hostvars`` values or fleet host vars) so the
     Ansible filter and the pyinfra deploy share this one definition.
     """
+    left_out = set(exclude)
     members = [
         {"name": str(v["inventory_hostname"]), "address": node_address(v)}
         for v in hosts
+        if str(v["inventory_hostname"]) not in left_out
     ]
     return sorted(members, key=lambda m: m["name"])
 

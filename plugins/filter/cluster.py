@@ -8,7 +8,16 @@ from typing import Any
 from ansible.errors import AnsibleFilterError
 
 from edge_provision.inventory import node_address
-from edge_provision.stages.cluster import common, distributions, k3s, kubeadm, kubeedge, openyurt
+from edge_provision.role_files import role_vars
+from edge_provision.stages.cluster import (
+    common,
+    distributions,
+    k3s,
+    kubeadm,
+    kubeedge,
+    node_removal,
+    openyurt,
+)
 
 
 def controller_kubeconfig(admin_conf: str, server: str) -> str:
@@ -58,6 +67,12 @@ def yurtadm_join(yurtadm: str, token: Mapping[str, str], server: str, cri_socket
                                       labels=labels, node_name=node_name, extra=extra)
 
 
+def node_reset_script(host_vars: Mapping[str, Any]) -> str:
+    """node_removal.reset_script for a host, with its kubernetes_node variables (kubeadm's
+    directory, the CNI network file) as the fleet sets them or the role's defaults."""
+    return node_removal.reset_script(*node_removal.reset_paths(role_vars("kubernetes_node", host_vars)))
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -66,6 +81,8 @@ class FilterModule:
             "edge_provision_kubeadm_init": kubeadm.kubeadm_init,
             "edge_provision_kubeadm_join": kubeadm.kubeadm_join,
             "edge_provision_kubeadm_reset": kubeadm.kubeadm_reset,
+            "edge_provision_node_names": node_removal.parse_names,
+            "edge_provision_node_reset_script": node_reset_script,
             "edge_provision_probe_patches": _filter_errors(kubeadm.probe_patches),
             "edge_provision_api_labels": common.api_labels,
             "edge_provision_controller_kubeconfig": controller_kubeconfig,

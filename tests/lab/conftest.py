@@ -68,6 +68,11 @@ def ansible_changed(stdout: str) -> int:
     return sum(counts)
 
 
+def flat(text: str) -> str:
+    """Output with its whitespace runs made single spaces (Ansible's callback wraps long lines)."""
+    return " ".join(text.split())
+
+
 def pyinfra_changed(output: str) -> int:
     """Operations that ran commands ("Success" in pyinfra's results table), summed over hosts."""
     total = re.search(r"^\s*Grand total\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", output, re.M)

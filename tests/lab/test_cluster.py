@@ -45,7 +45,7 @@ from edge_provision.stages.cluster import common, kube_api
 from edge_provision.stages.workloads import samples
 from tests.checks import cluster, runtime
 from tests.conftest import run, tool
-from tests.lab.conftest import EngineRun, LabFleet
+from tests.lab.conftest import EngineRun, LabFleet, ansible_changed, flat, pyinfra_changed
 
 LAB_HOSTS = 3
 LAB_OS = ["debian-12", "debian-12", "debian-13"]
@@ -405,3 +405,69 @@ def test_status_command_reports_each_node(runs: ClusterRuns) -> None:
     assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:3] == ["NODE", "READY", "OS"], table.stderr
     lab3 = next(line for line in table.stdout.splitlines() if line.startswith("lab-3 "))
     assert "Debian GNU/Linux 13 (trixie)" in lab3 and "1.21 +WASM:wasmedge" in lab3, table.stdout
+
+
+# --- a node removed and added back (last: these change the fleet) ---------------------------
+
+
+def _remove(runs: ClusterRuns, engine: str, node: str) -> EngineRun:
+    if engine == "ansible":
+        result = run([tool("ansible-playbook"), "-i", str(runs.fleet.inventory), "playbooks/remove-node.yml",
+                      "-e", f"edge_remove_nodes={node}"])
+        return EngineRun(result, changed=ansible_changed(result.stdout) if "PLAY RECAP" in result.stdout else -1)
+    result = run([tool("pyinfra"), "-y", str(runs.fleet.inventory / "inventory.py"), "remove_node.py",
+                  "--data", f"edge_remove_nodes={node}"])
+    output = result.stdout + result.stderr
+    return EngineRun(result, changed=pyinfra_changed(output) if "Grand total" in output else -1)
+
+
+def _removed_and_reset(runs: ClusterRuns, node: str) -> None:
+    assert node not in [n.metadata.name for n in _core(runs).list_node().items]
+    host = runs.fleet.testinfra(node)
+    assert not host.file("/etc/kubernetes/kubelet.conf").exists
+    kubelet = host.service("kubelet")
+    assert not kubelet.is_running and not kubelet.is_enabled
+    assert host.run("ip link show flannel.1").rc != 0
+    assert not host.file(role_defaults("kubernetes_node")["kubernetes_node_cni_conf_file"]).exists
+    for other in ("lab-1", "lab-2"):
+        assert f" {node}" not in runs.fleet.sh(other, "cat /etc/hosts"), other
+
+
+def test_remove_node_stops_on_a_bare_pod_and_leaves_the_node_cordoned(runs: ClusterRuns) -> None:
+    core = _core(runs)
+    bare = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="bare-on-lab-3"),
+        spec=client.V1PodSpec(node_name="lab-3", containers=[client.V1Container(
+            name="c", image="edge-provision.local/busybox:1.35.0", image_pull_policy="Never",
+            command=["sleep", "600"])]))
+    core.create_namespaced_pod("default", bare)
+    try:
+        refused = _remove(runs, "ansible", "lab-3")
+        assert refused.result.returncode != 0
+        assert ("node lab-3 runs pods no controller starts elsewhere: default/bare-on-lab-3; move them, or set "
+                "node_remove_delete_bare_pods: true") in flat(refused.output), refused.output[-3000:]
+        assert core.read_node("lab-3").spec.unschedulable is True
+    finally:
+        core.delete_namespaced_pod("bare-on-lab-3", "default", grace_period_seconds=0)
+
+
+def test_ansible_removes_a_node_pyinfra_agrees_and_adds_it_back(runs: ClusterRuns) -> None:
+    """Drained (its Deployments' pods evicted to the other nodes), its Node deleted, the host
+    reset, the others' /etc/hosts without it; pyinfra's remove then has nothing to do; pyinfra's
+    deploy.py joins it again (it is still in hosts.yml)."""
+    removed = _remove(runs, "ansible", "lab-3")
+    assert removed.ok().changed > 0
+    print(f"\n{flat(removed.output)[-600:]}")
+    _removed_and_reset(runs, "lab-3")
+    assert _remove(runs, "pyinfra", "lab-3").ok().changed == 0
+    started = time.monotonic()
+    assert runs.fleet.pyinfra().ok().changed > 0
+    print(f"lab-3 joined again in {time.monotonic() - started:.0f} s (pyinfra, whole fleet)")
+    assert _core(runs).read_node("lab-3").metadata.name == "lab-3"
+    assert " lab-3" in runs.fleet.sh("lab-1", "cat /etc/hosts")
+
+
+def test_pyinfra_removes_a_node_and_ansible_agrees(runs: ClusterRuns) -> None:
+    assert _remove(runs, "pyinfra", "lab-3").ok().changed > 0
+    _removed_and_reset(runs, "lab-3")
+    assert _remove(runs, "ansible", "lab-3").ok().changed == 0

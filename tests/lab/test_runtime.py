@@ -30,7 +30,7 @@ from edge_provision.role_files import role_defaults
 from edge_provision.stages.runtime.containerd_config import WASM_ANNOTATIONS, runtime_handler, schema_for
 from tests.checks import runtime
 from tests.conftest import ROOT, run, tool
-from tests.lab.conftest import EngineRun, LabFleet, ansible_changed, pyinfra_changed
+from tests.lab.conftest import EngineRun, LabFleet, ansible_changed, flat, pyinfra_changed
 
 RELEASES = {"lab-1": "debian-12", "lab-2": "debian-13"}
 WASM_ENGINE = {name: LAB_WASM_ENGINES[release] for name, release in RELEASES.items()}
@@ -208,11 +208,6 @@ def test_root_is_the_repository() -> None:
 HOST_STATE = (f"sha256sum {CONFIG} {CRUN}; systemctl show -p MainPID --value containerd; "
               "dpkg-query -W containerd runc; ls -l /usr/local/bin /usr/local/sbin; "
               "ls -lR /var/cache/edge-provision /var/lib/edge-provision 2>/dev/null || true")
-
-
-def flat(text: str) -> str:
-    """Output with its whitespace runs made single spaces (Ansible's callback wraps long lines)."""
-    return " ".join(text.split())
 
 
 def failed_converge(fleet: LabFleet, engine: str, overrides: dict[str, str]) -> EngineRun:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from io import StringIO
+from typing import Any
 
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host, inventory
@@ -60,15 +61,19 @@ def host_prep() -> None:
     )
 
     if v["host_prep_manage_etc_hosts"]:
-        members = cluster_members(
-            h.data.dict() for h in inventory if set(h.data.get("edge_groups", ()))
-        )
-        marker = v["host_prep_hosts_block_marker"]
-        files.block(
-            name="Keep every fleet member in /etc/hosts",
-            path=v["host_prep_hosts_file"],
-            content=render_template(
-                ROLE, "hosts_block.j2", {**v, "host_prep_cluster_members": members}
-            ).strip(),
-            marker=marker, begin="BEGIN", end="END",
-        )
+        etc_hosts_block(v)
+
+
+def etc_hosts_block(v: dict[str, Any]) -> None:
+    """The managed block of fleet members in /etc/hosts (roles/host_prep/tasks/etc_hosts.yml),
+    without the hosts of ``host_prep_hosts_exclude``."""
+    members = cluster_members(
+        (h.data.dict() for h in inventory if set(h.data.get("edge_groups", ()))),
+        v["host_prep_hosts_exclude"],
+    )
+    files.block(
+        name="Keep every fleet member in /etc/hosts",
+        path=v["host_prep_hosts_file"],
+        content=render_template(ROLE, "hosts_block.j2", {**v, "host_prep_cluster_members": members}).strip(),
+        marker=v["host_prep_hosts_block_marker"], begin="BEGIN", end="END",
+    )

@@ -32,7 +32,16 @@ from edge_provision.pyinfra_engine.operations.common import (
     tool_step,
 )
 from edge_provision.role_files import render_template, role_path
-from edge_provision.stages.cluster import common, k3s, kube_api, kubeadm, kubeedge, openyurt, pod_network
+from edge_provision.stages.cluster import (
+    common,
+    k3s,
+    kube_api,
+    kubeadm,
+    kubeedge,
+    node_removal,
+    openyurt,
+    pod_network,
+)
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
 KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
@@ -349,3 +358,29 @@ def yurtadm_joined(
         return run_quietly(host, shlex.join(argv), "yurtadm join", reset=reset, secrets=[token.token])
 
     yield FunctionCommand(join, (), {})
+
+
+@operation(is_idempotent=True)
+def node_removed(kubeconfig: str, node: str, timeout: float, delete_bare_pods: bool) -> Commands:
+    """Drain ``node`` through the Eviction API and delete its Node (:func:`node_removal.remove`),
+    unless the cluster has no such Node."""
+    path = Path(kubeconfig)
+    if not executing():
+        try:
+            if not kube_api.node_status(path, node, retries=0)["registered"]:
+                host.noop(f"the cluster has no node {node}")
+                return
+        except Exception:  # the API answers when the operation executes, or it fails then
+            pass
+    yield python_step(f"drain and delete node {node}",
+                      lambda: node_removal.remove(path, node, timeout, delete_bare_pods=delete_bare_pods))
+
+
+@operation(is_idempotent=True)
+def node_reset(kubeadm: str, cni_conf_file: str) -> Commands:
+    """Reset a kubeadm node (:func:`node_removal.reset_commands`) while it has anything of one."""
+    check = ["sh", "-c", node_removal.reset_check(cni_conf_file)]
+    if host.get_fact(CommandOutput, argv=check).strip() == "clean":
+        host.noop("nothing of a kubeadm node is left")
+        return
+    yield from node_removal.reset_commands(kubeadm, cni_conf_file)
