@@ -81,6 +81,7 @@ class FilterModule:
             "edge_provision_kubeadm_init": kubeadm.kubeadm_init,
             "edge_provision_kubeadm_join": kubeadm.kubeadm_join,
             "edge_provision_kubeadm_reset": kubeadm.kubeadm_reset,
+            "edge_provision_cert_sans": kubeadm.cert_sans,
             "edge_provision_node_names": node_removal.parse_names,
             "edge_provision_node_reset_script": node_reset_script,
             "edge_provision_probe_patches": _filter_errors(kubeadm.probe_patches),

@@ -302,3 +302,13 @@ def test_the_fleets_kubernetes_choices_are_the_pinned_minors() -> None:
 def test_an_unknown_binary_is_named_before_anything_is_built() -> None:
     with pytest.raises(common.ClusterError, match=r"no such Kubernetes binary: kubelett \(built: .*kubelet"):
         kubeadm.artifacts("amd64", "debian-12", kubernetes="1.34", binaries=["kubelett"])
+
+
+def test_the_api_server_certificate_names_the_node_and_the_controllers_address() -> None:
+    assert kubeadm.cert_sans("192.0.2.10", "192.0.2.10", "cp-1") == ["192.0.2.10", "cp-1"]
+    assert kubeadm.cert_sans("10.0.0.5", "203.0.113.7", "cp-1", "https://k8s.example.net:6443") == [
+        "10.0.0.5", "203.0.113.7", "cp-1", "k8s.example.net"]
+    # Ansible's filter is the same function.
+    from plugins.filter.cluster import FilterModule
+
+    assert FilterModule().filters()["edge_provision_cert_sans"] is kubeadm.cert_sans

@@ -178,7 +178,8 @@ def control_plane() -> None:
     arts = _controller("control-plane artifacts", images=tuple(v["control_plane_kubeadm_images"]))
     node_ip = _node_ip()
     labels = common.kubelet_node_labels(fleet("edge_node_labels"))
-    sans = list(dict.fromkeys([node_ip, str(host.data.get("ansible_host")), host.name]))
+    sans = kubeadm.cert_sans(node_ip, str(host.data.get("ansible_host")), host.name,
+                             v["control_plane_kubeadm_api_server"])
 
     runtime_ops.images_imported(
         name="Import the control-plane images",

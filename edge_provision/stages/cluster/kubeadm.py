@@ -24,6 +24,15 @@ def kubeadm_init(config_file: str, skip_phases: Sequence[str]) -> list[str]:
     return [*argv, f"--skip-phases={','.join(skip_phases)}"] if skip_phases else argv
 
 
+def cert_sans(node_ip: str, address: str, name: str, api_server: str = "") -> list[str]:
+    """The API server certificate's names: the node's IP, its SSH address and inventory name,
+    and the host of ``api_server`` (control_plane_kubeadm_api_server) when one is given."""
+    from urllib.parse import urlsplit
+
+    extra = [urlsplit(api_server).hostname or ""] if api_server else []
+    return list(dict.fromkeys(str(n) for n in [node_ip, address, name, *extra] if n))
+
+
 def kubeadm_join(config_file: str, skip_phases: Sequence[str]) -> list[str]:
     """``kubeadm join``'s argv: everything else (endpoint, token, CA hash, node) is in the 0600
     JoinConfiguration ``config_file``, so no secret is on the command line."""
