@@ -81,7 +81,9 @@ def _node_ip() -> str:
 @deploy("Kubernetes node")
 def kubernetes_node() -> None:
     v = role_vars("kubernetes_node", host.data.dict())
-    packages = tuple(v["kubernetes_node_packages"]) if _install_from() == "controller" else ()
+    # Shipped from the controller unless the node uses its own apt sources: a release install of
+    # containerd brings no Debian package, so the CNI plugins come from here too.
+    packages = tuple(v["kubernetes_node_packages"]) if _install_from() != "apt" else ()
     c = role_vars("containerd", host.data.dict())
     arts = _controller(
         "Kubernetes artifacts",
