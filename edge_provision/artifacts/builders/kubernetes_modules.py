@@ -368,37 +368,27 @@ def load_pins(versions_file: Path = VERSIONS_FILE, minor: str = DEFAULT_MINOR) -
     return pins
 
 
-def load_flannel_pins(versions_file: Path = VERSIONS_FILE) -> FlannelPins:
-    """The ``flannel:`` pins of versions.yml."""
+def _release_entry(key: str, fields: Sequence[str], versions_file: Path) -> dict[str, str]:
+    """versions.yml's ``key:`` entry: each of ``fields`` as a release (no leading v), checked."""
     data = load_versions(versions_file, KubernetesModulesBuildError)
     try:
-        entry = data[FLANNEL_PIN_KEY]
-        pins = FlannelPins(version=_release(entry["version"]),
-                           cni_plugin_version=_release(entry["cni_plugin_version"]))
+        values = {name: _release(data[key][name]) for name in fields}
     except (KeyError, TypeError, AttributeError) as exc:
         raise KubernetesModulesBuildError(
-            PINS_STEP, f"{versions_file} lacks {exc} (need {FLANNEL_PIN_KEY}.version, "
-            f"{FLANNEL_PIN_KEY}.cni_plugin_version)"
+            PINS_STEP, f"{versions_file} lacks {exc} (need {', '.join(f'{key}.{name}' for name in fields)})"
         ) from exc
-    _check_releases(((f"{FLANNEL_PIN_KEY}.version", pins.version),
-                     (f"{FLANNEL_PIN_KEY}.cni_plugin_version", pins.cni_plugin_version)), versions_file)
-    return pins
+    _check_releases(((f"{key}.{name}", value) for name, value in values.items()), versions_file)
+    return values
+
+
+def load_flannel_pins(versions_file: Path = VERSIONS_FILE) -> FlannelPins:
+    """The ``flannel:`` pins of versions.yml."""
+    return FlannelPins(**_release_entry(FLANNEL_PIN_KEY, ("version", "cni_plugin_version"), versions_file))
 
 
 def load_containerd_pins(versions_file: Path = VERSIONS_FILE) -> ContainerdPins:
     """The ``containerd_build:`` pins of versions.yml."""
-    data = load_versions(versions_file, KubernetesModulesBuildError)
-    try:
-        entry = data[CONTAINERD_PIN_KEY]
-        pins = ContainerdPins(version=_release(entry["version"]),
-                              runc_version=_release(entry["runc_version"]))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise KubernetesModulesBuildError(
-            PINS_STEP, f"{versions_file} lacks {exc} (need {CONTAINERD_PIN_KEY}.version, "
-            f"{CONTAINERD_PIN_KEY}.runc_version)"
-        ) from exc
-    _check_releases(((f"{CONTAINERD_PIN_KEY}.version", pins.version),
-                     (f"{CONTAINERD_PIN_KEY}.runc_version", pins.runc_version)), versions_file)
+    pins = ContainerdPins(**_release_entry(CONTAINERD_PIN_KEY, ("version", "runc_version"), versions_file))
     if not pins.version.startswith("2."):
         raise KubernetesModulesBuildError(
             PINS_STEP, f"{CONTAINERD_PIN_KEY}.version is {pins.version!r} in {versions_file}; want a 2.x "
