@@ -76,7 +76,14 @@ def test_kubeadm_reads_our_v1beta4_configuration() -> None:
         **role_defaults("kubernetes_node"), **role_defaults("control_plane_kubeadm"),
         "kubeadm": {"node_name": "cp-1", "node_ip": "192.0.2.10", "node_labels": "device=camera",
                     "version": PINS.version, "etcd_tag": f"{PINS.etcd_version}-0",
-                    "dns_tag": f"v{PINS.coredns_version}", "cert_sans": ["192.0.2.10"]}})
+                    "dns_tag": f"v{PINS.coredns_version}", "cert_sans": ["192.0.2.10"],
+                    # the probe patches' directory: kubeadm refuses --patches beside --config
+                    "patches_dir": "/etc/kubernetes/edge-provision/patches"}})
+    assert 'patches:\n  directory: "/etc/kubernetes/edge-provision/patches"' in text
+    # Strict: an unknown field fails ('strict decoding error: unknown field "patchez"').
+    valid = subprocess.run([str(directory / "kubeadm"), "config", "validate", "--config", "/dev/stdin"],
+                           input=text, capture_output=True, text=True, timeout=60, check=False)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
     proc = subprocess.run([str(directory / "kubeadm"), "config", "images", "list", "--config", "/dev/stdin"],
                           input=text, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
