@@ -1,6 +1,6 @@
 """Take edge nodes out of a kubeadm cluster with pyinfra: playbooks/remove-node.yml's twin
 (remove_node.py at the repository's root runs it). On each host named in ``edge_remove_nodes``:
-drain through the Eviction API and delete the Node, then reset the host; on every other member,
+drain through the Eviction API, reset the host, delete the Node; on every other member,
 the /etc/hosts block without them."""
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ def remove_nodes() -> None:
         raise DeployError(f"host {host.name}: remove-node takes edge nodes out of a kubeadm cluster "
                           f"(this host is in a {distribution} fleet)")
     v = role_vars("node_remove", host.data.dict())
-    ops.node_removed(
-        name="Drain the node through the Eviction API and delete its Node",
-        kubeconfig=f"{host.data.get('inventory_dir')}/{common.KUBECONFIG_FILE}",
+    kubeconfig = f"{host.data.get('inventory_dir')}/{common.KUBECONFIG_FILE}"
+    ops.node_drained(
+        name="Drain the node through the Eviction API",
+        kubeconfig=kubeconfig,
         node=host.name,
         timeout=float(v["node_remove_drain_timeout"]),
         delete_bare_pods=bool(v["node_remove_delete_bare_pods"]),
@@ -54,3 +55,5 @@ def remove_nodes() -> None:
         name="Reset the host (kubeadm reset, the kubelet disabled, the pod network's traces removed)",
         kubeadm=kubeadm, cni_conf_file=cni_conf_file,
     )
+    ops.node_deleted(name="Delete the Node (after the reset, or its kubelet would register it again)",
+                     kubeconfig=kubeconfig, node=host.name)

@@ -360,20 +360,37 @@ def yurtadm_joined(
     yield FunctionCommand(join, (), {})
 
 
+def _node_absent(path: Path, node: str) -> bool:
+    """At prepare time: whether the cluster has no Node ``node`` (an API that does not answer
+    now: not known, the operation asks again when it executes)."""
+    if executing():
+        return False
+    try:
+        return not kube_api.node_status(path, node, retries=0)["registered"]
+    except Exception:
+        return False
+
+
 @operation(is_idempotent=True)
-def node_removed(kubeconfig: str, node: str, timeout: float, delete_bare_pods: bool) -> Commands:
-    """Drain ``node`` through the Eviction API and delete its Node (:func:`node_removal.remove`),
-    unless the cluster has no such Node."""
+def node_drained(kubeconfig: str, node: str, timeout: float, delete_bare_pods: bool) -> Commands:
+    """Cordon ``node`` and evict its pods (:func:`node_removal.evacuate`), unless the cluster has
+    no such Node."""
     path = Path(kubeconfig)
-    if not executing():
-        try:
-            if not kube_api.node_status(path, node, retries=0)["registered"]:
-                host.noop(f"the cluster has no node {node}")
-                return
-        except Exception:  # the API answers when the operation executes, or it fails then
-            pass
-    yield python_step(f"drain and delete node {node}",
-                      lambda: node_removal.remove(path, node, timeout, delete_bare_pods=delete_bare_pods))
+    if _node_absent(path, node):
+        host.noop(f"the cluster has no node {node}")
+        return
+    yield python_step(f"drain node {node}",
+                      lambda: node_removal.evacuate(path, node, timeout, delete_bare_pods=delete_bare_pods))
+
+
+@operation(is_idempotent=True)
+def node_deleted(kubeconfig: str, node: str) -> Commands:
+    """Delete Node ``node`` (after its host is reset), unless the cluster has no such Node."""
+    path = Path(kubeconfig)
+    if _node_absent(path, node):
+        host.noop(f"the cluster has no node {node}")
+        return
+    yield python_step(f"delete node {node}", lambda: node_removal.delete_node(path, node))
 
 
 @operation(is_idempotent=True)

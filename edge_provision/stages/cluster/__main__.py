@@ -78,12 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     binary = sub.add_parser("k3s-binary", help="fetch and verify the pinned k3s binary, as JSON")
     binary.add_argument("--arch", nargs="+", required=True, help="one result per architecture")
     binary.add_argument("--source", default=UPSTREAM)
-    removal = sub.add_parser("remove-node", help="drain a node through the Eviction API, delete its Node")
+    removal = sub.add_parser("drain-node", help="cordon a node, evict its pods through the Eviction API")
     removal.add_argument("--kubeconfig", type=Path, required=True)
     removal.add_argument("--node", required=True)
     removal.add_argument("--timeout", type=float, default=300)
     removal.add_argument("--delete-bare-pods", action="store_true",
                          help="evict pods no controller would start elsewhere too")
+    deletion = sub.add_parser("delete-node", help="delete a Node (its host reset first)")
+    deletion.add_argument("--kubeconfig", type=Path, required=True)
+    deletion.add_argument("--node", required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "token":
@@ -101,9 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(label_node(args.kubeconfig, args.node, args.labels, args.timeout))
         elif args.command == "k3s-binary":
             _print({arch: k3s_binary(arch, args.source) for arch in args.arch})
-        elif args.command == "remove-node":
-            _print(node_removal.remove(args.kubeconfig, args.node, args.timeout,
-                                       delete_bare_pods=args.delete_bare_pods))
+        elif args.command == "drain-node":
+            _print(node_removal.evacuate(args.kubeconfig, args.node, args.timeout,
+                                         delete_bare_pods=args.delete_bare_pods))
+        elif args.command == "delete-node":
+            _print(node_removal.delete_node(args.kubeconfig, args.node))
         elif args.command == "forget-node-password":
             _print(forget_node_password(args.kubeconfig, args.node))
         else:

@@ -1,7 +1,8 @@
 """Taking a node out of a kubeadm cluster, as both engines do it (playbooks/remove-node.yml,
 remove_node.py): cordon it, evict its pods through the Eviction API (PodDisruptionBudgets
-honoured: a refused eviction is asked again until the timeout), delete its Node, then reset the
-host (:func:`reset_script`). Pods of DaemonSets and static pods stay where they are, as with
+honoured: a refused eviction is asked again until the timeout), reset the host
+(:func:`reset_script`), then delete its Node (before the reset, its kubelet would register it
+again). Pods of DaemonSets and static pods stay where they are, as with
 ``kubectl drain``; bare pods (no controller to start them elsewhere) too, unless asked.
 """
 
@@ -127,27 +128,39 @@ def _still_there(core: Any, pod: Any) -> bool:
     return bool(now.metadata.uid == pod.metadata.uid)
 
 
-def remove(kubeconfig: Path, node: str, timeout: float, *, delete_bare_pods: bool = False) -> dict[str, Any]:
-    """Drain ``node`` and delete its Node; ``{"changed": False}`` when the cluster has no such
-    Node (removed before). Bare pods stop it (see :func:`drain`'s ``delete_bare_pods``)."""
+def evacuate(
+    kubeconfig: Path, node: str, timeout: float, *, delete_bare_pods: bool = False
+) -> dict[str, Any]:
+    """The first step of a removal: drain ``node`` (bare pods stop it, see :func:`drain`);
+    ``{"changed": False}`` when the cluster has no such Node (removed before)."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     with api_client(kubeconfig) as api:
-        core = client.CoreV1Api(api)
         try:
-            core.read_node(node)
+            client.CoreV1Api(api).read_node(node)
         except ApiException as exc:
             if exc.status == 404:
                 return {"changed": False}
             raise
-        drained = drain(kubeconfig, node, timeout, delete_bare_pods=delete_bare_pods, refuse_bare=True)
+    return {"changed": True, **drain(kubeconfig, node, timeout, delete_bare_pods=delete_bare_pods,
+                                     refuse_bare=True)}
+
+
+def delete_node(kubeconfig: Path, node: str) -> dict[str, Any]:
+    """The last step, once the host is reset: delete the Node (a kubelet still running would
+    register it again); ``{"changed": False}`` when it is gone already."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    with api_client(kubeconfig) as api:
         try:
-            core.delete_node(node)
+            client.CoreV1Api(api).delete_node(node)
         except ApiException as exc:
-            if exc.status != 404:
-                raise
-    return {"changed": True, **drained}
+            if exc.status == 404:
+                return {"changed": False}
+            raise
+    return {"changed": True}
 
 
 def _traces(cni_conf_file: str, links: Sequence[str]) -> str:
