@@ -41,7 +41,7 @@ from edge_provision.stages.cluster import common, kube_api
 from edge_provision.stages.workloads import samples
 from tests.checks import cluster
 from tests.conftest import run, tool
-from tests.lab.conftest import EngineRun, LabFleet, ansible_changed, flat, pyinfra_changed
+from tests.lab.conftest import EngineRun, LabFleet, ansible_changed, flat
 
 LAB_HOSTS = 3
 LAB_OS = ["debian-12", "debian-12", "debian-13"]
@@ -396,15 +396,11 @@ def test_status_command_reports_each_node(runs: ClusterRuns) -> None:
 # --- a node removed and added back (last: these change the fleet) ---------------------------
 
 
-def _remove(runs: ClusterRuns, engine: str, node: str) -> EngineRun:
-    if engine == "ansible":
-        result = run([tool("ansible-playbook"), "-i", str(runs.fleet.inventory), "playbooks/remove-node.yml",
-                      "-e", f"edge_remove_nodes={node}"])
-        return EngineRun(result, changed=ansible_changed(result.stdout) if "PLAY RECAP" in result.stdout else -1)
-    result = run([tool("pyinfra"), "-y", str(runs.fleet.inventory / "inventory.py"), "remove_node.py",
-                  "--data", f"edge_remove_nodes={node}"])
-    output = result.stdout + result.stderr
-    return EngineRun(result, changed=pyinfra_changed(output) if "Grand total" in output else -1)
+def _remove(runs: ClusterRuns, node: str) -> EngineRun:
+    """playbooks/remove-node.yml for ``node``."""
+    result = run([tool("ansible-playbook"), "-i", str(runs.fleet.inventory), "playbooks/remove-node.yml",
+                  "-e", f"edge_remove_nodes={node}"])
+    return EngineRun(result, changed=ansible_changed(result.stdout) if "PLAY RECAP" in result.stdout else -1)
 
 
 def _removed_and_reset(runs: ClusterRuns, node: str) -> None:
@@ -428,7 +424,7 @@ def test_remove_node_stops_on_a_bare_pod_and_leaves_the_node_cordoned(runs: Clus
             command=["sleep", "600"])]))
     core.create_namespaced_pod("default", bare)
     try:
-        refused = _remove(runs, "ansible", "lab-3")
+        refused = _remove(runs, "lab-3")
         assert refused.result.returncode != 0
         assert ("node lab-3 runs pods no controller starts elsewhere: default/bare-on-lab-3; move them, or set "
                 "node_remove_delete_bare_pods: true") in flat(refused.output), refused.output[-3000:]
@@ -440,7 +436,7 @@ def test_remove_node_stops_on_a_bare_pod_and_leaves_the_node_cordoned(runs: Clus
 def test_ansible_removes_a_node_and_a_second_run_changes_nothing(runs: ClusterRuns) -> None:
     """Drained (its Deployments' pods evicted to the other nodes), the host reset, its Node
     deleted, the others' /etc/hosts without it; the same run again has nothing to do."""
-    removed = _remove(runs, "ansible", "lab-3")
+    removed = _remove(runs, "lab-3")
     assert removed.ok().changed > 0
     _removed_and_reset(runs, "lab-3")
-    assert _remove(runs, "ansible", "lab-3").ok().changed == 0
+    assert _remove(runs, "lab-3").ok().changed == 0
