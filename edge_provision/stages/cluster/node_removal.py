@@ -128,21 +128,28 @@ def _still_there(core: Any, pod: Any) -> bool:
     return bool(now.metadata.uid == pod.metadata.uid)
 
 
-def evacuate(
-    kubeconfig: Path, node: str, timeout: float, *, delete_bare_pods: bool = False
-) -> dict[str, Any]:
-    """The first step of a removal: drain ``node`` (bare pods stop it, see :func:`drain`);
-    ``{"changed": False}`` when the cluster has no such Node (removed before)."""
+def _node_call(kubeconfig: Path, call: Callable[[Any], object]) -> bool:
+    """``call(CoreV1Api)`` on a Node; False when the API answers 404 (no such Node)."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     with api_client(kubeconfig) as api:
         try:
-            client.CoreV1Api(api).read_node(node)
+            call(client.CoreV1Api(api))
         except ApiException as exc:
             if exc.status == 404:
-                return {"changed": False}
+                return False
             raise
+    return True
+
+
+def evacuate(
+    kubeconfig: Path, node: str, timeout: float, *, delete_bare_pods: bool = False
+) -> dict[str, Any]:
+    """The first step of a removal: drain ``node`` (bare pods stop it, see :func:`drain`);
+    ``{"changed": False}`` when the cluster has no such Node (removed before)."""
+    if not _node_call(kubeconfig, lambda core: core.read_node(node)):
+        return {"changed": False}
     return {"changed": True, **drain(kubeconfig, node, timeout, delete_bare_pods=delete_bare_pods,
                                      refuse_bare=True)}
 
@@ -150,17 +157,7 @@ def evacuate(
 def delete_node(kubeconfig: Path, node: str) -> dict[str, Any]:
     """The last step, once the host is reset: delete the Node (a kubelet still running would
     register it again); ``{"changed": False}`` when it is gone already."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    with api_client(kubeconfig) as api:
-        try:
-            client.CoreV1Api(api).delete_node(node)
-        except ApiException as exc:
-            if exc.status == 404:
-                return {"changed": False}
-            raise
-    return {"changed": True}
+    return {"changed": _node_call(kubeconfig, lambda core: core.delete_node(node))}
 
 
 def _traces(cni_conf_file: str, links: Sequence[str]) -> str:
